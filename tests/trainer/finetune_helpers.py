@@ -1,0 +1,75 @@
+"""Helpers to run the real trainer as a subprocess on the tiny model, as the worker does."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from trainer.events import read_events
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIGS = REPO / "configs" / "tiny"
+
+
+def tiny_config(method: str, **overrides: Any) -> dict[str, Any]:
+    """A tiny preset with ``overrides`` merged in (``training_args={...}`` merges one level)."""
+    config: dict[str, Any] = YAML(typ="safe", pure=True).load(TINY_CONFIGS / f"{method}.yaml")
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **copy.deepcopy(value)}
+        else:
+            config[key] = value
+    return config
+
+
+def write_data(directory: Path, conversations: list[dict[str, Any]], name: str = "train.jsonl"
+               ) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations),
+                    encoding="utf-8")
+    return directory
+
+
+def run_finetune(data_dir: Path, model_dir: Path, config: dict[str, Any], output_dir: Path,
+                 resume: str = "", *, nproc: int | None = None, timeout: int = 600
+                 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    config_path = output_dir.parent / f"{output_dir.name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    with config_path.open("w", encoding="utf-8") as fh:
+        YAML(typ="safe", pure=True).dump(config, fh)
+    args = [str(data_dir), str(model_dir), str(config_path)]
+    if resume:
+        args.append(resume)
+    args += ["--output-dir", str(output_dir)]
+    if nproc:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={nproc}", "-m", "trainer.finetune"]
+    else:
+        launcher = [sys.executable, "-m", "trainer.finetune"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launcher + args, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    return proc, read_events(output_dir)
+
+
+def losses(events: list[dict[str, Any]]) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events if e["event"] == "step"}
+
+
+def final_status(events: list[dict[str, Any]]) -> dict[str, Any]:
+    statuses = [e for e in events if e["event"] == "status"]
+    assert statuses, "the trainer wrote no final status event"
+    return statuses[-1]
+
+
+def glmft(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, check=False)

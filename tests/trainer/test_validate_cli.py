@@ -1,0 +1,241 @@
+"""``glmft validate``: exit codes, plain and JSON output, token-statistics hook."""
+
+# ruff: noqa: RUF001  (Chinese data uses full-width punctuation)
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.commands import validate
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = {"messages": [{"role": "user", "content": "类型#裙*风格#性感"},
+                     {"role": "assistant", "content": "这款裙子很好看。"}]}
+NULL_CONTENT = {"messages": [{"role": "user", "content": None},
+                             {"role": "assistant", "content": "好"}]}
+EMPTY_USER = {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "好"}]}
+NO_ANSWER = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """Run the subcommand as ``trainer.cli`` wires it: its parser, then ``run(args)``."""
+    parser = argparse.ArgumentParser(prog="glmft validate")
+    validate.add_arguments(parser)
+    code = validate.run(parser.parse_args([str(a) for a in argv]))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_valid_file_exits_0_with_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD])
+    code, out, err = run_cli(capsys, file)
+    assert code == 0
+    assert out == f"{file}: valid: 2 conversations, 0 errors, 0 warnings\n"
+    assert err == ""
+
+
+def test_invalid_file_exits_1_with_one_line_per_issue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, NULL_CONTENT, EMPTY_USER])
+    # when
+    code, out, _ = run_cli(capsys, file)
+    # then
+    assert code == 1
+    assert out.splitlines() == [
+        f"{file}:2: messages[0].content: content must be a string, got null [content_invalid]",
+        f"{file}:3: warning: messages[0].content: empty content: the chat template drops this "
+        "message [content_empty]",
+        f"{file}: invalid: 3 conversations (1 invalid), 1 error, 1 warning",
+    ]
+
+
+def test_json_file_issues_are_located_by_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "d.json"
+    file.write_text(json.dumps([GOOD, NO_ANSWER], indent=2), encoding="utf-8")
+    code, out, _ = run_cli(capsys, file)
+    assert code == 1
+    assert out.splitlines()[0].startswith(f"{file}:[1]: messages: no assistant message")
+    assert out.splitlines()[0].endswith("[no_assistant_content]")
+
+
+def test_invalid_json_line_has_no_json_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "d.jsonl"
+    file.write_text(json.dumps(GOOD) + "\n{\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, file)
+    assert code == 1
+    assert out.splitlines()[0].startswith(f"{file}:2: invalid JSON: ")
+
+
+def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, NULL_CONTENT, EMPTY_USER])
+    code, out, _ = run_cli(capsys, file, "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert set(data) == {"valid", "conversations", "errors", "warnings", "stats"}
+    assert (data["valid"], data["conversations"], data["stats"]) == (False, 3, {})
+    assert data["errors"] == [{"file": str(file), "line": 2, "index": 1,
+                               "path": "messages[0].content", "code": "content_invalid",
+                               "message": "content must be a string, got null"}]
+    assert [w["code"] for w in data["warnings"]] == ["content_empty"]
+
+
+def test_vision_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = {"messages": [{"role": "user", "content": "图里是什么？", "image": "/img/1.jpg"},
+                          {"role": "assistant", "content": "一只猫。"}]}
+    file = write_jsonl(tmp_path / "d.jsonl", [image])
+    assert run_cli(capsys, file)[0] == 1
+    assert run_cli(capsys, file, "--vision")[0] == 0
+
+
+def test_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [GOOD])
+    write_jsonl(tmp_path / "dev.jsonl", [NO_ANSWER])
+    code, out, _ = run_cli(capsys, tmp_path)
+    assert code == 1
+    assert out.startswith(f"{tmp_path / 'dev.jsonl'}:1: messages: ")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("missing.jsonl", "no such file or directory"),
+    ("d.txt", "unsupported file type '.txt'"),
+    ("emptydir", "no data file in directory"),
+])
+def test_usage_errors_exit_2_with_one_stderr_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, expected: str
+) -> None:
+    if name == "d.txt":
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    if name == "emptydir":
+        (tmp_path / name).mkdir()
+    code, out, err = run_cli(capsys, tmp_path / name)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("glmft validate: error: ")
+    assert expected in err
+
+
+def test_missing_path_argument_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_cli(capsys)
+    assert info.value.code == 2
+    assert "glmft validate: error:" in capsys.readouterr().err
+
+
+def test_config_without_model_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    code, _, err = run_cli(capsys, file, "--config", tmp_path / "lora.yaml")
+    assert code == 2
+    assert "--config needs --model" in err
+
+
+def test_model_without_tokenstats_module_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "trainer.tokenstats", None)  # makes the import fail
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    code, out, err = run_cli(capsys, file, "--model", tmp_path)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("glmft validate: error: token statistics")
+    assert err.count("\n") == 1
+
+
+def test_model_passes_valid_records_to_compute_token_stats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a stand-in tokenstats module that records its call
+    calls: list[dict[str, Any]] = []
+
+    def compute_token_stats(records: Any, *, model_dir: Any, config_path: Any) -> dict[str, Any]:
+        calls.append({"records": records, "model_dir": model_dir, "config_path": config_path})
+        return {"tokens": {"count": len(records)}}
+
+    fake = types.ModuleType("trainer.tokenstats")
+    fake.compute_token_stats = compute_token_stats  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "trainer.tokenstats", fake)
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, NO_ANSWER, GOOD])
+    # when
+    code, out, _ = run_cli(capsys, file, "--json", "--model", tmp_path / "m",
+                           "--config", tmp_path / "c.yaml")
+    # then
+    assert code == 1
+    assert calls == [{"records": [(1, GOOD["messages"]), (3, GOOD["messages"])],
+                      "model_dir": tmp_path / "m", "config_path": tmp_path / "c.yaml"}]
+    assert json.loads(out)["stats"] == {"tokens": {"count": 2}}
+
+
+def test_token_stats_failure_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def compute_token_stats(_records: Any, **_kwargs: Any) -> dict[str, Any]:
+        raise OSError("no tokenizer files in\nmodel dir")
+
+    fake = types.ModuleType("trainer.tokenstats")
+    fake.compute_token_stats = compute_token_stats  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "trainer.tokenstats", fake)
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    code, _, err = run_cli(capsys, file, "--model", tmp_path)
+    assert code == 2
+    expected = "token statistics failed: no tokenizer files in; model dir"
+    assert err == f"glmft validate: error: {expected}\n"
+
+
+def _all_commands_present() -> bool:
+    from trainer.cli import _COMMANDS
+
+    return all(importlib.util.find_spec(f"trainer.commands.{n}") for n in _COMMANDS)
+
+
+@pytest.mark.skipif(not _all_commands_present(), reason="a command of trainer.cli is missing")
+def test_through_the_real_cli_in_a_subprocess(tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", [GOOD])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [NO_ANSWER])
+    results = {}
+    for name, path in (("good", good), ("bad", bad), ("missing", tmp_path / "nope.jsonl")):
+        proc = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "trainer.cli", "validate", str(path)],
+            cwd=REPO, capture_output=True, text=True, check=False,
+        )
+        results[name] = (proc.returncode, proc.stdout, proc.stderr)
+    assert results["good"][0] == 0
+    assert results["bad"][0] == 1
+    assert "[no_assistant_content]" in results["bad"][1]
+    assert results["missing"][0] == 2
+    assert results["missing"][2].startswith("glmft validate: error: ")
+
+
+def test_model_flag_with_the_tiny_model_fills_stats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_model_dir: Path
+) -> None:
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, NO_ANSWER, GOOD])
+    code, out, _ = run_cli(capsys, file, "--json", "--model", tiny_model_dir)
+    assert code == 1
+    stats = json.loads(out)["stats"]
+    assert stats["tokens"]["count"] == 2  # the two valid conversations

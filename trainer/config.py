@@ -1,0 +1,201 @@
+"""Fine-tuning configs: the upstream demo's yaml files, loaded unchanged, validated strictly.
+
+The schema is the demo's ``FinetuningConfig`` (glm4-reference.md §1.2, §2). YAML is read as YAML 1.2,
+as upstream's ruamel loader does, so ``learning_rate: 5e-4`` is a float. Every problem is reported
+with the dotted key it concerns: an unknown key, a wrong type, a missing required key. Importing this
+module never imports torch: ``training_args`` and ``peft_config`` keys are checked against tables
+generated from the pinned transformers/peft (``trainer.hf_fields``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from trainer import hf_fields
+
+Method = Literal["lora", "ptuning_v2", "sft"]
+_PEFT_TABLES = {"LORA": "lora", "PREFIX_TUNING": "prefix_tuning"}
+_METHODS: dict[str | None, Method] = {None: "sft", "LORA": "lora", "PREFIX_TUNING": "ptuning_v2"}
+# Keys the trainer owns: setting them in a config would break the run's contract with the worker.
+_RESERVED_TRAINING_ARGS = frozenset({"use_cpu", "report_to", "local_rank"})
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``issues`` lists every problem with its key."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str = "config") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(str(i) for i in issues))
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    train_file: str | None = None
+    val_file: str | None = None
+    test_file: str | None = None
+    num_proc: int | None = None
+
+
+class FinetuningConfig(BaseModel):
+    """One fine-tuning run's settings, as in the upstream yaml files."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    data_config: DataConfig
+    max_input_length: int
+    max_output_length: int
+    combine: bool
+    freezeV: bool  # noqa: N815 - upstream key name; unused by text models, kept for compatibility
+    training_args: dict[str, Any] = {"output_dir": "./output"}
+    peft_config: dict[str, Any] | None = None
+    swanlab: str | None = None  # upstream HEAD key; accepted and ignored (no telemetry here)
+
+    @property
+    def method(self) -> Method:
+        peft_type = None if self.peft_config is None else str(self.peft_config["peft_type"])
+        return _METHODS[peft_type]
+
+    @property
+    def max_length(self) -> int:
+        """Training sequence cap: ``max_input_length + max_output_length + 1`` (upstream)."""
+        return self.max_input_length + self.max_output_length + 1
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        value = self.training_args.get("generation_config") or {"max_new_tokens": 512}
+        return dict(value)
+
+    def hf_training_args(self) -> dict[str, Any]:
+        """``training_args`` without the keys that are not TrainingArguments fields."""
+        return {k: v for k, v in self.training_args.items() if k != "generation_config"}
+
+
+def load_yaml(text: str, source: str = "config") -> Any:
+    yaml = YAML(typ="safe", pure=True)
+    try:
+        return yaml.load(io.StringIO(text))
+    except YAMLError as exc:
+        raise ConfigError([ConfigIssue("", f"not valid YAML: {exc}")], source) from exc
+
+
+def load_config(path: str | Path) -> FinetuningConfig:
+    """Read and validate a config file; raises ``ConfigError`` (or ``OSError`` if unreadable)."""
+    path = Path(path)
+    return parse_config(load_yaml(path.read_text(encoding="utf-8"), str(path)), source=str(path))
+
+
+def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", "a config must be a mapping of keys")], source)
+    try:
+        config = FinetuningConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_issue(e) for e in exc.errors()], source) from exc
+    issues = _check_lengths(config) + _check_training_args(config.training_args)
+    issues += _check_peft(config.peft_config)
+    if issues:
+        raise ConfigError(issues, source)
+    return config
+
+
+def _issue(error: Any) -> ConfigIssue:
+    key = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return ConfigIssue(key, "required key is missing")
+    if kind == "extra_forbidden":
+        return ConfigIssue(key, "unknown key")
+    return ConfigIssue(key, f"{error['msg'].lower()} (got {error.get('input')!r})")
+
+
+def _check_lengths(config: FinetuningConfig) -> list[ConfigIssue]:
+    return [
+        ConfigIssue(key, "must be a positive integer")
+        for key in ("max_input_length", "max_output_length")
+        if getattr(config, key) <= 0
+    ]
+
+
+def _check_fields(values: dict[str, Any], table: str, prefix: str) -> list[ConfigIssue]:
+    fields = hf_fields.load()[table]
+    issues: list[ConfigIssue] = []
+    for key, value in values.items():
+        spec = fields.get(key)
+        if spec is None:
+            issues.append(ConfigIssue(f"{prefix}.{key}", "unknown key"))
+        elif not hf_fields.kind_matches(value, spec["kinds"], spec["optional"]):
+            expected = " or ".join(spec["kinds"])
+            issues.append(ConfigIssue(
+                f"{prefix}.{key}", f"expected {expected}, got {type(value).__name__} {value!r}"))
+    return issues
+
+
+def _check_training_args(args: dict[str, Any]) -> list[ConfigIssue]:
+    issues = [ConfigIssue(f"training_args.{k}", "is set by glmft and cannot be configured")
+              for k in args if k in _RESERVED_TRAINING_ARGS]
+    rest = {k: v for k, v in args.items()
+            if k not in _RESERVED_TRAINING_ARGS and k != "generation_config"}
+    issues += _check_fields(rest, "training_args", "training_args")
+    generation = args.get("generation_config")
+    if generation is not None and not isinstance(generation, dict):
+        issues.append(ConfigIssue("training_args.generation_config", "must be a mapping"))
+    for key in ("per_device_train_batch_size", "max_steps", "save_steps", "eval_steps"):
+        value = args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and key != "max_steps":
+            issues.append(ConfigIssue(f"training_args.{key}", "must be positive"))
+    return issues
+
+
+def _check_peft(peft: dict[str, Any] | None) -> list[ConfigIssue]:
+    if peft is None:
+        return []
+    peft_type = peft.get("peft_type")
+    if peft_type is None:
+        return [ConfigIssue("peft_config.peft_type", "required key is missing")]
+    table = _PEFT_TABLES.get(str(peft_type).upper())
+    if table is None:
+        allowed = ", ".join(_PEFT_TABLES)
+        return [ConfigIssue("peft_config.peft_type", f"must be one of {allowed}, got {peft_type!r}")]
+    peft["peft_type"] = str(peft_type).upper()
+    rest = {k: v for k, v in peft.items() if k != "peft_type"}
+    issues = _check_fields(rest, table, "peft_config")
+    task = peft.get("task_type", "CAUSAL_LM")
+    if str(task).upper() != "CAUSAL_LM":
+        issues.append(ConfigIssue("peft_config.task_type", f"must be CAUSAL_LM, got {task!r}"))
+    return issues
+
+
+def resolve_config_path(value: str, config_path: Path | None) -> Path:
+    """Find a file a config names (``training_args.deepspeed``): as given (relative to the working
+    directory, as upstream), then next to the config file, then in the config file's parent."""
+    candidate = Path(value)
+    if candidate.is_absolute():
+        return candidate
+    places = [Path.cwd()]
+    if config_path is not None:
+        places += [config_path.parent, config_path.parent.parent]
+    for base in places:
+        if (base / candidate).is_file():
+            return (base / candidate).resolve()
+    for base in places[1:]:  # "configs/ds_zero_3.json" given from a config inside configs/
+        if (base / candidate.name).is_file():
+            return (base / candidate.name).resolve()
+    raise ConfigError([ConfigIssue("training_args.deepspeed", f"file not found: {value}")])

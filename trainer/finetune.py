@@ -1,0 +1,236 @@
+"""Fine-tune GLM-4 with LoRA, P-Tuning v2 or full SFT: the upstream demo's command line.
+
+    python -m trainer.finetune DATA_DIR MODEL_DIR CONFIG [yes|N|no] [--output-dir DIR]
+    torchrun --standalone --nproc_per_node=K -m trainer.finetune DATA_DIR MODEL_DIR CONFIG
+
+``yes`` resumes from the newest complete checkpoint (or starts fresh when there is none), ``N``
+from ``checkpoint-N`` (an error when it is missing or incomplete), ``no`` or nothing trains from
+scratch. Progress goes to ``events.jsonl`` in the output directory. Exit codes: 0 succeeded,
+2 the input was at fault (config, data, checkpoint, model directory), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+from trainer import __version__
+from trainer.callbacks import EventCallback, strip_prefix
+from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
+from trainer.config import ConfigError, ConfigIssue, FinetuningConfig, load_config, resolve_config_path
+from trainer.data import DataError, LeftPadCollator, eval_dataset, load_conversations, split_files
+from trainer.data import train_dataset as build_train_dataset
+from trainer.datafiles import data_sha256
+from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
+from trainer.events import EventLog
+from trainer.metrics import score_texts
+from trainer.modeling import (
+    UnsupportedModelError,
+    attach_method,
+    check_model_dir,
+    compute_dtype,
+    load_model,
+    load_tokenizer,
+)
+from trainer.template import IGNORE_INDEX, SpecialTokens
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+# Exceptions that are the user's input at fault, with their stable error codes.
+_INPUT_ERRORS: dict[type[Exception], str] = {
+    ConfigError: "invalid_config",
+    DataError: "invalid_data",
+    CheckpointNotFoundError: "checkpoint_not_found",
+    UnsupportedModelError: "unsupported_model",
+}
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    data_dir: Path
+    model_dir: Path
+    config_path: Path
+    resume: Resume
+    output_dir: Path | None
+    base_model_name: str | None
+
+
+class GlmSeq2SeqTrainer(Seq2SeqTrainer):
+    """Generation eval that strips the prompt and scores against ``output_ids``."""
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None, **gen_kwargs: Any) -> Any:
+        output_ids = inputs.pop("output_ids", None)
+        inputs.pop("labels", None)  # upstream #722: pop with a default, never del
+        loss, generated, _ = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        if generated is not None:
+            generated = generated[:, inputs["input_ids"].size(1):]
+        return loss, generated, output_ids
+
+
+def parse_args(argv: Sequence[str] | None) -> RunArgs:
+    parser = argparse.ArgumentParser(prog="python -m trainer.finetune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", type=Path, help="directory the config's data files are in")
+    parser.add_argument("model_dir", type=Path, help="base model directory (native GLM-4)")
+    parser.add_argument("config", type=Path, help="yaml config (configs/lora.yaml, ...)")
+    parser.add_argument("resume", nargs="?", default="",
+                        help="'yes' (newest complete checkpoint), a step N, or 'no' (default)")
+    parser.add_argument("--output-dir", type=Path, help="overrides training_args.output_dir")
+    parser.add_argument("--base-model-name",
+                        help="registry name recorded in checkpoints (default: the model dir name)")
+    ns = parser.parse_args(argv)
+    try:
+        resume = Resume.parse(ns.resume)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return RunArgs(ns.data_dir, ns.model_dir, ns.config, resume, ns.output_dir,
+                   ns.base_model_name)
+
+
+def build_training_args(config: FinetuningConfig, run: RunArgs, output_dir: Path,
+                        has_eval: bool, generation: GenerationConfig) -> Seq2SeqTrainingArguments:
+    values = config.hf_training_args()
+    values["output_dir"] = str(output_dir)
+    on_gpu = torch.cuda.is_available()
+    values["use_cpu"] = not on_gpu  # without it CPU ranks train separate copies, silently
+    if on_gpu and "bf16" not in values and "fp16" not in values:
+        values["bf16"] = torch.cuda.is_bf16_supported()
+    values["report_to"] = "none"
+    values["remove_unused_columns"] = False
+    values.setdefault("include_num_input_tokens_seen", "non_padding")
+    cores = os.cpu_count() or 1
+    if values.get("dataloader_num_workers", 0) > cores:
+        logger.warning("dataloader_num_workers=%s capped to %s CPU cores",
+                       values["dataloader_num_workers"], cores)
+        values["dataloader_num_workers"] = cores
+    if not has_eval:
+        values["eval_strategy"] = "no"
+        values["do_eval"] = False
+    if values.get("deepspeed"):
+        values["deepspeed"] = str(resolve_config_path(values["deepspeed"], run.config_path))
+        ensure_single_process_group()
+    try:
+        return Seq2SeqTrainingArguments(**values, generation_config=generation)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError([ConfigIssue("training_args", str(exc))]) from exc
+
+
+def make_compute_metrics(tokenizer: Any) -> Any:
+    def compute_metrics(eval_preds: Any) -> dict[str, float]:
+        preds, labels = eval_preds
+        pad = tokenizer.pad_token_id
+        preds = [[t for t in row if t not in (IGNORE_INDEX, pad)] for row in preds.tolist()]
+        labels = [[t for t in row if t not in (IGNORE_INDEX, pad)] for row in labels.tolist()]
+        predictions = tokenizer.batch_decode(preds, skip_special_tokens=True)
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return score_texts(predictions, references)
+
+    return compute_metrics
+
+
+def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog,
+        dist: DistInfo) -> None:
+    check_model_dir(run_args.model_dir)
+    files = split_files(run_args.data_dir, config.data_config)
+    tokenizer = load_tokenizer(run_args.model_dir)
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    train_conversations = load_conversations(files["train"])
+    train_data = build_train_dataset(tokenizer, special, train_conversations,
+                                     combine=config.combine, max_length=config.max_length)
+    has_eval = "validation" in files and config.training_args.get("eval_strategy", "no") != "no"
+    generation = GenerationConfig(**config.generation_config, pad_token_id=special.endoftext,
+                                  eos_token_id=special.eos_ids, do_sample=False)
+    args = build_training_args(config, run_args, output_dir, has_eval, generation)
+    eval_kwargs = {"combine": config.combine, "max_input_length": config.max_input_length,
+                   "max_output_length": config.max_output_length}
+    val_data = (eval_dataset(tokenizer, special, load_conversations(files["validation"]),
+                             **eval_kwargs) if has_eval else None)
+    resume_from = resolve_resume(run_args.resume, output_dir)
+
+    model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
+    metadata = {
+        "base_model": run_args.base_model_name or run_args.model_dir.resolve().name,
+        "method": config.method,
+        "config": config.model_dump(mode="json"),
+        "data_sha256": data_sha256(list(files.values())),
+        "glmft_version": __version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
+    trainer = GlmSeq2SeqTrainer(
+        model=model, args=args, data_collator=LeftPadCollator(pad_id=special.endoftext),
+        train_dataset=train_data, eval_dataset=val_data,
+        processing_class=tokenizer if config.method == "sft" else None,
+        compute_metrics=make_compute_metrics(tokenizer),
+        callbacks=[EventCallback(events, metadata)])
+    trainable, total = _parameter_counts(model)
+    events.emit("started", method=config.method, world_size=args.world_size,
+                max_steps=args.max_steps, resume_from=str(resume_from) if resume_from else None,
+                trainable_params=trainable, total_params=total, device=str(args.device),
+                train_conversations=len(train_conversations))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if "test" in files and args.predict_with_generate:
+        test_data = eval_dataset(tokenizer, special, load_conversations(files["test"]),
+                                 **eval_kwargs)
+        result = trainer.predict(test_data, metric_key_prefix="test")
+        events.emit("eval", step=trainer.state.global_step, split="test",
+                    metrics=strip_prefix(result.metrics or {}, "test_"))
+
+
+def _parameter_counts(model: Any) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run_args = parse_args(argv)
+    dist = DistInfo.from_env()
+    configure_logging(dist)
+    events = EventLog(run_args.output_dir or Path("output"), enabled=False)
+    try:
+        config = load_config(run_args.config_path)
+        output_dir = run_args.output_dir or Path(config.training_args.get("output_dir", "output"))
+        events = EventLog(output_dir, enabled=dist.is_main)
+        run(run_args, config, output_dir, events, dist)
+    except tuple(_INPUT_ERRORS) as exc:
+        code = next(c for t, c in _INPUT_ERRORS.items() if isinstance(exc, t))
+        logger.error("%s: %s", code, exc)
+        events.emit("status", status="failed", code=code, message=str(exc), user_error=True)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        logger.error("cannot read input: %s", exc)
+        events.emit("status", status="failed", code="io_error", message=str(exc), user_error=True)
+        return EXIT_BAD_INPUT
+    except torch.OutOfMemoryError as exc:
+        logger.exception("out of memory")
+        events.emit("status", status="failed", code="out_of_memory", message=str(exc),
+                    user_error=False)
+        return EXIT_FAILED
+    except Exception as exc:
+        logger.exception("training failed")
+        events.emit("status", status="failed", code="internal_error",
+                    message=f"{type(exc).__name__}: {exc}", user_error=False)
+        return EXIT_FAILED
+    events.emit("status", status="succeeded")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

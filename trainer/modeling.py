@@ -1,0 +1,100 @@
+"""Loading the base model and tokenizer, and attaching LoRA / P-Tuning v2 adapters."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_config, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from trainer.config import ConfigError, ConfigIssue, FinetuningConfig
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("glm", "glm4")
+
+
+class UnsupportedModelError(ValueError):
+    """The model directory holds no native GLM-4 checkpoint."""
+
+
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """Read ``config.json`` and refuse what glmft cannot train (remote code, other families)."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise UnsupportedModelError(f"{model_dir}: no config.json (not a model directory)")
+    config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type == "chatglm" or "auto_map" in config:
+        raise UnsupportedModelError(
+            f"{model_dir} is a remote-code ChatGLM checkpoint (model_type {model_type!r}); glmft "
+            "trains the native transformers classes: use THUDM/glm-4-9b-chat-hf or GLM-4-9B-0414")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"{model_dir}: model_type {model_type!r} is not GLM-4 "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    return config
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 on a GPU that supports it (upstream's "must use BFloat16"), fp32 on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    return AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+
+
+def load_model(model_dir: Path, *, dtype: torch.dtype, use_cache: bool = False) -> PreTrainedModel:
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, use_cache=use_cache)
+    return model
+
+
+def check_prefix_shape(peft: dict[str, Any], model_config: Any) -> None:
+    """P-Tuning v2's heads and token_dim must equal the model's KV groups and 2 x head_dim...
+
+    ...per GLM-4's cache layout; PEFT would otherwise fail deep inside attention.
+    """
+    kv_heads = model_config.num_key_value_heads
+    head_dim = getattr(model_config, "head_dim", None) or (
+        model_config.hidden_size // model_config.num_attention_heads)
+    heads = peft.get("num_attention_heads")
+    token_dim = peft.get("token_dim")
+    issues = []
+    if heads != kv_heads:
+        issues.append(ConfigIssue("peft_config.num_attention_heads",
+                                  f"must equal the model's KV heads ({kv_heads}), got {heads}"))
+    if token_dim != kv_heads * head_dim:
+        issues.append(ConfigIssue("peft_config.token_dim",
+                                  f"must be KV heads x head_dim = {kv_heads * head_dim}, "
+                                  f"got {token_dim}"))
+    if issues:
+        raise ConfigError(issues)
+
+
+def attach_method(model: PreTrainedModel, config: FinetuningConfig) -> PreTrainedModel:
+    """Wrap ``model`` for the config's method; full SFT returns it unchanged."""
+    if config.peft_config is None:
+        return model
+    peft = dict(config.peft_config)
+    if peft["peft_type"] == "PREFIX_TUNING":
+        check_prefix_shape(peft, model.config)
+    peft.setdefault("task_type", "CAUSAL_LM")
+    wrapped = get_peft_model(model, get_peft_config(peft))
+    if config.training_args.get("gradient_checkpointing"):
+        model.enable_input_require_grads()
+    trainable, total = wrapped.get_nb_trainable_parameters()
+    logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
+                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return wrapped  # type: ignore[no-any-return]
+
+
+def load_adapter(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    return PeftModel.from_pretrained(base, adapter_dir)

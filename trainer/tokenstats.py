@@ -1,0 +1,62 @@
+"""Token statistics of a dataset under a config: lengths and how many would be truncated."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from trainer.config import FinetuningConfig, load_config
+from trainer.template import Message, SpecialTokens, encode_train
+
+# The upstream yaml defaults, used when no config is given.
+DEFAULT_LENGTHS = {"max_input_length": 512, "max_output_length": 512, "combine": True}
+
+
+def encoding_options(config_path: Path | str | None) -> dict[str, Any]:
+    if config_path is None:
+        return dict(DEFAULT_LENGTHS)
+    config: FinetuningConfig = load_config(config_path)
+    return {"max_input_length": config.max_input_length,
+            "max_output_length": config.max_output_length, "combine": config.combine}
+
+
+def compute_token_stats(records: list[tuple[int, list[Message]]], *, model_dir: Path | str,
+                        config_path: Path | str | None = None) -> dict[str, Any]:
+    """``records`` are ``(line, messages)`` of valid conversations."""
+    from trainer.modeling import load_tokenizer
+
+    options = encoding_options(config_path)
+    max_length = options["max_input_length"] + options["max_output_length"] + 1
+    tokenizer = load_tokenizer(Path(model_dir))
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    lengths: list[int] = []
+    targets: list[int] = []
+    truncated_lines: list[int] = []
+    for line, messages in records:
+        example = encode_train(tokenizer, special, messages, combine=options["combine"],
+                               max_length=max_length)
+        lengths.append(example.full_length)
+        targets.append(sum(1 for label in example.labels if label >= 0))
+        if example.truncated:
+            truncated_lines.append(line)
+    return {
+        **options,
+        "max_length": max_length,
+        "tokens": _summary(lengths),
+        "target_tokens": _summary(targets),
+        "truncated": len(truncated_lines),
+        "truncated_lines": truncated_lines[:100],
+    }
+
+
+def _summary(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    ordered = sorted(values)
+    return {
+        "count": len(values), "total": sum(values), "min": ordered[0], "max": ordered[-1],
+        "mean": round(statistics.fmean(values), 2),
+        "p50": ordered[len(ordered) // 2], "p95": ordered[min(len(ordered) - 1,
+                                                              int(len(ordered) * 0.95))],
+    }
