@@ -38,7 +38,8 @@ Run on a GPU box (single GPU for LoRA / P-Tuning v2, two GPUs for ZeRO-3)::
 CPU smoke test (tiny shape)::
 
     python bench/train_bench.py --device cpu --layers 2 --hidden-size 64 --heads 4 \
-        --intermediate-size 128 --max-steps 10 --methods lora,ptuning_v2,sft_zero3 --gpus 2
+        --intermediate-size 128 --vocab-size 2048 --virtual-tokens 16 --max-steps 10 \
+        --dataloader-workers 0 --methods lora,ptuning_v2,sft_zero3 --gpus 2
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def glm_config(args: argparse.Namespace, layers: int, tokenizer: Any) -> Any:
         overrides["num_attention_heads"] = args.heads
     if args.intermediate_size:
         overrides["intermediate_size"] = args.intermediate_size
+    if args.vocab_size:
+        overrides["vocab_size"] = args.vocab_size
     config = GlmConfig(**overrides)
     if args.hidden_size or args.heads:
         config.head_dim = config.hidden_size // config.num_attention_heads
@@ -420,7 +423,7 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("peft", "accelerate", "deepspeed", "tokenizers"):
         try:
             info[name] = __import__(name).__version__
-        except Exception as exc:  # noqa: BLE001 - a missing package is a fact to record
+        except Exception as exc:
             info[name] = f"unavailable ({type(exc).__name__})"
     if args.device == "cuda" and torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
@@ -570,6 +573,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden-size", type=int, help="override GlmConfig's 4096 (CPU smoke tests)")
     p.add_argument("--heads", type=int, help="override GlmConfig's 32 attention heads")
     p.add_argument("--intermediate-size", type=int, help="override GlmConfig's 13696")
+    p.add_argument("--vocab-size", type=int,
+                   help="override GlmConfig's 151552 (>= 2014, the tiny tokenizer's size)")
     p.add_argument("--virtual-tokens", type=int, help="override P-Tuning v2's 512")
     p.add_argument("--gpus", type=int, default=2, help="ranks for sft_zero3")
     p.add_argument("--max-steps", type=int, default=60)

@@ -21,19 +21,27 @@ class EventCallback(TrainerCallback):
         self._last_time = time.monotonic()
         self._last_tokens = 0
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._last_time = time.monotonic()
         self._last_tokens = state.num_input_tokens_seen
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState,
-                    control: TrainerControl, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         # Always keep the final weights: upstream saves only every save_steps.
         if state.global_step >= state.max_steps and args.save_strategy != "no":
             control.should_save = True
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         now = time.monotonic()
@@ -41,27 +49,46 @@ class EventCallback(TrainerCallback):
         elapsed = max(now - self._last_time, 1e-9)
         self._last_time, self._last_tokens = now, state.num_input_tokens_seen
         self.events.emit(
-            "step", step=state.global_step, loss=logs["loss"],
-            learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-            epoch=logs.get("epoch"), tokens_per_second=round(tokens / elapsed, 2))
+            "step",
+            step=state.global_step,
+            loss=logs["loss"],
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            epoch=logs.get("epoch"),
+            tokens_per_second=round(tokens / elapsed, 2),
+        )
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState,
-                    control: TrainerControl, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if state.is_world_process_zero and metrics:
-            self.events.emit("eval", step=state.global_step, split="validation",
-                             metrics=strip_prefix(metrics, "eval_"))
+            self.events.emit(
+                "eval",
+                step=state.global_step,
+                split="validation",
+                metrics=strip_prefix(metrics, "eval_"),
+            )
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not checkpoint.is_dir():
             return
         write_metadata(checkpoint, {**self.metadata, "step": state.global_step})
-        self.events.emit("checkpoint", step=state.global_step, path=str(checkpoint.resolve()),
-                         bytes=directory_bytes(checkpoint))
+        self.events.emit(
+            "checkpoint",
+            step=state.global_step,
+            path=str(checkpoint.resolve()),
+            bytes=directory_bytes(checkpoint),
+        )
 
 
 def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:

@@ -40,7 +40,8 @@ class Resume:
         if text.isdigit() and int(text) > 0:
             return cls("step", int(text))
         raise ValueError(
-            f"resume argument must be 'yes', 'no' or a checkpoint step > 0, got {value!r}")
+            f"resume argument must be 'yes', 'no' or a checkpoint step > 0, got {value!r}"
+        )
 
 
 def list_checkpoints(output_dir: Path) -> dict[int, Path]:
@@ -77,7 +78,8 @@ def resolve_resume(resume: Resume, output_dir: Path) -> Path | None:
     if not path.is_dir():
         have = sorted(list_checkpoints(output_dir))
         raise CheckpointNotFoundError(
-            f"checkpoint {resume.step} not found in {output_dir} (have: {have or 'none'})")
+            f"checkpoint {resume.step} not found in {output_dir} (have: {have or 'none'})"
+        )
     if not is_complete(path):
         raise CheckpointNotFoundError(f"checkpoint {resume.step} in {output_dir} is incomplete")
     return path

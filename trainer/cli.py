@@ -19,7 +19,9 @@ _COMMANDS = ("validate", "tokenize", "tiny_model", "chat", "finetune", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glmft", description="Fine-tune and serve GLM-4 chat models.")
+    parser = argparse.ArgumentParser(
+        prog="glmft", description="Fine-tune and serve GLM-4 chat models."
+    )
     parser.add_argument("--version", action="version", version=f"glmft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
@@ -31,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     code: int = args._run(args)
     return code

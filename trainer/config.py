@@ -1,10 +1,10 @@
 """Fine-tuning configs: the upstream demo's yaml files, loaded unchanged, validated strictly.
 
-The schema is the demo's ``FinetuningConfig`` (glm4-reference.md §1.2, §2). YAML is read as YAML 1.2,
-as upstream's ruamel loader does, so ``learning_rate: 5e-4`` is a float. Every problem is reported
-with the dotted key it concerns: an unknown key, a wrong type, a missing required key. Importing this
-module never imports torch: ``training_args`` and ``peft_config`` keys are checked against tables
-generated from the pinned transformers/peft (``trainer.hf_fields``).
+The schema is the demo's ``FinetuningConfig`` (glm4-reference.md §1.2, §2). YAML is read as
+YAML 1.2, as upstream's ruamel loader does, so ``learning_rate: 5e-4`` is a float. Every problem
+is reported with the dotted key it concerns: an unknown key, a wrong type, a missing required key.
+Importing this module never imports torch: ``training_args`` and ``peft_config`` keys are
+checked against tables generated from the pinned transformers/peft (``trainer.hf_fields``).
 """
 
 from __future__ import annotations
@@ -105,13 +105,21 @@ def load_config(path: str | Path) -> FinetuningConfig:
 def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue("", "a config must be a mapping of keys")], source)
+    issues: list[ConfigIssue] = []
+    config: FinetuningConfig | None = None
     try:
         config = FinetuningConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_issue(e) for e in exc.errors()], source) from exc
-    issues = _check_lengths(config) + _check_training_args(config.training_args)
-    issues += _check_peft(config.peft_config)
-    if issues:
+        issues += [_issue(e) for e in exc.errors()]
+    if isinstance(data.get("training_args"), dict):
+        issues += _check_training_args(data["training_args"])
+    if isinstance(data.get("peft_config"), dict):
+        issues += _check_peft(data["peft_config"])
+    if config is not None:
+        issues += _check_lengths(config)
+        if config.peft_config is not None and "peft_type" in config.peft_config:
+            config.peft_config["peft_type"] = str(config.peft_config["peft_type"]).upper()
+    if issues or config is None:
         raise ConfigError(issues, source)
     return config
 
@@ -143,23 +151,32 @@ def _check_fields(values: dict[str, Any], table: str, prefix: str) -> list[Confi
             issues.append(ConfigIssue(f"{prefix}.{key}", "unknown key"))
         elif not hf_fields.kind_matches(value, spec["kinds"], spec["optional"]):
             expected = " or ".join(spec["kinds"])
-            issues.append(ConfigIssue(
-                f"{prefix}.{key}", f"expected {expected}, got {type(value).__name__} {value!r}"))
+            issues.append(
+                ConfigIssue(
+                    f"{prefix}.{key}", f"expected {expected}, got {type(value).__name__} {value!r}"
+                )
+            )
     return issues
 
 
 def _check_training_args(args: dict[str, Any]) -> list[ConfigIssue]:
-    issues = [ConfigIssue(f"training_args.{k}", "is set by glmft and cannot be configured")
-              for k in args if k in _RESERVED_TRAINING_ARGS]
-    rest = {k: v for k, v in args.items()
-            if k not in _RESERVED_TRAINING_ARGS and k != "generation_config"}
+    issues = [
+        ConfigIssue(f"training_args.{k}", "is set by glmft and cannot be configured")
+        for k in args
+        if k in _RESERVED_TRAINING_ARGS
+    ]
+    rest = {
+        k: v
+        for k, v in args.items()
+        if k not in _RESERVED_TRAINING_ARGS and k != "generation_config"
+    }
     issues += _check_fields(rest, "training_args", "training_args")
     generation = args.get("generation_config")
     if generation is not None and not isinstance(generation, dict):
         issues.append(ConfigIssue("training_args.generation_config", "must be a mapping"))
-    for key in ("per_device_train_batch_size", "max_steps", "save_steps", "eval_steps"):
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps"):
         value = args.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and key != "max_steps":
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             issues.append(ConfigIssue(f"training_args.{key}", "must be positive"))
     return issues
 
@@ -173,8 +190,9 @@ def _check_peft(peft: dict[str, Any] | None) -> list[ConfigIssue]:
     table = _PEFT_TABLES.get(str(peft_type).upper())
     if table is None:
         allowed = ", ".join(_PEFT_TABLES)
-        return [ConfigIssue("peft_config.peft_type", f"must be one of {allowed}, got {peft_type!r}")]
-    peft["peft_type"] = str(peft_type).upper()
+        return [
+            ConfigIssue("peft_config.peft_type", f"must be one of {allowed}, got {peft_type!r}")
+        ]
     rest = {k: v for k, v in peft.items() if k != "peft_type"}
     issues = _check_fields(rest, table, "peft_config")
     task = peft.get("task_type", "CAUSAL_LM")

@@ -33,8 +33,11 @@ class DataError(ValueError):
 def split_files(data_dir: Path, data_config: DataConfig) -> dict[str, Path]:
     """``{"train"|"validation"|"test": path}`` for the files the config names (relative to
     ``data_dir``, as the upstream demo's ``load_dataset(data_dir, data_files=...)``)."""
-    names = {"train": data_config.train_file, "validation": data_config.val_file,
-             "test": data_config.test_file}
+    names = {
+        "train": data_config.train_file,
+        "validation": data_config.val_file,
+        "test": data_config.test_file,
+    }
     files = {split: data_dir / name for split, name in names.items() if name}
     if "train" not in files:
         raise DataError("data_config.train_file is not set")
@@ -47,16 +50,20 @@ def split_files(data_dir: Path, data_config: DataConfig) -> dict[str, Path]:
 def load_conversations(path: Path) -> list[list[Message]]:
     """All conversations of ``path``; raises ``DataError`` listing the errors if any is invalid."""
     conversations: list[list[Message]] = []
-    report = validate_path(path, on_conversation=lambda messages, _pos: conversations.append(
-        messages))
+    report = validate_path(
+        path, on_conversation=lambda messages, _pos: conversations.append(messages)
+    )
     if not report.valid:
         shown = "; ".join(
             f"{e.file}:{e.line if e.line is not None else f'[{e.index}]'}: "
-            f"{e.path or '<conversation>'}: {e.message}" for e in report.errors[:_MAX_REPORTED])
+            f"{e.path or '<conversation>'}: {e.message}"
+            for e in report.errors[:_MAX_REPORTED]
+        )
         more = len(report.errors) - _MAX_REPORTED
         suffix = f" (and {more} more; run `glmft validate {path}`)" if more > 0 else ""
-        raise DataError(f"{len(report.errors)} invalid conversation(s) in {path}: {shown}{suffix}",
-                        report)
+        raise DataError(
+            f"{len(report.errors)} invalid conversation(s) in {path}: {shown}{suffix}", report
+        )
     return conversations
 
 
@@ -71,25 +78,40 @@ class FeatureDataset(torch.utils.data.Dataset[dict[str, list[int]]]):
         return self.features[index]
 
 
-def train_dataset(tokenizer: ChatTokenizer, special: SpecialTokens,
-                  conversations: list[list[Message]], *, combine: bool, max_length: int
-                  ) -> FeatureDataset:
+def train_dataset(
+    tokenizer: ChatTokenizer,
+    special: SpecialTokens,
+    conversations: list[list[Message]],
+    *,
+    combine: bool,
+    max_length: int,
+) -> FeatureDataset:
     features = []
     for messages in conversations:
-        example = encode_train(tokenizer, special, messages, combine=combine,
-                               max_length=max_length)
+        example = encode_train(tokenizer, special, messages, combine=combine, max_length=max_length)
         features.append({"input_ids": example.input_ids, "labels": example.labels})
     return FeatureDataset(features)
 
 
-def eval_dataset(tokenizer: ChatTokenizer, special: SpecialTokens,
-                 conversations: list[list[Message]], *, combine: bool, max_input_length: int,
-                 max_output_length: int) -> FeatureDataset:
+def eval_dataset(
+    tokenizer: ChatTokenizer,
+    special: SpecialTokens,
+    conversations: list[list[Message]],
+    *,
+    combine: bool,
+    max_input_length: int,
+    max_output_length: int,
+) -> FeatureDataset:
     features = []
     for messages in conversations:
-        for example in encode_eval(tokenizer, special, messages, combine=combine,
-                                   max_input_length=max_input_length,
-                                   max_output_length=max_output_length):
+        for example in encode_eval(
+            tokenizer,
+            special,
+            messages,
+            combine=combine,
+            max_input_length=max_input_length,
+            max_output_length=max_output_length,
+        ):
             features.append({"input_ids": example.prompt_ids, "output_ids": example.target_ids})
     return FeatureDataset(features)
 
@@ -105,18 +127,23 @@ class LeftPadCollator:
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = self._width(max(len(f["input_ids"]) for f in features))
         batch: dict[str, Any] = {
-            "input_ids": [[self.pad_id] * (width - len(f["input_ids"])) + f["input_ids"]
-                          for f in features],
-            "attention_mask": [[0] * (width - len(f["input_ids"])) + [1] * len(f["input_ids"])
-                               for f in features],
+            "input_ids": [
+                [self.pad_id] * (width - len(f["input_ids"])) + f["input_ids"] for f in features
+            ],
+            "attention_mask": [
+                [0] * (width - len(f["input_ids"])) + [1] * len(f["input_ids"]) for f in features
+            ],
         }
         if "labels" in features[0]:
-            batch["labels"] = [[IGNORE_INDEX] * (width - len(f["labels"])) + f["labels"]
-                               for f in features]
+            batch["labels"] = [
+                [IGNORE_INDEX] * (width - len(f["labels"])) + f["labels"] for f in features
+            ]
         if "output_ids" in features[0]:
             out_width = self._width(max(len(f["output_ids"]) for f in features))
-            batch["output_ids"] = [f["output_ids"] + [self.pad_id] * (out_width - len(
-                f["output_ids"])) for f in features]
+            batch["output_ids"] = [
+                f["output_ids"] + [self.pad_id] * (out_width - len(f["output_ids"]))
+                for f in features
+            ]
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
     def _width(self, longest: int) -> int:

@@ -27,7 +27,13 @@ from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArgume
 from trainer import __version__
 from trainer.callbacks import EventCallback, strip_prefix
 from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
-from trainer.config import ConfigError, ConfigIssue, FinetuningConfig, load_config, resolve_config_path
+from trainer.config import (
+    ConfigError,
+    ConfigIssue,
+    FinetuningConfig,
+    load_config,
+    resolve_config_path,
+)
 from trainer.data import DataError, LeftPadCollator, eval_dataset, load_conversations, split_files
 from trainer.data import train_dataset as build_train_dataset
 from trainer.datafiles import data_sha256
@@ -70,39 +76,59 @@ class RunArgs:
 class GlmSeq2SeqTrainer(Seq2SeqTrainer):
     """Generation eval that strips the prompt and scores against ``output_ids``."""
 
-    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: list[str] | None = None, **gen_kwargs: Any) -> Any:
+    def prediction_step(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs: Any,
+    ) -> Any:
         output_ids = inputs.pop("output_ids", None)
         inputs.pop("labels", None)  # upstream #722: pop with a default, never del
         loss, generated, _ = super().prediction_step(
-            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+        )
         if generated is not None:
-            generated = generated[:, inputs["input_ids"].size(1):]
+            generated = generated[:, inputs["input_ids"].size(1) :]
         return loss, generated, output_ids
 
 
 def parse_args(argv: Sequence[str] | None) -> RunArgs:
-    parser = argparse.ArgumentParser(prog="python -m trainer.finetune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("data_dir", type=Path, help="directory the config's data files are in")
     parser.add_argument("model_dir", type=Path, help="base model directory (native GLM-4)")
     parser.add_argument("config", type=Path, help="yaml config (configs/lora.yaml, ...)")
-    parser.add_argument("resume", nargs="?", default="",
-                        help="'yes' (newest complete checkpoint), a step N, or 'no' (default)")
+    parser.add_argument(
+        "resume",
+        nargs="?",
+        default="",
+        help="'yes' (newest complete checkpoint), a step N, or 'no' (default)",
+    )
     parser.add_argument("--output-dir", type=Path, help="overrides training_args.output_dir")
-    parser.add_argument("--base-model-name",
-                        help="registry name recorded in checkpoints (default: the model dir name)")
+    parser.add_argument(
+        "--base-model-name",
+        help="registry name recorded in checkpoints (default: the model dir name)",
+    )
     ns = parser.parse_args(argv)
     try:
         resume = Resume.parse(ns.resume)
     except ValueError as exc:
         parser.error(str(exc))
-    return RunArgs(ns.data_dir, ns.model_dir, ns.config, resume, ns.output_dir,
-                   ns.base_model_name)
+    return RunArgs(ns.data_dir, ns.model_dir, ns.config, resume, ns.output_dir, ns.base_model_name)
 
 
-def build_training_args(config: FinetuningConfig, run: RunArgs, output_dir: Path,
-                        has_eval: bool, generation: GenerationConfig) -> Seq2SeqTrainingArguments:
+def build_training_args(
+    config: FinetuningConfig,
+    run: RunArgs,
+    output_dir: Path,
+    has_eval: bool,
+    generation: GenerationConfig,
+) -> Seq2SeqTrainingArguments:
     values = config.hf_training_args()
     values["output_dir"] = str(output_dir)
     on_gpu = torch.cuda.is_available()
@@ -114,8 +140,11 @@ def build_training_args(config: FinetuningConfig, run: RunArgs, output_dir: Path
     values.setdefault("include_num_input_tokens_seen", "non_padding")
     cores = os.cpu_count() or 1
     if values.get("dataloader_num_workers", 0) > cores:
-        logger.warning("dataloader_num_workers=%s capped to %s CPU cores",
-                       values["dataloader_num_workers"], cores)
+        logger.warning(
+            "dataloader_num_workers=%s capped to %s CPU cores",
+            values["dataloader_num_workers"],
+            cores,
+        )
         values["dataloader_num_workers"] = cores
     if not has_eval:
         values["eval_strategy"] = "no"
@@ -142,23 +171,37 @@ def make_compute_metrics(tokenizer: Any) -> Any:
     return compute_metrics
 
 
-def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog,
-        dist: DistInfo) -> None:
+def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
     check_model_dir(run_args.model_dir)
     files = split_files(run_args.data_dir, config.data_config)
     tokenizer = load_tokenizer(run_args.model_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
     train_conversations = load_conversations(files["train"])
-    train_data = build_train_dataset(tokenizer, special, train_conversations,
-                                     combine=config.combine, max_length=config.max_length)
+    train_data = build_train_dataset(
+        tokenizer,
+        special,
+        train_conversations,
+        combine=config.combine,
+        max_length=config.max_length,
+    )
     has_eval = "validation" in files and config.training_args.get("eval_strategy", "no") != "no"
-    generation = GenerationConfig(**config.generation_config, pad_token_id=special.endoftext,
-                                  eos_token_id=special.eos_ids, do_sample=False)
+    generation = GenerationConfig(
+        **config.generation_config,
+        pad_token_id=special.endoftext,
+        eos_token_id=special.eos_ids,
+        do_sample=False,
+    )
     args = build_training_args(config, run_args, output_dir, has_eval, generation)
-    eval_kwargs = {"combine": config.combine, "max_input_length": config.max_input_length,
-                   "max_output_length": config.max_output_length}
-    val_data = (eval_dataset(tokenizer, special, load_conversations(files["validation"]),
-                             **eval_kwargs) if has_eval else None)
+    eval_kwargs: dict[str, Any] = {
+        "combine": config.combine,
+        "max_input_length": config.max_input_length,
+        "max_output_length": config.max_output_length,
+    }
+    val_data = (
+        eval_dataset(tokenizer, special, load_conversations(files["validation"]), **eval_kwargs)
+        if has_eval
+        else None
+    )
     resume_from = resolve_resume(run_args.resume, output_dir)
 
     model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
@@ -172,23 +215,39 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         "torch_version": torch.__version__,
     }
     trainer = GlmSeq2SeqTrainer(
-        model=model, args=args, data_collator=LeftPadCollator(pad_id=special.endoftext),
-        train_dataset=train_data, eval_dataset=val_data,
+        model=model,
+        args=args,
+        data_collator=LeftPadCollator(pad_id=special.endoftext),
+        train_dataset=train_data,
+        eval_dataset=val_data,
         processing_class=tokenizer if config.method == "sft" else None,
         compute_metrics=make_compute_metrics(tokenizer),
-        callbacks=[EventCallback(events, metadata)])
+        callbacks=[EventCallback(events, metadata)],
+    )
     trainable, total = _parameter_counts(model)
-    events.emit("started", method=config.method, world_size=args.world_size,
-                max_steps=args.max_steps, resume_from=str(resume_from) if resume_from else None,
-                trainable_params=trainable, total_params=total, device=str(args.device),
-                train_conversations=len(train_conversations))
+    events.emit(
+        "started",
+        method=config.method,
+        world_size=args.world_size,
+        max_steps=args.max_steps,
+        resume_from=str(resume_from) if resume_from else None,
+        trainable_params=trainable,
+        total_params=total,
+        device=str(args.device),
+        train_conversations=len(train_conversations),
+    )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if "test" in files and args.predict_with_generate:
-        test_data = eval_dataset(tokenizer, special, load_conversations(files["test"]),
-                                 **eval_kwargs)
+        test_data = eval_dataset(
+            tokenizer, special, load_conversations(files["test"]), **eval_kwargs
+        )
         result = trainer.predict(test_data, metric_key_prefix="test")
-        events.emit("eval", step=trainer.state.global_step, split="test",
-                    metrics=strip_prefix(result.metrics or {}, "test_"))
+        events.emit(
+            "eval",
+            step=trainer.state.global_step,
+            split="test",
+            metrics=strip_prefix(result.metrics or {}, "test_"),
+        )
 
 
 def _parameter_counts(model: Any) -> tuple[int, int]:
@@ -208,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(run_args.config_path)
         output_dir = run_args.output_dir or Path(config.training_args.get("output_dir", "output"))
         events = EventLog(output_dir, enabled=dist.is_main)
-        run(run_args, config, output_dir, events, dist)
+        run(run_args, config, output_dir, events)
     except tuple(_INPUT_ERRORS) as exc:
         code = next(c for t, c in _INPUT_ERRORS.items() if isinstance(exc, t))
         logger.error("%s: %s", code, exc)
@@ -220,13 +279,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except torch.OutOfMemoryError as exc:
         logger.exception("out of memory")
-        events.emit("status", status="failed", code="out_of_memory", message=str(exc),
-                    user_error=False)
+        events.emit(
+            "status", status="failed", code="out_of_memory", message=str(exc), user_error=False
+        )
         return EXIT_FAILED
     except Exception as exc:
         logger.exception("training failed")
-        events.emit("status", status="failed", code="internal_error",
-                    message=f"{type(exc).__name__}: {exc}", user_error=False)
+        events.emit(
+            "status",
+            status="failed",
+            code="internal_error",
+            message=f"{type(exc).__name__}: {exc}",
+            user_error=False,
+        )
         return EXIT_FAILED
     events.emit("status", status="succeeded")
     return 0

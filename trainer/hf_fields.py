@@ -1,7 +1,7 @@
-"""The keys and value kinds of the Hugging Face dataclasses a config may set, without importing them.
+"""Keys and value kinds of the Hugging Face dataclasses a config may set, without importing them.
 
-``trainer.config`` validates ``training_args`` and ``peft_config`` against these tables so the API can
-reject an unknown key or a wrong type before any GPU time is spent, without importing torch. The
+``trainer.config`` validates ``training_args`` and ``peft_config`` against these tables so the API
+can reject an unknown key or a wrong type before any GPU time is spent, without importing torch. The
 tables are generated from the pinned transformers/peft (``python -m trainer.hf_fields``) and a test
 checks they still match the installed versions.
 """

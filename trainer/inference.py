@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 
-from trainer.modeling import check_model_dir, compute_dtype, load_adapter, load_model, load_tokenizer
+from trainer.modeling import (
+    check_model_dir,
+    compute_dtype,
+    load_adapter,
+    load_model,
+    load_tokenizer,
+)
 from trainer.template import Message, SpecialTokens, clean_message, render_ids
 
 
@@ -37,21 +43,28 @@ class ChatModel:
 
     def reply(self, messages: list[Message], params: SamplingParams | None = None) -> str:
         params = params or SamplingParams()
-        prompt = render_ids(self.tokenizer, [clean_message(m) for m in messages],
-                            generation_prompt=True)
+        prompt = render_ids(
+            self.tokenizer, [clean_message(m) for m in messages], generation_prompt=True
+        )
         input_ids = torch.tensor([prompt], device=self.model.device)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        sampling = ({"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-                    if params.do_sample else {"do_sample": False})
+        sampling = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            if params.do_sample
+            else {"do_sample": False}
+        )
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=params.max_new_tokens,
                 repetition_penalty=params.repetition_penalty,
-                eos_token_id=self.special.eos_ids, pad_token_id=self.special.endoftext,
-                **sampling)
-        text: str = self.tokenizer.decode(output[0, len(prompt):], skip_special_tokens=True)
+                eos_token_id=self.special.eos_ids,
+                pad_token_id=self.special.endoftext,
+                **sampling,
+            )
+        text: str = self.tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True)
         return text.strip()
 
 
@@ -71,7 +84,8 @@ def load_chat_model(path: Path, *, base_dir: Path | None = None) -> ChatModel:
     base = base_dir or (adapter_base(path) if is_adapter else path)
     if is_adapter and not base.is_dir():
         raise FileNotFoundError(
-            f"the adapter's base model {base} does not exist: pass the base model directory")
+            f"the adapter's base model {base} does not exist: pass the base model directory"
+        )
     check_model_dir(base)
     tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else base)
     model = load_model(path if not is_adapter else base, dtype=compute_dtype(), use_cache=True)
@@ -80,5 +94,10 @@ def load_chat_model(path: Path, *, base_dir: Path | None = None) -> ChatModel:
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
-    return ChatModel(model=model, tokenizer=tokenizer, special=SpecialTokens.from_tokenizer(
-        tokenizer), base_dir=base, adapter_dir=path if is_adapter else None)
+    return ChatModel(
+        model=model,
+        tokenizer=tokenizer,
+        special=SpecialTokens.from_tokenizer(tokenizer),
+        base_dir=base,
+        adapter_dir=path if is_adapter else None,
+    )

@@ -34,8 +34,9 @@ def score_texts(predictions: Sequence[str], references: Sequence[str]) -> dict[s
             scores = rouge.get_scores(" ".join(pred_tokens), " ".join(ref_tokens))[0]
             for key in ("rouge-1", "rouge-2", "rouge-l"):
                 totals[key] += round(scores[key]["f"] * 100, 4)
-            totals["bleu-4"] += sentence_bleu([ref_tokens], pred_tokens,
-                                              smoothing_function=smoothing)
+            totals["bleu-4"] += sentence_bleu(
+                [ref_tokens], pred_tokens, smoothing_function=smoothing
+            )
         # an empty prediction scores 0 everywhere (rouge_chinese raises on it)
     count = max(len(predictions), 1)
     return {key: value / count for key, value in totals.items()}

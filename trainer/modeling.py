@@ -32,11 +32,13 @@ def check_model_dir(model_dir: Path) -> dict[str, Any]:
     if model_type == "chatglm" or "auto_map" in config:
         raise UnsupportedModelError(
             f"{model_dir} is a remote-code ChatGLM checkpoint (model_type {model_type!r}); glmft "
-            "trains the native transformers classes: use THUDM/glm-4-9b-chat-hf or GLM-4-9B-0414")
+            "trains the native transformers classes: use THUDM/glm-4-9b-chat-hf or GLM-4-9B-0414"
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"{model_dir}: model_type {model_type!r} is not GLM-4 "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
     return config
 
 
@@ -53,7 +55,8 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 def load_model(model_dir: Path, *, dtype: torch.dtype, use_cache: bool = False) -> PreTrainedModel:
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, use_cache=use_cache)
+        model_dir, dtype=dtype, use_cache=use_cache
+    )
     return model
 
 
@@ -64,17 +67,25 @@ def check_prefix_shape(peft: dict[str, Any], model_config: Any) -> None:
     """
     kv_heads = model_config.num_key_value_heads
     head_dim = getattr(model_config, "head_dim", None) or (
-        model_config.hidden_size // model_config.num_attention_heads)
+        model_config.hidden_size // model_config.num_attention_heads
+    )
     heads = peft.get("num_attention_heads")
     token_dim = peft.get("token_dim")
     issues = []
     if heads != kv_heads:
-        issues.append(ConfigIssue("peft_config.num_attention_heads",
-                                  f"must equal the model's KV heads ({kv_heads}), got {heads}"))
+        issues.append(
+            ConfigIssue(
+                "peft_config.num_attention_heads",
+                f"must equal the model's KV heads ({kv_heads}), got {heads}",
+            )
+        )
     if token_dim != kv_heads * head_dim:
-        issues.append(ConfigIssue("peft_config.token_dim",
-                                  f"must be KV heads x head_dim = {kv_heads * head_dim}, "
-                                  f"got {token_dim}"))
+        issues.append(
+            ConfigIssue(
+                "peft_config.token_dim",
+                f"must be KV heads x head_dim = {kv_heads * head_dim}, got {token_dim}",
+            )
+        )
     if issues:
         raise ConfigError(issues)
 
@@ -91,9 +102,13 @@ def attach_method(model: PreTrainedModel, config: FinetuningConfig) -> PreTraine
     if config.training_args.get("gradient_checkpointing"):
         model.enable_input_require_grads()
     trainable, total = wrapped.get_nb_trainable_parameters()
-    logger.info("trainable params: %s || all params: %s || trainable%%: %.4f",
-                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return wrapped  # type: ignore[no-any-return]
+    logger.info(
+        "trainable params: %s || all params: %s || trainable%%: %.4f",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+    return wrapped
 
 
 def load_adapter(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:

@@ -115,8 +115,9 @@ def clean_message(message: Message) -> Message:
     return msg
 
 
-def render_ids(tokenizer: ChatTokenizer, messages: list[Message], *, generation_prompt: bool = False
-               ) -> list[int]:
+def render_ids(
+    tokenizer: ChatTokenizer, messages: list[Message], *, generation_prompt: bool = False
+) -> list[int]:
     """Token ids of ``messages`` rendered by the tokenizer's chat template."""
     ids = tokenizer.apply_chat_template(
         messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
@@ -152,7 +153,9 @@ def encode_train(
     ids.append(special.user)
     shifted = [False, *mask]
     labels = [tok if target else IGNORE_INDEX for tok, target in zip(ids, shifted, strict=True)]
-    return TrainExample(input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids))
+    return TrainExample(
+        input_ids=ids[:max_length], labels=labels[:max_length], full_length=len(ids)
+    )
 
 
 def encode_eval(
@@ -183,8 +186,8 @@ def encode_eval(
     return [
         EvalExample(
             turn=first_turn + i,
-            prompt_ids=prompt[:max_input_length] + [special.assistant],
-            target_ids=(answer + [special.user])[:max_output_length],
+            prompt_ids=[*prompt[:max_input_length], special.assistant],
+            target_ids=[*answer, special.user][:max_output_length],
         )
         for i, (prompt, answer) in enumerate(turns)
     ]
@@ -198,5 +201,7 @@ def _last_index(ids: list[int], token: int) -> int:
     for j in range(len(ids) - 1, -1, -1):
         if ids[j] == token:
             return j
-    raise ValueError("conversation renders no <|assistant|> token: it needs an assistant message "
-                     "with non-empty content")
+    raise ValueError(
+        "conversation renders no <|assistant|> token: it needs an assistant message "
+        "with non-empty content"
+    )

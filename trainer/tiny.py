@@ -22,22 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tokenizers import (
-    AddedToken,
-    Regex,
-    Tokenizer,
-    decoders,
-    models,
-    pre_tokenizers,
-    processors,
-)
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
-from transformers import (
-    GenerationConfig,
-    GlmConfig,
-    GlmForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import GenerationConfig, GlmConfig, GlmForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
@@ -191,7 +178,8 @@ def build_tokenizer(*, vocab_size: int = 2000) -> PreTrainedTokenizerFast:
     n_regular = tok.get_vocab_size()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-    assert list(ids.values()) == list(range(n_regular, n_regular + len(SPECIAL_TOKENS))), ids
+    if list(ids.values()) != list(range(n_regular, n_regular + len(SPECIAL_TOKENS))):
+        raise RuntimeError(f"special tokens did not follow the {n_regular} regular ones: {ids}")
     tok.post_processor = processors.TemplateProcessing(
         single="[gMASK] <sop> $A:0",
         pair="[gMASK] <sop> $A:0 $B:1",
@@ -252,17 +240,24 @@ def build_config(
         num_key_value_heads=2,
         head_dim=hidden_size // 4,
         max_position_embeddings=MAX_POSITION_EMBEDDINGS,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "partial_rotary_factor": 0.5,
-        },
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5},
         attention_bias=True,
         tie_word_embeddings=False,
         pad_token_id=pad_id,
         eos_token_id=eos_ids,
         bos_token_id=None,
     )
+
+
+# Logit range a trained head reaches: with the default init (std 0.02) a frozen head caps every
+# logit margin near 0.02 * hidden_size, so LoRA / P-Tuning v2 (which keep the head frozen) plateau
+# near the uniform loss no matter what they learn. A real pretrained head has no such cap.
+_HEAD_LOGIT_SCALE = 16.0
+
+
+def _scale_output_head(model: GlmForCausalLM) -> None:
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, _HEAD_LOGIT_SCALE / model.config.hidden_size)
 
 
 def build_tiny_model(
@@ -284,6 +279,7 @@ def build_tiny_model(
     try:
         torch.manual_seed(seed)
         model = GlmForCausalLM(config).eval()
+        _scale_output_head(model)
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(

@@ -17,12 +17,19 @@ def encoding_options(config_path: Path | str | None) -> dict[str, Any]:
     if config_path is None:
         return dict(DEFAULT_LENGTHS)
     config: FinetuningConfig = load_config(config_path)
-    return {"max_input_length": config.max_input_length,
-            "max_output_length": config.max_output_length, "combine": config.combine}
+    return {
+        "max_input_length": config.max_input_length,
+        "max_output_length": config.max_output_length,
+        "combine": config.combine,
+    }
 
 
-def compute_token_stats(records: list[tuple[int, list[Message]]], *, model_dir: Path | str,
-                        config_path: Path | str | None = None) -> dict[str, Any]:
+def compute_token_stats(
+    records: list[tuple[int, list[Message]]],
+    *,
+    model_dir: Path | str,
+    config_path: Path | str | None = None,
+) -> dict[str, Any]:
     """``records`` are ``(line, messages)`` of valid conversations."""
     from trainer.modeling import load_tokenizer
 
@@ -34,8 +41,9 @@ def compute_token_stats(records: list[tuple[int, list[Message]]], *, model_dir: 
     targets: list[int] = []
     truncated_lines: list[int] = []
     for line, messages in records:
-        example = encode_train(tokenizer, special, messages, combine=options["combine"],
-                               max_length=max_length)
+        example = encode_train(
+            tokenizer, special, messages, combine=options["combine"], max_length=max_length
+        )
         lengths.append(example.full_length)
         targets.append(sum(1 for label in example.labels if label >= 0))
         if example.truncated:
@@ -55,8 +63,11 @@ def _summary(values: list[int]) -> dict[str, float]:
         return {"count": 0}
     ordered = sorted(values)
     return {
-        "count": len(values), "total": sum(values), "min": ordered[0], "max": ordered[-1],
+        "count": len(values),
+        "total": sum(values),
+        "min": ordered[0],
+        "max": ordered[-1],
         "mean": round(statistics.fmean(values), 2),
-        "p50": ordered[len(ordered) // 2], "p95": ordered[min(len(ordered) - 1,
-                                                              int(len(ordered) * 0.95))],
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
     }

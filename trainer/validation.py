@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.conversation import BUILTIN_TOOL_TYPES, MESSAGE_KEYS, ROLES, SPECIAL_TOKENS
-from trainer.datafiles import RawRecord, is_jsonl, iter_records
+from trainer.datafiles import RawRecord, ReadError, is_jsonl, iter_records
 
 
 class Code(StrEnum):
@@ -92,7 +92,7 @@ class Code(StrEnum):
     CONTENT_MISSING = "content_missing"
     CONTENT_INVALID = "content_invalid"
     CONTENT_EMPTY = "content_empty"
-    SPECIAL_TOKEN = "special_token"  # noqa: S105 (not a password)
+    SPECIAL_TOKEN = "special_token"
     NO_ASSISTANT_CONTENT = "no_assistant_content"
     LAST_ASSISTANT_EMPTY = "last_assistant_empty"
     TRAILING_MESSAGES = "trailing_messages"
@@ -180,7 +180,7 @@ class ValidationReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConversationRecord:
     """A valid conversation with its position (see :class:`Issue` for ``line``/``index``)."""
 
@@ -226,12 +226,21 @@ def validate_records(
 ) -> ValidationReport:
     """Validate already-read records (see :func:`trainer.datafiles.iter_records`)."""
     report = ValidationReport()
-    for rec, errors, warnings in _checked(records, vision):
-        if rec.index is not None:
-            report.conversations += 1
-        report.errors.extend(errors)
-        report.warnings.extend(warnings)
-        if not errors and on_conversation is not None:
+    for rec in records:  # the hot loop: no per-row allocation beyond the check itself
+        if rec.error is not None:
+            if rec.index is not None:
+                report.conversations += 1
+            report.errors.append(_read_issue(rec, rec.error))
+            continue
+        report.conversations += 1
+        found = _find_issues(rec.value, vision)
+        if found:
+            errors, warnings = _to_issues(found, rec.file, rec.line, rec.index or 0)
+            report.errors.extend(errors)
+            report.warnings.extend(warnings)
+            if errors:
+                continue
+        if on_conversation is not None:
             on_conversation(rec.value["messages"], _locator(rec))
     report.valid = not report.errors
     return report
@@ -270,8 +279,7 @@ def _checked(
 ) -> Iterator[tuple[RawRecord, list[Issue], list[Issue]]]:
     for rec in records:
         if rec.error is not None:
-            code = _READ_ERROR_CODES[rec.error.kind]
-            yield rec, [Issue(rec.file, rec.line, rec.index, "", code.value, rec.error.message)], []
+            yield rec, [_read_issue(rec, rec.error)], []
             continue
         found = _find_issues(rec.value, vision)
         if found:
@@ -279,6 +287,11 @@ def _checked(
             yield rec, errors, warnings
         else:
             yield rec, [], []
+
+
+def _read_issue(rec: RawRecord, error: ReadError) -> Issue:
+    code = _READ_ERROR_CODES[error.kind]
+    return Issue(rec.file, rec.line, rec.index, "", code.value, error.message)
 
 
 def _locator(rec: RawRecord) -> int:
@@ -317,21 +330,31 @@ class _Found(list[tuple[str, Code, str]]):
 def _find_issues(obj: Any, vision: bool) -> Found:
     found = _Found()
     if not isinstance(obj, dict):
-        found.add("", Code.CONVERSATION_INVALID,
-                  f'a conversation must be an object {{"messages": [...]}}, got {_kind(obj)}')
+        found.add(
+            "",
+            Code.CONVERSATION_INVALID,
+            f'a conversation must be an object {{"messages": [...]}}, got {_kind(obj)}',
+        )
         return found
     if len(obj) != 1:
         for key in obj:
             if key != "messages":
-                found.add(_key_path("", key), Code.CONVERSATION_KEY_UNKNOWN,
-                          "unknown top-level key (ignored)")
+                found.add(
+                    _key_path("", key),
+                    Code.CONVERSATION_KEY_UNKNOWN,
+                    "unknown top-level key (ignored)",
+                )
     messages = obj.get("messages", _MISSING)
     if messages is _MISSING:
-        found.add("messages", Code.MESSAGES_MISSING,
-                  'missing "messages": each conversation is {"messages": [...]}')
+        found.add(
+            "messages",
+            Code.MESSAGES_MISSING,
+            'missing "messages": each conversation is {"messages": [...]}',
+        )
     elif not isinstance(messages, list):
-        found.add("messages", Code.MESSAGES_INVALID,
-                  f"messages must be a list, got {_kind(messages)}")
+        found.add(
+            "messages", Code.MESSAGES_INVALID, f"messages must be a list, got {_kind(messages)}"
+        )
     elif not messages:
         found.add("messages", Code.MESSAGES_EMPTY, "messages must not be empty")
     else:
@@ -347,8 +370,11 @@ def _walk(messages: list[Any], vision: bool, found: _Found) -> None:
     empty: list[int] = []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
-            found.add(f"messages[{i}]", Code.MESSAGE_INVALID,
-                      f'a message must be an object {{"role", "content"}}, got {_kind(msg)}')
+            found.add(
+                f"messages[{i}]",
+                Code.MESSAGE_INVALID,
+                f'a message must be an object {{"role", "content"}}, got {_kind(msg)}',
+            )
             prev_role = None
             continue
         if not msg.keys() <= MESSAGE_KEYS:
@@ -394,14 +420,20 @@ def _walk(messages: list[Any], vision: bool, found: _Found) -> None:
 def _unknown_keys(msg: dict[str, Any], i: int, found: _Found) -> None:
     for key in msg:
         if key not in MESSAGE_KEYS:
-            found.add(_key_path(f"messages[{i}]", key), Code.MESSAGE_KEY_UNKNOWN,
-                      "unknown message key (allowed: role, content, tools, metadata, image)")
+            found.add(
+                _key_path(f"messages[{i}]", key),
+                Code.MESSAGE_KEY_UNKNOWN,
+                "unknown message key (allowed: role, content, tools, metadata, image)",
+            )
 
 
 def _bad_content(content: Any, i: int, system_with_tools: bool, found: _Found) -> None:
     if content is not _MISSING:
-        found.add(f"messages[{i}].content", Code.CONTENT_INVALID,
-                  f"content must be a string, got {_kind(content)}")
+        found.add(
+            f"messages[{i}].content",
+            Code.CONTENT_INVALID,
+            f"content must be a string, got {_kind(content)}",
+        )
     elif not system_with_tools:
         found.add(f"messages[{i}]", Code.CONTENT_MISSING, 'missing "content"')
 
@@ -410,8 +442,11 @@ def _bad_role(role: Any, i: int, found: _Found) -> None:
     if role is None:
         found.add(f"messages[{i}]", Code.ROLE_MISSING, 'missing "role"')
     else:
-        found.add(f"messages[{i}].role", Code.ROLE_INVALID,
-                  f"role must be system, user, assistant or observation, got {_show(role)}")
+        found.add(
+            f"messages[{i}].role",
+            Code.ROLE_INVALID,
+            f"role must be system, user, assistant or observation, got {_show(role)}",
+        )
 
 
 def _check_system(i: int, system_seen: bool, vision: bool, found: _Found) -> None:
@@ -421,17 +456,23 @@ def _check_system(i: int, system_seen: bool, vision: bool, found: _Found) -> Non
     elif i != 0:
         found.add(path, Code.SYSTEM_NOT_FIRST, "the system message must be the first message")
     if vision:
-        found.add(path, Code.SYSTEM_NOT_SUPPORTED_VISION,
-                  "vision models (GLM-4V) support neither a system message nor tools")
+        found.add(
+            path,
+            Code.SYSTEM_NOT_SUPPORTED_VISION,
+            "vision models (GLM-4V) support neither a system message nor tools",
+        )
 
 
 def _check_observation(
     messages: list[Any], i: int, prev_role: str | None, tool_names: set[str] | None, found: _Found
 ) -> None:
     if prev_role != "assistant":
-        found.add(f"messages[{i}].role", Code.OBSERVATION_NOT_AFTER_ASSISTANT,
-                  f"an observation must directly follow an assistant tool call, "
-                  f"not {prev_role or 'nothing'}")
+        found.add(
+            f"messages[{i}].role",
+            Code.OBSERVATION_NOT_AFTER_ASSISTANT,
+            f"an observation must directly follow an assistant tool call, "
+            f"not {prev_role or 'nothing'}",
+        )
         return
     prev = messages[i - 1]
     if "metadata" in prev:
@@ -440,13 +481,19 @@ def _check_observation(
     call = _json_object(content) if isinstance(content, str) else None
     name = call.get("name") if call is not None else None
     path = f"messages[{i - 1}].content"
-    if call is None or not isinstance(name, str) or not name or not isinstance(
-        call.get("arguments"), dict | str
+    if (
+        call is None
+        or not isinstance(name, str)
+        or not name
+        or not isinstance(call.get("arguments"), dict | str)
     ):
-        found.add(path, Code.OBSERVATION_WITHOUT_TOOL_CALL,
-                  "an assistant message followed by an observation must be a tool call: set "
-                  '"metadata" to the function name and "content" to the arguments JSON, or make '
-                  'content {"name": ..., "arguments": {...}}')
+        found.add(
+            path,
+            Code.OBSERVATION_WITHOUT_TOOL_CALL,
+            "an assistant message followed by an observation must be a tool call: set "
+            '"metadata" to the function name and "content" to the arguments JSON, or make '
+            'content {"name": ..., "arguments": {...}}',
+        )
     elif tool_names is not None and name not in tool_names:
         found.add(path, Code.TOOL_UNKNOWN, f"calls {name!r}, which the system tools do not declare")
 
@@ -457,12 +504,18 @@ def _check_metadata(
     name = msg["metadata"]
     path = f"messages[{i}].metadata"
     if role != "assistant":
-        found.add(path, Code.METADATA_NOT_ALLOWED,
-                  "metadata (a tool call's function name) is only allowed on assistant messages")
+        found.add(
+            path,
+            Code.METADATA_NOT_ALLOWED,
+            "metadata (a tool call's function name) is only allowed on assistant messages",
+        )
         return
     if not isinstance(name, str) or not name.strip() or "\n" in name:
-        found.add(path, Code.METADATA_INVALID,
-                  f"metadata must be the called function's name (one line), got {_show(name)}")
+        found.add(
+            path,
+            Code.METADATA_INVALID,
+            f"metadata must be the called function's name (one line), got {_show(name)}",
+        )
         return
     if "<" in name or "[" in name:
         _scan_special(name, path, found)
@@ -472,16 +525,20 @@ def _check_metadata(
     if name in BUILTIN_TOOL_TYPES or not isinstance(content, str):
         return  # built-in tools (python, ...) take code/text; a bad content is reported already
     if _json_object(content) is None:
-        found.add(f"messages[{i}].content", Code.TOOL_CALL_ARGUMENTS_INVALID,
-                  "a native tool call (metadata = function name) needs content = the arguments "
-                  'as a JSON object, e.g. {"city": "Beijing"}')
+        found.add(
+            f"messages[{i}].content",
+            Code.TOOL_CALL_ARGUMENTS_INVALID,
+            "a native tool call (metadata = function name) needs content = the arguments "
+            'as a JSON object, e.g. {"city": "Beijing"}',
+        )
 
 
 def _check_image(image: Any, i: int, vision: bool, found: _Found) -> None:
     path = f"messages[{i}].image"
     if not vision:
-        found.add(path, Code.IMAGE_NOT_ALLOWED,
-                  "image is only allowed for vision models (--vision)")
+        found.add(
+            path, Code.IMAGE_NOT_ALLOWED, "image is only allowed for vision models (--vision)"
+        )
     elif i != 0:
         found.add(path, Code.IMAGE_NOT_FIRST, "image is only allowed on the first message")
     elif not isinstance(image, str) or not image:
@@ -489,32 +546,51 @@ def _check_image(image: Any, i: int, vision: bool, found: _Found) -> None:
 
 
 def _check_end(
-    empty: list[int], last_assistant: int, has_answer: bool, last_role: str | None, n: int,
+    empty: list[int],
+    last_assistant: int,
+    has_answer: bool,
+    last_role: str | None,
+    n: int,
     found: _Found,
 ) -> None:
     if not has_answer:
-        found.add("messages", Code.NO_ASSISTANT_CONTENT,
-                  "no assistant message with non-empty content: nothing to train on "
-                  "(combine mode fails with '151337 is not in list')")
+        found.add(
+            "messages",
+            Code.NO_ASSISTANT_CONTENT,
+            "no assistant message with non-empty content: nothing to train on "
+            "(combine mode fails with '151337 is not in list')",
+        )
     for i in empty:
         if i == last_assistant and has_answer:
-            found.add(f"messages[{i}].content", Code.LAST_ASSISTANT_EMPTY,
-                      "the last assistant message is empty, so combine mode trains an earlier turn")
+            found.add(
+                f"messages[{i}].content",
+                Code.LAST_ASSISTANT_EMPTY,
+                "the last assistant message is empty, so combine mode trains an earlier turn",
+            )
         else:
-            found.add(f"messages[{i}].content", Code.CONTENT_EMPTY,
-                      "empty content: the chat template drops this message")
+            found.add(
+                f"messages[{i}].content",
+                Code.CONTENT_EMPTY,
+                "empty content: the chat template drops this message",
+            )
     if has_answer and last_role is not None and last_role != "assistant":
-        found.add(f"messages[{n - 1}]", Code.TRAILING_MESSAGES,
-                  f"the conversation ends with {last_role}: combine mode trains every token after "
-                  "the last assistant turn, this one included")
+        found.add(
+            f"messages[{n - 1}]",
+            Code.TRAILING_MESSAGES,
+            f"the conversation ends with {last_role}: combine mode trains every token after "
+            "the last assistant turn, this one included",
+        )
 
 
 def _check_tools_key(tools: Any, i: int, role: str | None, found: _Found) -> set[str] | None:
     if role != "system":
         if role is not None:
-            found.add(f"messages[{i}].tools", Code.TOOLS_NOT_ON_SYSTEM,
-                      'tools are only allowed on the system message: put them on a first message '
-                      '{"role": "system", "content": "", "tools": [...]}')
+            found.add(
+                f"messages[{i}].tools",
+                Code.TOOLS_NOT_ON_SYSTEM,
+                "tools are only allowed on the system message: put them on a first message "
+                '{"role": "system", "content": "", "tools": [...]}',
+            )
         return None
     path = f"messages[{i}].tools"
     if not isinstance(tools, list):
@@ -527,8 +603,11 @@ def _check_tools_key(tools: Any, i: int, role: str | None, found: _Found) -> set
         name = _check_tool(tool, f"{path}[{j}]", found)
         if name is not None:
             if name in names:
-                found.add(f"{path}[{j}].function.name", Code.TOOL_NAME_DUPLICATE,
-                          f"tool {name!r} is declared twice")
+                found.add(
+                    f"{path}[{j}].function.name",
+                    Code.TOOL_NAME_DUPLICATE,
+                    f"tool {name!r} is declared twice",
+                )
             names.add(name)
     return names
 
@@ -542,15 +621,21 @@ def _check_tool(tool: Any, path: str, found: _Found) -> str | None:
         return kind
     if kind != "function":
         hint = ' (the README skeleton {"name", "args"} is not what the template reads)'
-        found.add(path, Code.TOOL_INVALID,
-                  f'tool type must be "function", "python", "simple_browser" or "cogview", got '
-                  f'{_show(kind)}; use {{"type": "function", "function": {{"name", "description", '
-                  f'"parameters"}}}}' + (hint if "name" in tool else ""))
+        found.add(
+            path,
+            Code.TOOL_INVALID,
+            f'tool type must be "function", "python", "simple_browser" or "cogview", got '
+            f'{_show(kind)}; use {{"type": "function", "function": {{"name", "description", '
+            f'"parameters"}}}}' + (hint if "name" in tool else ""),
+        )
         return None
     function = tool.get("function")
     if not isinstance(function, dict):
-        found.add(f"{path}.function", Code.TOOL_FUNCTION_INVALID,
-                  f"function must be an object, got {_kind(function)}")
+        found.add(
+            f"{path}.function",
+            Code.TOOL_FUNCTION_INVALID,
+            f"function must be an object, got {_kind(function)}",
+        )
         return None
     return _check_function(function, f"{path}.function", found)
 
@@ -559,14 +644,20 @@ def _check_function(function: dict[str, Any], path: str, found: _Found) -> str |
     name = function.get("name")
     valid_name = isinstance(name, str) and bool(name)
     if not valid_name:
-        found.add(f"{path}.name", Code.TOOL_NAME_INVALID,
-                  f"function name must be a non-empty string, got {_show(name)}")
+        found.add(
+            f"{path}.name",
+            Code.TOOL_NAME_INVALID,
+            f"function name must be a non-empty string, got {_show(name)}",
+        )
     description = function.get("description", _MISSING)
     if description is _MISSING:
         found.add(path, Code.TOOL_DESCRIPTION_MISSING, "function has no description")
     elif not isinstance(description, str):
-        found.add(f"{path}.description", Code.TOOL_DESCRIPTION_INVALID,
-                  f"description must be a string, got {_kind(description)}")
+        found.add(
+            f"{path}.description",
+            Code.TOOL_DESCRIPTION_INVALID,
+            f"description must be a string, got {_kind(description)}",
+        )
     _check_parameters(function.get("parameters", _MISSING), f"{path}.parameters", found)
     text = json.dumps(function, ensure_ascii=False)
     if "<" in text or "[" in text:
@@ -577,29 +668,44 @@ def _check_function(function: dict[str, Any], path: str, found: _Found) -> str |
 def _check_parameters(params: Any, path: str, found: _Found) -> None:
     if not isinstance(params, dict):
         got = "nothing" if params is _MISSING else _kind(params)
-        found.add(path, Code.TOOL_PARAMETERS_INVALID,
-                  f'parameters must be {{"type": "object", "properties": {{...}}}}, got {got}')
+        found.add(
+            path,
+            Code.TOOL_PARAMETERS_INVALID,
+            f'parameters must be {{"type": "object", "properties": {{...}}}}, got {got}',
+        )
         return
     if params.get("type") != "object":
-        found.add(f"{path}.type", Code.TOOL_PARAMETERS_INVALID,
-                  f'parameters type must be "object", got {_show(params.get("type"))}')
+        found.add(
+            f"{path}.type",
+            Code.TOOL_PARAMETERS_INVALID,
+            f'parameters type must be "object", got {_show(params.get("type"))}',
+        )
     if not isinstance(params.get("properties"), dict):
-        found.add(f"{path}.properties", Code.TOOL_PARAMETERS_INVALID,
-                  "properties must be an object mapping argument names to JSON Schemas")
+        found.add(
+            f"{path}.properties",
+            Code.TOOL_PARAMETERS_INVALID,
+            "properties must be an object mapping argument names to JSON Schemas",
+        )
     required = params.get("required", _MISSING)
     if required is not _MISSING and not (
         isinstance(required, list) and all(isinstance(r, str) for r in required)
     ):
-        found.add(f"{path}.required", Code.TOOL_PARAMETERS_INVALID,
-                  "required must be a list of argument names")
+        found.add(
+            f"{path}.required",
+            Code.TOOL_PARAMETERS_INVALID,
+            "required must be a list of argument names",
+        )
 
 
 def _scan_special(text: str, path: str, found: _Found) -> None:
     hits = [token for token in SPECIAL_TOKENS if token in text]
     if hits:
-        found.add(path, Code.SPECIAL_TOKEN,
-                  f"contains special-token text {', '.join(hits)}; the tokenizer would read it as "
-                  "a control token")
+        found.add(
+            path,
+            Code.SPECIAL_TOKEN,
+            f"contains special-token text {', '.join(hits)}; the tokenizer would read it as "
+            "a control token",
+        )
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -617,8 +723,15 @@ def _key_path(base: str, key: str) -> str:
     return f"{base}{part}" if base or not part.startswith(".") else key
 
 
-_KINDS = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string",
-          list: "list", dict: "object"}
+_KINDS = {
+    type(None): "null",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "list",
+    dict: "object",
+}
 
 
 def _kind(value: Any) -> str:

@@ -29,18 +29,27 @@ def tiny_config(method: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def write_data(directory: Path, conversations: list[dict[str, Any]], name: str = "train.jsonl"
-               ) -> Path:
+def write_data(
+    directory: Path, conversations: list[dict[str, Any]], name: str = "train.jsonl"
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    path.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations), encoding="utf-8"
+    )
     return directory
 
 
-def run_finetune(data_dir: Path, model_dir: Path, config: dict[str, Any], output_dir: Path,
-                 resume: str = "", *, nproc: int | None = None, timeout: int = 600
-                 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+def run_finetune(
+    data_dir: Path,
+    model_dir: Path,
+    config: dict[str, Any],
+    output_dir: Path,
+    resume: str = "",
+    *,
+    nproc: int | None = None,
+    timeout: int = 600,
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     config_path = output_dir.parent / f"{output_dir.name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     with config_path.open("w", encoding="utf-8") as fh:
@@ -50,13 +59,27 @@ def run_finetune(data_dir: Path, model_dir: Path, config: dict[str, Any], output
         args.append(resume)
     args += ["--output-dir", str(output_dir)]
     if nproc:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={nproc}", "-m", "trainer.finetune"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "trainer.finetune",
+        ]
     else:
         launcher = [sys.executable, "-m", "trainer.finetune"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(launcher + args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        launcher + args,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return proc, read_events(output_dir)
 
 
@@ -71,5 +94,11 @@ def final_status(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def glmft(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -99,7 +99,7 @@ def test_json_single_object(tmp_path: Path) -> None:
 
 def test_json_syntax_error_reports_line_and_stops(tmp_path: Path) -> None:
     file = tmp_path / "d.json"
-    file.write_text(f"[\n{LINE},\n{LINE},\n{{\"messages\": oops}}\n]", encoding="utf-8")
+    file.write_text(f'[\n{LINE},\n{LINE},\n{{"messages": oops}}\n]', encoding="utf-8")
     records = list(iter_json(file))
     assert positions(records) == [(2, 0), (3, 1), (4, 2)]
     error = records[2].error
@@ -108,8 +108,9 @@ def test_json_syntax_error_reports_line_and_stops(tmp_path: Path) -> None:
     assert "line 4" in error.message
 
 
-@pytest.mark.parametrize(("text", "line"), [(f"[{LINE}] x", 1), (f"[{LINE}\n{LINE}]", 2),
-                                            (f"{LINE}\n{LINE}", 2)])
+@pytest.mark.parametrize(
+    ("text", "line"), [(f"[{LINE}] x", 1), (f"[{LINE}\n{LINE}]", 2), (f"{LINE}\n{LINE}", 2)]
+)
 def test_json_missing_comma_or_trailing_data(tmp_path: Path, text: str, line: int) -> None:
     file = tmp_path / "d.json"
     file.write_text(text, encoding="utf-8")
@@ -134,11 +135,14 @@ def test_data_dir_reads_present_splits_in_order(tmp_path: Path) -> None:
     assert [Path(r.file).name for r in iter_records(tmp_path)] == ["train.jsonl", "test.jsonl"]
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("missing.jsonl", "no such file"),
-    ("d.csv", "unsupported file type '.csv'"),
-    ("emptydir", "no data file in directory"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing.jsonl", "no such file"),
+        ("d.csv", "unsupported file type '.csv'"),
+        ("emptydir", "no data file in directory"),
+    ],
+)
 def test_unusable_inputs_raise(tmp_path: Path, name: str, message: str) -> None:
     if name == "d.csv":
         (tmp_path / name).write_text("a,b\n", encoding="utf-8")

@@ -18,8 +18,13 @@ from tests.trainer.finetune_helpers import (
 )
 from tests.trainer.test_finetune import CONVERSATIONS
 
-QUICK_ARGS = {"eval_strategy": "no", "save_steps": 1000, "logging_steps": 2, "max_steps": 6,
-              "per_device_train_batch_size": 2}
+QUICK_ARGS = {
+    "eval_strategy": "no",
+    "save_steps": 1000,
+    "logging_steps": 2,
+    "max_steps": 6,
+    "per_device_train_batch_size": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_data(tmp_path_factory.mktemp("data"), CONVERSATIONS * 4)
 
 
-def test_torchrun_two_ranks_train_one_ddp_model(data_dir: Path, tiny_model_dir: Path,
-                                                tmp_path: Path) -> None:
+def test_torchrun_two_ranks_train_one_ddp_model(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     config = tiny_config("lora", training_args=QUICK_ARGS)
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out", nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,10 +45,12 @@ def test_torchrun_two_ranks_train_one_ddp_model(data_dir: Path, tiny_model_dir: 
 
 
 @pytest.mark.parametrize("zero", ["ds_zero_2.json", "ds_zero_3.json"])
-def test_deepspeed_zero_full_sft_on_two_ranks(zero: str, data_dir: Path, tiny_model_dir: Path,
-                                              tmp_path: Path) -> None:
-    config = tiny_config("sft", training_args={**QUICK_ARGS,
-                                               "deepspeed": str(REPO / "configs" / zero)})
+def test_deepspeed_zero_full_sft_on_two_ranks(
+    zero: str, data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        "sft", training_args={**QUICK_ARGS, "deepspeed": str(REPO / "configs" / zero)}
+    )
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out", nproc=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert events[0]["world_size"] == 2
@@ -51,10 +59,18 @@ def test_deepspeed_zero_full_sft_on_two_ranks(zero: str, data_dir: Path, tiny_mo
     checkpoint = tmp_path / "out" / "checkpoint-6"
     # ZeRO-3 gathers 16-bit weights on save: the checkpoint reloads in a fresh process
     reload = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, torch; from transformers import AutoModelForCausalLM as M; "
-         "m = M.from_pretrained(sys.argv[1]); ids = torch.tensor([[1, 2, 3, 4]]); "
-         "loss = m(input_ids=ids, labels=ids).loss; assert torch.isfinite(loss), loss; "
-         "print(float(loss))", str(checkpoint)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch; from transformers import AutoModelForCausalLM as M; "
+            "m = M.from_pretrained(sys.argv[1]); ids = torch.tensor([[1, 2, 3, 4]]); "
+            "loss = m(input_ids=ids, labels=ids).loss; assert torch.isfinite(loss), loss; "
+            "print(float(loss))",
+            str(checkpoint),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert reload.returncode == 0, reload.stderr[-3000:]

@@ -37,19 +37,27 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lora_run(data_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> tuple[Path, list[dict[str, Any]]]:
+def lora_run(
+    data_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[dict[str, Any]]]:
     output = tmp_path_factory.mktemp("lora") / "out"
-    config = tiny_config("lora", training_args={
-        "max_steps": 60, "learning_rate": 5e-3, "eval_steps": 60, "save_steps": 30,
-        "logging_steps": 10})
+    config = tiny_config(
+        "lora",
+        training_args={
+            "max_steps": 60,
+            "learning_rate": 5e-3,
+            "eval_steps": 60,
+            "save_steps": 30,
+            "logging_steps": 10,
+        },
+    )
     proc, events = run_finetune(data_dir, tiny_model_dir, config, output)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return output, events
 
 
 def test_lora_loss_falls_and_events_report_progress(lora_run: Any) -> None:
-    output, events = lora_run
+    _, events = lora_run
     steps = losses(events)
     assert steps[60] < steps[10] - 2.0
     started = events[0]
@@ -76,21 +84,41 @@ def test_lora_checkpoint_records_base_and_config(lora_run: Any, tiny_model_dir: 
     assert (output / "checkpoint-60" / "adapter_model.safetensors").is_file()
 
 
-def test_chat_with_lora_adapter_reproduces_a_trained_answer(lora_run: Any,
-                                                            tiny_model_dir: Path) -> None:
+def test_chat_with_lora_adapter_reproduces_a_trained_answer(
+    lora_run: Any, tiny_model_dir: Path
+) -> None:
     output, _ = lora_run
     prompt, answer = next(iter(ANSWERS.items()))
-    tuned = glmft("chat", str(output / "checkpoint-60"), "--prompt", prompt, "--greedy",
-                  "--max-new-tokens", "40", "--repetition-penalty", "1.0")
-    base = glmft("chat", str(tiny_model_dir), "--prompt", prompt, "--greedy",
-                 "--max-new-tokens", "40", "--repetition-penalty", "1.0")
+    tuned = glmft(
+        "chat",
+        str(output / "checkpoint-60"),
+        "--prompt",
+        prompt,
+        "--greedy",
+        "--max-new-tokens",
+        "40",
+        "--repetition-penalty",
+        "1.0",
+    )
+    base = glmft(
+        "chat",
+        str(tiny_model_dir),
+        "--prompt",
+        prompt,
+        "--greedy",
+        "--max-new-tokens",
+        "40",
+        "--repetition-penalty",
+        "1.0",
+    )
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     assert tuned.stdout.strip() == answer
     assert base.returncode == 0 and base.stdout.strip() != answer
 
 
-def test_chat_finds_a_moved_base_with_base_flag(lora_run: Any, tiny_model_dir: Path,
-                                                tmp_path: Path) -> None:
+def test_chat_finds_a_moved_base_with_base_flag(
+    lora_run: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     output, _ = lora_run
     adapter = tmp_path / "adapter"
     shutil.copytree(output / "checkpoint-60", adapter)
@@ -100,23 +128,36 @@ def test_chat_finds_a_moved_base_with_base_flag(lora_run: Any, tiny_model_dir: P
     config_file.write_text(json.dumps(config))
     missing = glmft("chat", str(adapter), "--prompt", "hi", "--max-new-tokens", "4")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    found = glmft("chat", str(adapter), "--base", str(tiny_model_dir), "--prompt",
-                  next(iter(ANSWERS)), "--greedy", "--max-new-tokens", "40",
-                  "--repetition-penalty", "1.0")
+    found = glmft(
+        "chat",
+        str(adapter),
+        "--base",
+        str(tiny_model_dir),
+        "--prompt",
+        next(iter(ANSWERS)),
+        "--greedy",
+        "--max-new-tokens",
+        "40",
+        "--repetition-penalty",
+        "1.0",
+    )
     assert found.returncode == 0 and found.stdout.strip() == next(iter(ANSWERS.values()))
 
 
 def test_ptuning_v2_trains_and_its_generation_differs_from_base(
-        data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config("ptuning_v2", training_args={**QUICK_ARGS, "max_steps": 30,
-                                                      "learning_rate": 1e-2})
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        "ptuning_v2", training_args={**QUICK_ARGS, "max_steps": 30, "learning_rate": 1e-2}
+    )
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = losses(events)
     assert steps[max(steps)] < steps[min(steps)]
     checkpoint = tmp_path / "out" / "checkpoint-30"
     assert json.loads((checkpoint / "adapter_config.json").read_text())["peft_type"] == (
-        "PREFIX_TUNING")
+        "PREFIX_TUNING"
+    )
     prompt = next(iter(ANSWERS))
     args = ["--prompt", prompt, "--greedy", "--max-new-tokens", "16"]
     tuned, base = glmft("chat", str(checkpoint), *args), glmft("chat", str(tiny_model_dir), *args)
@@ -125,7 +166,8 @@ def test_ptuning_v2_trains_and_its_generation_differs_from_base(
 
 
 def test_full_sft_overfits_and_checkpoint_is_a_standalone_model(
-        data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     config = tiny_config("sft", training_args={**QUICK_ARGS, "max_steps": 40})
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,16 +176,33 @@ def test_full_sft_overfits_and_checkpoint_is_a_standalone_model(
     checkpoint = tmp_path / "out" / "checkpoint-40"
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "config.json").is_file()
     prompt, answer = next(iter(ANSWERS.items()))
-    reply = glmft("chat", str(checkpoint), "--prompt", prompt, "--greedy", "--max-new-tokens",
-                  "40", "--repetition-penalty", "1.0")
+    reply = glmft(
+        "chat",
+        str(checkpoint),
+        "--prompt",
+        prompt,
+        "--greedy",
+        "--max-new-tokens",
+        "40",
+        "--repetition-penalty",
+        "1.0",
+    )
     assert reply.returncode == 0 and reply.stdout.strip() == answer
 
 
 def test_resume_continues_at_the_right_step_with_the_same_losses(
-        data_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config("lora", training_args={
-        **QUICK_ARGS, "max_steps": 8, "save_steps": 4, "logging_steps": 1,
-        "learning_rate": 5e-3})
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        "lora",
+        training_args={
+            **QUICK_ARGS,
+            "max_steps": 8,
+            "save_steps": 4,
+            "logging_steps": 1,
+            "learning_rate": 5e-3,
+        },
+    )
     config["peft_config"]["lora_dropout"] = 0.1  # RNG state must be restored too
     proc, straight = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "a")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -161,8 +220,9 @@ def test_resume_continues_at_the_right_step_with_the_same_losses(
         assert loss == pytest.approx(losses(straight)[step], abs=1e-5)
 
 
-def test_resume_from_a_missing_step_is_an_input_error(data_dir: Path, tiny_model_dir: Path,
-                                                      tmp_path: Path) -> None:
+def test_resume_from_a_missing_step_is_an_input_error(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     config = tiny_config("lora", training_args={**QUICK_ARGS, "max_steps": 2})
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out", "7")
     assert proc.returncode == 2
@@ -170,18 +230,27 @@ def test_resume_from_a_missing_step_is_an_input_error(data_dir: Path, tiny_model
     assert "checkpoint 7 not found" in final_status(events)["message"]
 
 
-def test_bad_config_and_bad_data_fail_before_training(data_dir: Path, tiny_model_dir: Path,
-                                                      tmp_path: Path) -> None:
+def test_bad_config_and_bad_data_fail_before_training(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     bad_config = tiny_config("lora", training_args={"learning_rat": 1e-3})
     proc, events = run_finetune(data_dir, tiny_model_dir, bad_config, tmp_path / "c")
     assert proc.returncode == 2
     assert final_status(events)["code"] == "invalid_config"
     assert "training_args.learning_rat: unknown key" in final_status(events)["message"]
 
-    bad_data = write_data(tmp_path / "bad", [CONVERSATIONS[0], {"messages": [
-        {"role": "user", "content": "hi"}]}])
-    config = tiny_config("lora", data_config={"train_file": "train.jsonl", "val_file": None,
-                                              "test_file": None, "num_proc": 1})
+    bad_data = write_data(
+        tmp_path / "bad", [CONVERSATIONS[0], {"messages": [{"role": "user", "content": "hi"}]}]
+    )
+    config = tiny_config(
+        "lora",
+        data_config={
+            "train_file": "train.jsonl",
+            "val_file": None,
+            "test_file": None,
+            "num_proc": 1,
+        },
+    )
     proc, events = run_finetune(bad_data, tiny_model_dir, config, tmp_path / "d")
     assert proc.returncode == 2
     status = final_status(events)

@@ -56,16 +56,16 @@ def test_auto_classes_load_a_native_glm(tiny_model_dir: Path, tiny_tokenizer: An
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim) == (64, 2, 16)
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (4, 2, 128)
     assert cfg.rope_parameters["partial_rotary_factor"] == 0.5
-    assert cfg.attention_bias and not cfg.tie_word_embeddings
-    assert (
-        cfg.vocab_size % 64 == 0
-        and len(tiny_tokenizer) <= cfg.vocab_size < len(tiny_tokenizer) + 64
-    )
+    assert cfg.attention_bias
+    assert not cfg.tie_word_embeddings
+    assert cfg.vocab_size % 64 == 0
+    assert len(tiny_tokenizer) <= cfg.vocab_size < len(tiny_tokenizer) + 64
     stop_ids = tiny_tokenizer.convert_tokens_to_ids(list(STOP_TOKENS))
     assert cfg.eos_token_id == stop_ids
     assert cfg.pad_token_id == tiny_tokenizer.pad_token_id == stop_ids[0]
     gen = model.generation_config
-    assert gen.eos_token_id == stop_ids and gen.pad_token_id == stop_ids[0]
+    assert gen.eos_token_id == stop_ids
+    assert gen.pad_token_id == stop_ids[0]
     assert (gen.do_sample, gen.top_p, gen.temperature, gen.repetition_penalty) == (
         True,
         0.8,
@@ -154,7 +154,8 @@ def test_chat_template_ids_have_single_prefix(tiny_tokenizer: Any) -> None:
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
     gmask, sop, user, nl = tok.convert_tokens_to_ids(["[gMASK]", "<sop>", "<|user|>", "Ċ"])
     assert ids[:4] == [gmask, sop, user, nl]
-    assert ids.count(gmask) == 1 and ids[-1] == tok.convert_tokens_to_ids("<|assistant|>")
+    assert ids.count(gmask) == 1
+    assert ids[-1] == tok.convert_tokens_to_ids("<|assistant|>")
     assert tok.decode(ids) == "[gMASK]<sop><|user|>\n你好<|assistant|>"
 
 
@@ -168,7 +169,8 @@ def test_special_tokens_follow_the_regular_vocab(tiny_tokenizer: Any) -> None:
     assert ids == list(range(first, first + 14))
     assert ids[-1] == len(tok) - 1
     regular = {t: i for t, i in tok.get_vocab().items() if t not in SPECIAL_TOKENS}
-    assert len(regular) == first and max(regular.values()) == first - 1
+    assert len(regular) == first
+    assert max(regular.values()) == first - 1
     assert set(SPECIAL_TOKENS) <= set(tok.all_special_tokens)
     for token, token_id in zip(SPECIAL_TOKENS, ids, strict=True):
         assert tok.encode(token, add_special_tokens=False) == [token_id]
@@ -183,7 +185,8 @@ def test_encode_prepends_gmask_sop(tiny_tokenizer: Any) -> None:
     prefix = tok.convert_tokens_to_ids(["[gMASK]", "<sop>"])
     bare = tok.encode("hello 你好", add_special_tokens=False)
     assert tok.encode("hello 你好") == prefix + bare
-    assert prefix[0] not in bare and prefix[1] not in bare
+    assert prefix[0] not in bare
+    assert prefix[1] not in bare
     assert tok("hi")["input_ids"][:2] == prefix
 
 
@@ -233,7 +236,8 @@ def test_options_change_shape(tmp_path: Path) -> None:
         256,
     )
     tok = AutoTokenizer.from_pretrained(out)
-    assert tok.convert_tokens_to_ids("<|endoftext|>") == 1000 and cfg.vocab_size == 1024
+    assert tok.convert_tokens_to_ids("<|endoftext|>") == 1000
+    assert cfg.vocab_size == 1024
     with pytest.raises(ValueError, match="multiple of 16"):
         build_tiny_model(tmp_path / "bad", hidden_size=40)
 
@@ -252,7 +256,8 @@ def test_generate_runs(tiny_model_dir: Path, tiny_tokenizer: Any) -> None:
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     n_prompt = inputs["input_ids"].shape[1]
-    assert out.shape[0] == 2 and n_prompt < out.shape[1] <= n_prompt + 6
+    assert out.shape[0] == 2
+    assert n_prompt < out.shape[1] <= n_prompt + 6
     assert isinstance(tok.decode(out[0, n_prompt:], skip_special_tokens=True), str)
 
 
@@ -269,7 +274,8 @@ def test_command_writes_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "model"
     assert _run_cmd(str(out), "--seed", "3") == 0
     assert capsys.readouterr().out.strip() == str(out.resolve())
-    assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert (out / "chat_template.jinja").is_file()
     assert _run_cmd(str(out)) == 0  # an earlier model directory is overwritten
 
     capsys.readouterr()
@@ -278,7 +284,8 @@ def test_command_writes_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixtur
     (busy / "notes.txt").write_text("keep me")
     assert _run_cmd(str(busy)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "refusing" in err
+    assert err.count("\n") == 1
+    assert "refusing" in err
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     assert _run_cmd(str(busy / "notes.txt")) == 2
     assert _run_cmd(str(tmp_path / "x"), "--hidden-size", "40") == 2

@@ -1,7 +1,5 @@
 """``glmft validate``: exit codes, plain and JSON output, token-statistics hook."""
 
-# ruff: noqa: RUF001  (Chinese data uses full-width punctuation)
-
 from __future__ import annotations
 
 import argparse
@@ -19,17 +17,23 @@ from trainer.commands import validate
 
 REPO = Path(__file__).resolve().parents[2]
 
-GOOD = {"messages": [{"role": "user", "content": "类型#裙*风格#性感"},
-                     {"role": "assistant", "content": "这款裙子很好看。"}]}
-NULL_CONTENT = {"messages": [{"role": "user", "content": None},
-                             {"role": "assistant", "content": "好"}]}
+GOOD = {
+    "messages": [
+        {"role": "user", "content": "类型#裙*风格#性感"},
+        {"role": "assistant", "content": "这款裙子很好看。"},
+    ]
+}
+NULL_CONTENT = {
+    "messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "好"}]
+}
 EMPTY_USER = {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "好"}]}
 NO_ANSWER = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -97,15 +101,26 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     data = json.loads(out)
     assert set(data) == {"valid", "conversations", "errors", "warnings", "stats"}
     assert (data["valid"], data["conversations"], data["stats"]) == (False, 3, {})
-    assert data["errors"] == [{"file": str(file), "line": 2, "index": 1,
-                               "path": "messages[0].content", "code": "content_invalid",
-                               "message": "content must be a string, got null"}]
+    assert data["errors"] == [
+        {
+            "file": str(file),
+            "line": 2,
+            "index": 1,
+            "path": "messages[0].content",
+            "code": "content_invalid",
+            "message": "content must be a string, got null",
+        }
+    ]
     assert [w["code"] for w in data["warnings"]] == ["content_empty"]
 
 
 def test_vision_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image = {"messages": [{"role": "user", "content": "图里是什么？", "image": "/img/1.jpg"},
-                          {"role": "assistant", "content": "一只猫。"}]}
+    image = {
+        "messages": [
+            {"role": "user", "content": "图里是什么？", "image": "/img/1.jpg"},
+            {"role": "assistant", "content": "一只猫。"},
+        ]
+    }
     file = write_jsonl(tmp_path / "d.jsonl", [image])
     assert run_cli(capsys, file)[0] == 1
     assert run_cli(capsys, file, "--vision")[0] == 0
@@ -119,11 +134,14 @@ def test_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith(f"{tmp_path / 'dev.jsonl'}:1: messages: ")
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("missing.jsonl", "no such file or directory"),
-    ("d.txt", "unsupported file type '.txt'"),
-    ("emptydir", "no data file in directory"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("missing.jsonl", "no such file or directory"),
+        ("d.txt", "unsupported file type '.txt'"),
+        ("emptydir", "no data file in directory"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_stderr_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, expected: str
 ) -> None:
@@ -182,12 +200,18 @@ def test_model_passes_valid_records_to_compute_token_stats(
     monkeypatch.setitem(sys.modules, "trainer.tokenstats", fake)
     file = write_jsonl(tmp_path / "d.jsonl", [GOOD, NO_ANSWER, GOOD])
     # when
-    code, out, _ = run_cli(capsys, file, "--json", "--model", tmp_path / "m",
-                           "--config", tmp_path / "c.yaml")
+    code, out, _ = run_cli(
+        capsys, file, "--json", "--model", tmp_path / "m", "--config", tmp_path / "c.yaml"
+    )
     # then
     assert code == 1
-    assert calls == [{"records": [(1, GOOD["messages"]), (3, GOOD["messages"])],
-                      "model_dir": tmp_path / "m", "config_path": tmp_path / "c.yaml"}]
+    assert calls == [
+        {
+            "records": [(1, GOOD["messages"]), (3, GOOD["messages"])],
+            "model_dir": tmp_path / "m",
+            "config_path": tmp_path / "c.yaml",
+        }
+    ]
     assert json.loads(out)["stats"] == {"tokens": {"count": 2}}
 
 
@@ -219,9 +243,12 @@ def test_through_the_real_cli_in_a_subprocess(tmp_path: Path) -> None:
     bad = write_jsonl(tmp_path / "bad.jsonl", [NO_ANSWER])
     results = {}
     for name, path in (("good", good), ("bad", bad), ("missing", tmp_path / "nope.jsonl")):
-        proc = subprocess.run(  # noqa: S603
+        proc = subprocess.run(
             [sys.executable, "-m", "trainer.cli", "validate", str(path)],
-            cwd=REPO, capture_output=True, text=True, check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         results[name] = (proc.returncode, proc.stdout, proc.stderr)
     assert results["good"][0] == 0

@@ -36,9 +36,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnsupportedModelError) as exc:
         print(f"glmft chat: error: {exc}", file=sys.stderr)
         return 2
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-                            temperature=args.temperature, top_p=args.top_p,
-                            repetition_penalty=args.repetition_penalty, seed=args.seed)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
     history = [{"role": "system", "content": args.system}] if args.system else []
     prompts = [args.prompt] if args.prompt is not None else _stdin_lines()
     for prompt in prompts:

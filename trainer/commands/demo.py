@@ -20,8 +20,12 @@ DEMO_HIDDEN_SIZE = 128
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"),
-                        help="where the model, checkpoints and events go (default: runs/demo)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs/demo"),
+        help="where the model, checkpoints and events go (default: runs/demo)",
+    )
     parser.add_argument("--config", type=Path, default=REPO_CONFIGS / "tiny" / "lora.yaml")
     parser.add_argument("--prompt", default=None, help="what to ask (default: a training prompt)")
 
@@ -37,18 +41,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/4] building a tiny GLM-4 model in {model_dir}", flush=True)
     build_tiny_model(model_dir, hidden_size=DEMO_HIDDEN_SIZE)
     print(f"[2/4] fine-tuning with LoRA ({args.config}) into {output_dir}", flush=True)
-    code = finetune([str(DEMO_DATA), str(model_dir), str(args.config), "no",
-                     "--output-dir", str(output_dir), "--base-model-name", "glm-4-tiny"])
+    code = finetune(
+        [
+            str(DEMO_DATA),
+            str(model_dir),
+            str(args.config),
+            "no",
+            "--output-dir",
+            str(output_dir),
+            "--base-model-name",
+            "glm-4-tiny",
+        ]
+    )
     events = read_events(output_dir)
     if code != 0:
-        print(f"fine-tuning failed (exit {code}): {events[-1] if events else 'no events'}",
-              file=sys.stderr)
+        print(
+            f"fine-tuning failed (exit {code}): {events[-1] if events else 'no events'}",
+            file=sys.stderr,
+        )
         return code
     steps = [e for e in events if e["event"] == "step"]
     evals = [e for e in events if e["event"] == "eval"]
     checkpoints = [e for e in events if e["event"] == "checkpoint"]
-    print(f"[3/4] loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} over "
-          f"{steps[-1]['step']} steps; eval: {json.dumps(evals[-1]['metrics']) if evals else '-'}")
+    print(
+        f"[3/4] loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} over "
+        f"{steps[-1]['step']} steps; eval: {json.dumps(evals[-1]['metrics']) if evals else '-'}"
+    )
     adapter = Path(checkpoints[-1]["path"])
     prompt = args.prompt or _first_prompt()
     greedy = SamplingParams(max_new_tokens=48, do_sample=False, repetition_penalty=1.0)

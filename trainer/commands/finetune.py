@@ -9,8 +9,11 @@ HELP = "fine-tune with LoRA, P-Tuning v2 or full SFT (same as python -m trainer.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("args", nargs=argparse.REMAINDER,
-                        help="DATA_DIR MODEL_DIR CONFIG [yes|N|no] [--output-dir DIR]")
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="DATA_DIR MODEL_DIR CONFIG [yes|N|no] [--output-dir DIR]",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

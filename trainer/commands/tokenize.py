@@ -44,15 +44,29 @@ def run(args: argparse.Namespace) -> int:
 
     def emit(messages: list[dict[str, object]], line: int) -> None:
         if args.eval:
-            for ex in encode_eval(tokenizer, special, messages, combine=options["combine"],
-                                  max_input_length=options["max_input_length"],
-                                  max_output_length=options["max_output_length"]):
-                print(json.dumps({"line": line, "turn": ex.turn, "prompt_ids": ex.prompt_ids,
-                                  "target_ids": ex.target_ids}))
+            for sample in encode_eval(
+                tokenizer,
+                special,
+                messages,
+                combine=options["combine"],
+                max_input_length=options["max_input_length"],
+                max_output_length=options["max_output_length"],
+            ):
+                print(
+                    json.dumps(
+                        {
+                            "line": line,
+                            "turn": sample.turn,
+                            "prompt_ids": sample.prompt_ids,
+                            "target_ids": sample.target_ids,
+                        }
+                    )
+                )
         else:
-            ex = encode_train(tokenizer, special, messages, combine=options["combine"],
-                              max_length=max_length)
-            print(json.dumps({"line": line, "input_ids": ex.input_ids, "labels": ex.labels}))
+            train = encode_train(
+                tokenizer, special, messages, combine=options["combine"], max_length=max_length
+            )
+            print(json.dumps({"line": line, "input_ids": train.input_ids, "labels": train.labels}))
 
     try:
         report = validate_path(args.path, on_conversation=emit)

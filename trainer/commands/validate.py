@@ -40,12 +40,23 @@ HELP = "Check GLM-4 conversation data (.jsonl, .json or a data dir) and report e
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, metavar="PATH", help=".jsonl, .json or data directory")
-    parser.add_argument("--model", type=Path, metavar="MODEL_DIR",
-                        help="model directory: add token statistics from its tokenizer")
-    parser.add_argument("--config", type=Path, metavar="CONFIG",
-                        help="fine-tuning config: check token lengths against its limits")
-    parser.add_argument("--vision", action="store_true",
-                        help="vision model data (GLM-4V): allow an image on the first message")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="model directory: add token statistics from its tokenizer",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="CONFIG",
+        help="fine-tuning config: check token lengths against its limits",
+    )
+    parser.add_argument(
+        "--vision",
+        action="store_true",
+        help="vision model data (GLM-4V): allow an image on the first message",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# glmft's main job on embedded defaults: install, build a tiny GLM-4, fine-tune it with LoRA on the
+# bundled dataset, evaluate, and chat with the adapter. A few minutes on 2 CPU cores, offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/pip install -q --disable-pip-version-check -e .
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/glmft demo "$@"

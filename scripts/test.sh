@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install glmft with its test dependencies into .venv and run the whole test suite.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# DeepSpeed JIT-builds its CPU comm op once; keep it with the venv so reruns skip the 30 s build.
+export TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions"
+.venv/bin/ruff check trainer tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"
