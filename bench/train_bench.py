@@ -494,7 +494,7 @@ def run_method(method: str, args: argparse.Namespace, work: Path, data_dir: Path
     record["log"] = str(work / f"{method}.log")
     ranks = sorted(out_dir.glob("peak.rank*.json"))
     per_rank = [json.loads(p.read_text()) for p in ranks]
-    if per_rank:
+    if per_rank and all("max_memory_allocated" in r for r in per_rank):
         record["peak_allocated_gib_per_rank"] = [
             round(r.get("max_memory_allocated", 0) / 2**30, 2) for r in per_rank]
         record["peak_reserved_gib_per_rank"] = [

@@ -4,8 +4,9 @@ A training row is ``{"messages": [...]}`` (see the upstream GLM-4 ``finetune_dem
 ``docs``). These models describe the *shape* of a row: roles, field types, the tool schema and the
 allowed message keys. The ordering rules (system first, observation after assistant, ...), tool-call
 checks and special-token checks live in :mod:`trainer.validation`, whose hand-written walk is what
-the service and the trainer actually run (it is ~10x faster than model validation per row). Every
-conversation that the validator accepts also parses with :class:`Conversation`.
+the service and the trainer actually run: it collects every problem with a JSON path and a stable
+code, and costs about half of ``Conversation.model_validate`` per row. Every conversation that the
+validator accepts also parses with :class:`Conversation`.
 
 This module never imports torch or transformers.
 """

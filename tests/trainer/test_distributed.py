@@ -29,7 +29,8 @@ QUICK_ARGS = {
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_data(tmp_path_factory.mktemp("data"), CONVERSATIONS * 4)
+    directory = write_data(tmp_path_factory.mktemp("data"), CONVERSATIONS * 4)
+    return write_data(directory, CONVERSATIONS, name="dev.jsonl")
 
 
 def test_torchrun_two_ranks_train_one_ddp_model(
