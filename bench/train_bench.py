@@ -281,6 +281,9 @@ def worker(argv: list[str]) -> int:
 
     from trainer.finetune import main
 
+    if os.environ.get("GLMFT_BENCH_DISABLE_CUDNN_SDP") == "1":
+        # pytorch/pytorch#196678: cuDNN SDPA backward NaN with a mask on H100/H200 (torch 2.11+)
+        torch.backends.cuda.enable_cudnn_sdp(False)
     t0 = time.time()
     rc = main(trainer_argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -391,7 +394,14 @@ def summarize(events: list[dict[str, Any]], warmup_windows: int, world: int,
         return out
     losses = [s["loss"] for s in steps]
     out["loss_first"], out["loss_last"] = losses[0], losses[-1]
-    out["loss_finite"] = all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses)
+    # HF Trainer drops NaN/inf step losses from the logged mean (logging_nan_inf_filter), so a
+    # NaN run logs loss 0.0: a non-finite grad_norm is the reliable sign.
+    bad = [s["step"] for s in steps
+           if not (isinstance(s["loss"], (int, float)) and math.isfinite(s["loss"]))
+           or (s.get("grad_norm") is not None and not math.isfinite(s["grad_norm"]))]
+    out["loss_finite"] = not bad
+    if bad:
+        out["first_nonfinite_window_step"] = bad[0]
     steady = steps[warmup_windows:] if len(steps) > warmup_windows else steps[-1:]
     out["tokens_per_second"] = statistics.median(s["tokens_per_second"] for s in steady)
     out["tokens_per_second_per_gpu"] = out["tokens_per_second"] / world
@@ -430,6 +440,8 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
         info["gpu_count"] = torch.cuda.device_count()
         info["cuda"] = torch.version.cuda
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["cudnn_sdpa_nan_check"] = cudnn_sdpa_check()
         try:
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -440,6 +452,47 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
         info["device"] = "cpu"
         info["gpu_count"] = 0
     return info
+
+
+def cudnn_sdpa_check() -> dict[str, Any]:
+    """Non-finite ``grad_q`` counts of SDPA (default backends, bf16) on the shapes of
+    pytorch/pytorch#196678 and on a GLM-like left-padded batch row (head_dim 128, first 20 query
+    rows fully masked) at widths 192 (% 128 == 64) and 256; and the 192 case with cuDNN off."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    def grad_q_nonfinite(length: int, dim: int, mask: Any, q_shift: bool) -> int:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        shape = (1, 1, length, dim)
+        q = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.1
+        k = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.1
+        v = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+        if q_shift:
+            q[..., 0], k[..., 0] = 1.0, -120 * math.sqrt(dim)
+        q.requires_grad_()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out.backward(torch.randn_like(out))
+        assert q.grad is not None
+        return int((~torch.isfinite(q.grad)).sum())
+
+    def left_pad_mask(length: int, pad: int) -> Any:
+        i = torch.arange(length, device="cuda")
+        return ((i[None, :] <= i[:, None]) & (i[None, :] >= pad))[None, None]
+
+    try:
+        tril = torch.ones(704, 704, dtype=torch.bool, device="cuda").tril()[None, None]
+        result = {"issue_repro_704": grad_q_nonfinite(704, 64, tril, True),
+                  "left_pad_192": grad_q_nonfinite(192, 128, left_pad_mask(192, 20), False),
+                  "left_pad_256": grad_q_nonfinite(256, 128, left_pad_mask(256, 20), False)}
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        try:
+            result["left_pad_192_cudnn_off"] = grad_q_nonfinite(192, 128, left_pad_mask(192, 20),
+                                                                False)
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a diagnostic, never fatal
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def peak_tflops_for(device: str) -> float | None:
@@ -468,6 +521,12 @@ def run_method(method: str, args: argparse.Namespace, work: Path, data_dir: Path
                     "--output-dir", str(out_dir)]
     world = 1
     env = dict(os.environ)
+    if args.no_cudnn_sdp:
+        env["GLMFT_BENCH_DISABLE_CUDNN_SDP"] = "1"
+    if method != "sft_zero3" and args.gpu_count > 1 and "CUDA_VISIBLE_DEVICES" not in env:
+        # a plain `python -m trainer.finetune` on a multi-GPU host gets HF Trainer's
+        # nn.DataParallel over every visible GPU (n_gpu x the batch): pin one GPU
+        env["CUDA_VISIBLE_DEVICES"] = "0"
     if method == "sft_zero3":
         world = args.gpus
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -483,6 +542,7 @@ def run_method(method: str, args: argparse.Namespace, work: Path, data_dir: Path
                               if world == 1 else " ".join(
                                   [f"torchrun --standalone --nproc_per_node={world}",
                                    "-m trainer.finetune", *trainer_args]),
+                              "cudnn_sdp": not args.no_cudnn_sdp,
                               "config": config, "model": {k: model[k] for k in (
                                   "layers", "params")}}
     if timeout < 30:
@@ -546,6 +606,10 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         batch = r["config"]["training_args"]["per_device_train_batch_size"]
         status = r.get("status") or f"rc {r.get('rc')}"
+        if r.get("first_nonfinite_window_step") is not None:
+            status += f", NaN grads by step {r['first_nonfinite_window_step']}"
+        if r.get("cudnn_sdp") is False:
+            status += ", cuDNN SDPA off"
         if "reload" in r:
             status += ", reload " + ("ok" if r["reload"].get("ok") else "FAILED")
             if r["reload"].get("loss") is not None:
@@ -589,6 +653,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method-timeout", type=float, default=240.0, help="seconds per method")
     p.add_argument("--deadline", type=float, default=3000.0,
                    help="seconds for the whole run; methods that would start later are skipped")
+    p.add_argument("--no-cudnn-sdp", action="store_true",
+                   help="disable the cuDNN SDPA backend in the trainer processes "
+                        "(pytorch/pytorch#196678: NaN grad_q with a padding mask)")
+    p.add_argument("--tag", default="", help="suffix of the results file name")
     p.add_argument("--keep", action="store_true", help="keep the work dir's runs (not the model)")
     p.add_argument("--out", type=Path, default=os.environ.get("OUT") or None,
                    help="also write the JSON (and logs) here (default $OUT)")
@@ -614,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no GPU is visible (use --device cpu)")
     info = device_info(args)
+    args.gpu_count = info["gpu_count"]
     print(json.dumps(info), flush=True)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -651,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
               "anchors": ANCHORS, "results": results,
               "wall_s": round(time.monotonic() - t_start, 1)}
     text = json.dumps(report, ensure_ascii=False, indent=1, default=str)
-    name = f"train_bench_{slug(info['device'])}.json"
+    name = f"train_bench_{slug(info['device'])}{'_' + slug(args.tag) if args.tag else ''}.json"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / name).write_text(text, encoding="utf-8")
     if args.out:

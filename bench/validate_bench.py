@@ -38,8 +38,7 @@ _ATTRS = {
     "材质": ("牛仔布", "棉", "雪纺", "真丝", "针织"),
 }
 _CHARS = (
-    "这款裙子采用宽松的版型设计穿着舒适自在性感的线条图案"
-    "时尚大方面料柔软亲肤搭配百搭单品凸显气质"
+    "这款裙子采用宽松的版型设计穿着舒适自在性感的线条图案时尚大方面料柔软亲肤搭配百搭单品凸显气质"
 )
 
 
@@ -48,8 +47,9 @@ def make_row(rng: random.Random) -> dict[str, Any]:
     prompt = "*".join(f"{k}#{rng.choice(_ATTRS[k])}" for k in keys)
     length = max(40, min(250, int(rng.gauss(110, 30))))
     answer = "".join(rng.choice(_CHARS) for _ in range(length)) + "。"
-    return {"messages": [{"role": "user", "content": prompt},
-                         {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    }
 
 
 def write_rows(path: Path, n: int, seed: int = 0) -> None:
@@ -100,16 +100,23 @@ def device() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parent / "results" / "validate_bench.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "validate_bench.json",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "advertisegen.jsonl"
@@ -125,17 +132,31 @@ def main(argv: list[str] | None = None) -> int:
             "check_only": best_of(args.repeat, lambda: check_only(rows)),
         }
     base = timings["json_loads"]
-    results = {name: {"seconds": round(t, 4), "rows_per_s": round(args.rows / t),
-                      "x_json_loads": round(t / base, 2)} for name, t in timings.items()}
-    lines = [f"{args.rows} rows, {size / 2**20:.1f} MiB, best of {args.repeat}",
-             f"{'case':<15}{'seconds':>10}{'rows/s':>12}{'x json.loads':>14}"]
+    results = {
+        name: {
+            "seconds": round(t, 4),
+            "rows_per_s": round(args.rows / t),
+            "x_json_loads": round(t / base, 2),
+        }
+        for name, t in timings.items()
+    }
+    lines = [
+        f"{args.rows} rows, {size / 2**20:.1f} MiB, best of {args.repeat}",
+        f"{'case':<15}{'seconds':>10}{'rows/s':>12}{'x json.loads':>14}",
+    ]
     for name, r in results.items():
         lines.append(
             f"{name:<15}{r['seconds']:>10.3f}{r['rows_per_s']:>12,}{r['x_json_loads']:>14.2f}"
         )
-    out = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "device": device(),
-           "rows": args.rows, "bytes": size, "repeat": args.repeat, "results": results,
-           "target": "validate_path <= 3x json_loads"}
+    out = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device(),
+        "rows": args.rows,
+        "bytes": size,
+        "repeat": args.repeat,
+        "results": results,
+        "target": "validate_path <= 3x json_loads",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     lines.append(f"wrote {args.out}")

@@ -28,6 +28,8 @@ TORCH_FREE = [
     "conversation",
     "datafiles",
     "validation",
+    "validation_codes",
+    "validation_rules",
     "config",
     "hf_fields",
     "template",

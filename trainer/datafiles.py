@@ -118,7 +118,9 @@ def _parse_line(name: str, lineno: int, index: int, raw: bytes) -> RawRecord:
         return RawRecord(name, lineno, index, json.loads(text))
     except json.JSONDecodeError as exc:
         msg = f"invalid JSON: {exc.msg} at column {exc.colno}; {JSONL_HINT}"
-        return RawRecord(name, lineno, index, error=ReadError("json", msg))
+    except (ValueError, RecursionError) as exc:  # huge integers, absurd nesting
+        msg = f"invalid JSON: {_reason(exc)}"
+    return RawRecord(name, lineno, index, error=ReadError("json", msg))
 
 
 def iter_json(path: str | Path) -> Iterator[RawRecord]:
@@ -158,7 +160,7 @@ def _iter_array(name: str, text: str, pos: int) -> Iterator[RawRecord]:
     index = 0
     while True:
         try:
-            value, end = _DECODER.raw_decode(text, pos)
+            value, end = _decode_at(text, pos)
         except json.JSONDecodeError as exc:
             yield _json_error(name, exc, index)
             return
@@ -179,11 +181,24 @@ def _iter_array(name: str, text: str, pos: int) -> Iterator[RawRecord]:
 
 def _decode_single(name: str, text: str, pos: int) -> RawRecord:
     try:
-        value, end = _DECODER.raw_decode(text, pos)
+        value, end = _decode_at(text, pos)
         _check_trailing(text, end)
     except json.JSONDecodeError as exc:
         return _json_error(name, exc, 0)
     return RawRecord(name, text.count("\n", 0, pos) + 1, 0, value)
+
+
+def _decode_at(text: str, pos: int) -> tuple[Any, int]:
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # huge integers, absurd nesting
+        raise json.JSONDecodeError(_reason(exc), text, pos) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
 
 
 def _skip_ws(text: str, pos: int) -> int:

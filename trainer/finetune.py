@@ -262,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_args = parse_args(argv)
     dist = DistInfo.from_env()
     configure_logging(dist)
-    events = EventLog(run_args.output_dir or Path("output"), enabled=False)
+    # With --output-dir (the worker's way) even a config that fails to load is reported in events.
+    events = EventLog(
+        run_args.output_dir or Path("output"),
+        enabled=dist.is_main and run_args.output_dir is not None,
+    )
     try:
         config = load_config(run_args.config_path)
         output_dir = run_args.output_dir or Path(config.training_args.get("output_dir", "output"))

@@ -169,3 +169,19 @@ def test_data_sha256_depends_on_names_and_bytes_only(tmp_path: Path) -> None:
     assert digest != data_sha256(tmp_path / "b")
     (tmp_path / "a" / "dev.jsonl").write_text(LINE + "\n", encoding="utf-8")
     assert digest != data_sha256(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "bad", ["[" * 100_000, '{"n": ' + "9" * 5000 + "}"], ids=["deep_nesting", "huge_integer"]
+)
+def test_pathological_json_is_a_read_error_not_a_crash(tmp_path: Path, bad: str) -> None:
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(f"{LINE}\n{bad}\n{LINE}\n", encoding="utf-8")
+    array = tmp_path / "d.json"
+    array.write_text(f"[{LINE},\n{bad}]", encoding="utf-8")
+    records = list(iter_jsonl(jsonl))
+    assert [r.error is None for r in records] == [True, False, True]
+    (good, broken) = iter_json(array)
+    assert good.error is None
+    assert broken.error is not None
+    assert (broken.error.kind, broken.line, broken.index) == ("json", 2, 1)

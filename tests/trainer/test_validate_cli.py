@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -173,71 +171,49 @@ def test_config_without_model_is_a_usage_error(
     assert "--config needs --model" in err
 
 
-def test_model_without_tokenstats_module_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_model_dir_without_tokenizer_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "trainer.tokenstats", None)  # makes the import fail
     file = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     code, out, err = run_cli(capsys, file, "--model", tmp_path)
     assert code == 2
     assert out == ""
-    assert err.startswith("glmft validate: error: token statistics")
+    assert err.startswith("glmft validate: error: token statistics failed")
     assert err.count("\n") == 1
 
 
-def test_model_passes_valid_records_to_compute_token_stats(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_config_lengths_count_truncated_conversations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_model_dir: Path
 ) -> None:
-    # given: a stand-in tokenstats module that records its call
-    calls: list[dict[str, Any]] = []
-
-    def compute_token_stats(records: Any, *, model_dir: Any, config_path: Any) -> dict[str, Any]:
-        calls.append({"records": records, "model_dir": model_dir, "config_path": config_path})
-        return {"tokens": {"count": len(records)}}
-
-    fake = types.ModuleType("trainer.tokenstats")
-    fake.compute_token_stats = compute_token_stats  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trainer.tokenstats", fake)
-    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, NO_ANSWER, GOOD])
+    # given a conversation longer than the tiny preset's 128 + 128 + 1 tokens
+    long = {
+        "messages": [
+            {"role": "user", "content": "类型#裙" * 200},
+            {"role": "assistant", "content": "好"},
+        ]
+    }
+    file = write_jsonl(tmp_path / "d.jsonl", [GOOD, long, GOOD])
     # when
     code, out, _ = run_cli(
-        capsys, file, "--json", "--model", tmp_path / "m", "--config", tmp_path / "c.yaml"
+        capsys,
+        file,
+        "--json",
+        "--model",
+        tiny_model_dir,
+        "--config",
+        REPO / "configs" / "tiny" / "lora.yaml",
     )
     # then
-    assert code == 1
-    assert calls == [
-        {
-            "records": [(1, GOOD["messages"]), (3, GOOD["messages"])],
-            "model_dir": tmp_path / "m",
-            "config_path": tmp_path / "c.yaml",
-        }
-    ]
-    assert json.loads(out)["stats"] == {"tokens": {"count": 2}}
+    assert code == 0
+    stats = json.loads(out)["stats"]
+    assert stats["max_length"] == 257 and stats["combine"] is False
+    assert stats["truncated"] == 1 and stats["truncated_lines"] == [2]
+    assert stats["tokens"]["count"] == 3 and stats["tokens"]["max"] > 257
+    # the long conversation's answer is cut off entirely (head-kept truncation): 0 targets
+    assert stats["target_tokens"]["min"] == 0
+    assert stats["target_tokens"]["max"] > 0
 
 
-def test_token_stats_failure_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def compute_token_stats(_records: Any, **_kwargs: Any) -> dict[str, Any]:
-        raise OSError("no tokenizer files in\nmodel dir")
-
-    fake = types.ModuleType("trainer.tokenstats")
-    fake.compute_token_stats = compute_token_stats  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trainer.tokenstats", fake)
-    file = write_jsonl(tmp_path / "d.jsonl", [GOOD])
-    code, _, err = run_cli(capsys, file, "--model", tmp_path)
-    assert code == 2
-    expected = "token statistics failed: no tokenizer files in; model dir"
-    assert err == f"glmft validate: error: {expected}\n"
-
-
-def _all_commands_present() -> bool:
-    from trainer.cli import _COMMANDS
-
-    return all(importlib.util.find_spec(f"trainer.commands.{n}") for n in _COMMANDS)
-
-
-@pytest.mark.skipif(not _all_commands_present(), reason="a command of trainer.cli is missing")
 def test_through_the_real_cli_in_a_subprocess(tmp_path: Path) -> None:
     good = write_jsonl(tmp_path / "good.jsonl", [GOOD])
     bad = write_jsonl(tmp_path / "bad.jsonl", [NO_ANSWER])

@@ -468,6 +468,17 @@ def test_every_warning_code_is_declared() -> None:
         assert code not in WARNING_CODES
 
 
+def test_docstring_table_lists_every_code_with_its_severity() -> None:
+    import trainer.validation as module
+
+    rows = {}
+    for line in (module.__doc__ or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] in ("E", "W"):
+            rows[parts[0]] = parts[1]
+    assert rows == {c.value: ("W" if c in WARNING_CODES else "E") for c in Code}
+
+
 def test_one_conversation_reports_all_its_errors() -> None:
     bad = conv(u(None), {"role": "tool", "content": 1}, system(), obs())
     found = codes(bad)
@@ -493,6 +504,14 @@ def test_issues_are_not_repeated() -> None:
     errors, _ = validate_conversation(conv(u(None), a(None), u("<sop>"), a("<eop>")))
     keys = [(i.path, i.code) for i in errors]
     assert len(keys) == len(set(keys))
+
+
+def test_deeply_nested_tool_call_content_does_not_crash() -> None:
+    deep = "{" + '"a":[' * 100_000
+    errors, _ = validate_conversation(conv(u(), a(deep), obs(), a()))
+    assert [(i.path, i.code) for i in errors] == [
+        ("messages[1].content", "observation_without_tool_call")
+    ]
 
 
 def test_file_with_several_bad_lines_reports_all_of_them(tmp_path: Path) -> None:

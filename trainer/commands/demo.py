@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.events import read_events
     from trainer.finetune import main as finetune
     from trainer.inference import SamplingParams, load_chat_model
+    from trainer.metrics import METRIC_KEYS
     from trainer.tiny import build_tiny_model
 
     workdir: Path = args.workdir
@@ -63,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
     steps = [e for e in events if e["event"] == "step"]
     evals = [e for e in events if e["event"] == "eval"]
     checkpoints = [e for e in events if e["event"] == "checkpoint"]
+    metrics = evals[-1]["metrics"] if evals else {}
+    scores = {k: round(v, 2) for k, v in metrics.items() if k in METRIC_KEYS}
     print(
         f"[3/4] loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} over "
-        f"{steps[-1]['step']} steps; eval: {json.dumps(evals[-1]['metrics']) if evals else '-'}"
+        f"{steps[-1]['step']} steps; eval on dev.jsonl: {json.dumps(scores)}"
     )
     adapter = Path(checkpoints[-1]["path"])
     prompt = args.prompt or _first_prompt()

@@ -24,7 +24,6 @@ Exit status: 0 valid, 1 some conversation invalid, 2 usage or I/O error (one lin
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -67,9 +66,9 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    want_stats = args.model is not None or args.config is not None
     if args.config is not None and args.model is None:
         return _fail("--config needs --model (token statistics need the model's tokenizer)")
+    want_stats = args.model is not None
     records: list[tuple[int, list[dict[str, Any]]]] = []
     on_conversation = (lambda msgs, pos: records.append((pos, msgs))) if want_stats else None
     try:
@@ -90,19 +89,16 @@ def run(args: argparse.Namespace) -> int:
 def _add_token_stats(
     report: ValidationReport,
     records: list[tuple[int, list[dict[str, Any]]]],
-    model_dir: Path | None,
+    model_dir: Path,
     config_path: Path | None,
 ) -> str | None:
     """Fill ``report.stats``; return a one-line problem, or None."""
+    from trainer.config import ConfigError
+    from trainer.tokenstats import compute_token_stats  # heavy: the tokenizer stack
+
     try:
-        tokenstats = importlib.import_module("trainer.tokenstats")  # heavy: tokenizer stack
-    except ImportError as exc:
-        return f"token statistics (--model/--config) are not available: {exc}"
-    try:
-        report.stats = tokenstats.compute_token_stats(
-            records, model_dir=model_dir, config_path=config_path
-        )
-    except (OSError, ValueError) as exc:
+        report.stats = compute_token_stats(records, model_dir=model_dir, config_path=config_path)
+    except (OSError, ValueError, ConfigError) as exc:
         return f"token statistics failed: {exc}"
     return None
 

@@ -1,0 +1,100 @@
+"""``glmft tokenize`` and ``glmft demo``: what a person runs to see what the model trains on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.trainer.finetune_helpers import REPO, glmft, write_data
+from tests.trainer.test_template import MULTI_TURN
+from trainer.template import SpecialTokens, encode_train
+
+
+def test_tokenize_prints_the_training_ids_and_labels(
+    tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    data = write_data(tmp_path, [{"messages": MULTI_TURN}, {"messages": MULTI_TURN[1:3]}])
+    proc = glmft(
+        "tokenize",
+        str(data / "train.jsonl"),
+        "--model",
+        str(tiny_model_dir),
+        "--no-combine",
+        "--max-input-length",
+        "512",
+        "--max-output-length",
+        "512",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2]
+    expected = encode_train(
+        tiny_tokenizer,
+        SpecialTokens.from_tokenizer(tiny_tokenizer),
+        MULTI_TURN,
+        combine=False,
+        max_length=1025,
+    )
+    assert rows[0]["input_ids"] == expected.input_ids
+    assert rows[0]["labels"] == expected.labels
+
+
+def test_tokenize_eval_prints_one_prompt_per_assistant_turn(
+    tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    data = write_data(tmp_path, [{"messages": MULTI_TURN}])
+    proc = glmft(
+        "tokenize",
+        str(data / "train.jsonl"),
+        "--model",
+        str(tiny_model_dir),
+        "--config",
+        str(REPO / "configs" / "lora.yaml"),
+        "--eval",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines()]  # combine: last turn only
+    assert row["line"] == 1 and row["turn"] == 1
+    assert tiny_tokenizer.decode(row["prompt_ids"]).endswith("换成白色呢？<|assistant|>")
+    assert tiny_tokenizer.decode(row["target_ids"]) == "\n白色裙干净清爽。<|user|>"
+
+
+def test_tokenize_reports_invalid_lines_and_exits_1(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_data(
+        tmp_path, [{"messages": MULTI_TURN}, {"messages": [{"role": "user", "content": "hi"}]}]
+    )
+    proc = glmft("tokenize", str(data / "train.jsonl"), "--model", str(tiny_model_dir))
+    assert proc.returncode == 1
+    assert len(proc.stdout.splitlines()) == 1
+    assert "train.jsonl:2: " in proc.stderr
+
+
+def test_tokenize_without_a_model_is_a_usage_error(tmp_path: Path) -> None:
+    data = write_data(tmp_path, [{"messages": MULTI_TURN}])
+    proc = glmft("tokenize", str(data / "train.jsonl"), "--model", str(tmp_path / "none"))
+    assert proc.returncode == 2 and proc.stderr.startswith("glmft tokenize: error:")
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+    proc = glmft("demo", "--workdir", str(tmp_path), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "[4/4] chat" in out
+    lines = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+        for line in out.splitlines()
+        if line.startswith("  ")
+    }
+    # the adapter writes in the style of the bundled ad copy; the random base cannot
+    assert lines["adapter"].startswith("这款") and lines["adapter"].endswith("日常穿搭很出彩。")
+    assert lines["base model"] != lines["adapter"]
+    events = [
+        json.loads(x) for x in (tmp_path / "output" / "events.jsonl").read_text().splitlines()
+    ]
+    assert events[-1] == {**events[-1], "event": "status", "status": "succeeded"}
+    scores = [e["metrics"] for e in events if e["event"] == "eval"][-1]
+    assert scores["rouge-1"] > 50  # held-out dev.jsonl
+    assert '"rouge-1"' in out
