@@ -40,12 +40,15 @@ def compute_token_stats(
     lengths: list[int] = []
     targets: list[int] = []
     truncated_lines: list[int] = []
+    no_target_lines: list[int] = []
     for line, messages in records:
         example = encode_train(
             tokenizer, special, messages, combine=options["combine"], max_length=max_length
         )
         lengths.append(example.full_length)
         targets.append(sum(1 for label in example.labels if label >= 0))
+        if targets[-1] == 0:
+            no_target_lines.append(line)
         if example.truncated:
             truncated_lines.append(line)
     return {
@@ -55,6 +58,9 @@ def compute_token_stats(
         "target_tokens": _summary(targets),
         "truncated": len(truncated_lines),
         "truncated_lines": truncated_lines[:100],
+        # conversations that train nothing once truncated (a batch of only these has NaN loss)
+        "no_target": len(no_target_lines),
+        "no_target_lines": no_target_lines[:100],
     }
 
 

@@ -208,6 +208,7 @@ def test_config_lengths_count_truncated_conversations(
     stats = json.loads(out)["stats"]
     assert stats["max_length"] == 257 and stats["combine"] is False
     assert stats["truncated"] == 1 and stats["truncated_lines"] == [2]
+    assert stats["no_target"] == 1 and stats["no_target_lines"] == [2]  # answer cut off
     assert stats["tokens"]["count"] == 3 and stats["tokens"]["max"] > 257
     # the long conversation's answer is cut off entirely (head-kept truncation): 0 targets
     assert stats["target_tokens"]["min"] == 0
