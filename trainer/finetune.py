@@ -34,7 +34,14 @@ from trainer.config import (
     load_config,
     resolve_config_path,
 )
-from trainer.data import DataError, LeftPadCollator, eval_dataset, load_conversations, split_files
+from trainer.data import (
+    DataError,
+    FeatureDataset,
+    LeftPadCollator,
+    eval_dataset,
+    load_conversations,
+    split_files,
+)
 from trainer.data import train_dataset as build_train_dataset
 from trainer.datafiles import data_sha256
 from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
@@ -84,6 +91,10 @@ class GlmSeq2SeqTrainer(Seq2SeqTrainer):
         ignore_keys: list[str] | None = None,
         **gen_kwargs: Any,
     ) -> Any:
+        if not self.args.predict_with_generate:  # eval loss on (input_ids, labels)
+            return super().prediction_step(
+                model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+            )
         output_ids = inputs.pop("output_ids", None)
         inputs.pop("labels", None)  # upstream #722: pop with a default, never del
         loss, generated, _ = super().prediction_step(
@@ -171,41 +182,44 @@ def make_compute_metrics(tokenizer: Any) -> Any:
     return compute_metrics
 
 
-def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
-    check_model_dir(run_args.model_dir)
-    files = split_files(run_args.data_dir, config.data_config)
-    tokenizer = load_tokenizer(run_args.model_dir)
-    special = SpecialTokens.from_tokenizer(tokenizer)
-    train_conversations = load_conversations(files["train"])
-    train_data = build_train_dataset(
-        tokenizer,
-        special,
-        train_conversations,
-        combine=config.combine,
-        max_length=config.max_length,
-    )
-    has_eval = "validation" in files and config.training_args.get("eval_strategy", "no") != "no"
-    generation = GenerationConfig(
-        **config.generation_config,
-        pad_token_id=special.endoftext,
-        eos_token_id=special.eos_ids,
-        do_sample=False,
-    )
-    args = build_training_args(config, run_args, output_dir, has_eval, generation)
-    eval_kwargs: dict[str, Any] = {
-        "combine": config.combine,
+def build_datasets(
+    tokenizer: Any,
+    special: SpecialTokens,
+    config: FinetuningConfig,
+    files: dict[str, Path],
+    *,
+    with_eval: bool,
+    generate: bool,
+) -> tuple[FeatureDataset, FeatureDataset | None]:
+    """Train features, and eval features: prompts/targets for generation, else loss features."""
+    lengths = {
         "max_input_length": config.max_input_length,
         "max_output_length": config.max_output_length,
     }
-    val_data = (
-        eval_dataset(tokenizer, special, load_conversations(files["validation"]), **eval_kwargs)
-        if has_eval
-        else None
+    train = build_train_dataset(
+        tokenizer,
+        special,
+        load_conversations(files["train"]),
+        combine=config.combine,
+        max_length=config.max_length,
     )
-    resume_from = resolve_resume(run_args.resume, output_dir)
+    if not with_eval:
+        return train, None
+    val_conversations = load_conversations(files["validation"])
+    if generate:
+        return train, eval_dataset(
+            tokenizer, special, val_conversations, combine=config.combine, **lengths
+        )
+    return train, build_train_dataset(
+        tokenizer, special, val_conversations, combine=config.combine, max_length=config.max_length
+    )
 
-    model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
-    metadata = {
+
+def checkpoint_metadata(
+    run_args: RunArgs, config: FinetuningConfig, files: dict[str, Path]
+) -> dict[str, Any]:
+    """What every checkpoint records so a server can resolve its base and reproduce it."""
+    return {
         "base_model": run_args.base_model_name or run_args.model_dir.resolve().name,
         "method": config.method,
         "config": config.model_dump(mode="json"),
@@ -214,6 +228,27 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
     }
+
+
+def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
+    check_model_dir(run_args.model_dir)
+    files = split_files(run_args.data_dir, config.data_config)
+    tokenizer = load_tokenizer(run_args.model_dir)
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    has_eval = "validation" in files and config.training_args.get("eval_strategy", "no") != "no"
+    generation = GenerationConfig(
+        **config.generation_config,
+        pad_token_id=special.endoftext,
+        eos_token_id=special.eos_ids,
+        do_sample=False,
+    )
+    args = build_training_args(config, run_args, output_dir, has_eval, generation)
+    generate = bool(args.predict_with_generate)
+    train_data, val_data = build_datasets(
+        tokenizer, special, config, files, with_eval=has_eval, generate=generate
+    )
+    resume_from = resolve_resume(run_args.resume, output_dir)
+    model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
     trainer = GlmSeq2SeqTrainer(
         model=model,
         args=args,
@@ -221,8 +256,8 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         train_dataset=train_data,
         eval_dataset=val_data,
         processing_class=tokenizer if config.method == "sft" else None,
-        compute_metrics=make_compute_metrics(tokenizer),
-        callbacks=[EventCallback(events, metadata)],
+        compute_metrics=make_compute_metrics(tokenizer) if generate else None,
+        callbacks=[EventCallback(events, checkpoint_metadata(run_args, config, files))],
     )
     trainable, total = _parameter_counts(model)
     events.emit(
@@ -234,12 +269,17 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         trainable_params=trainable,
         total_params=total,
         device=str(args.device),
-        train_conversations=len(train_conversations),
+        train_conversations=len(train_data),
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if "test" in files and args.predict_with_generate:
+    if "test" in files and generate:
         test_data = eval_dataset(
-            tokenizer, special, load_conversations(files["test"]), **eval_kwargs
+            tokenizer,
+            special,
+            load_conversations(files["test"]),
+            combine=config.combine,
+            max_input_length=config.max_input_length,
+            max_output_length=config.max_output_length,
         )
         result = trainer.predict(test_data, metric_key_prefix="test")
         events.emit(

@@ -256,3 +256,23 @@ def test_bad_config_and_bad_data_fail_before_training(
     status = final_status(events)
     assert status["code"] == "invalid_data" and "train.jsonl:2" in status["message"]
     assert not any(e["event"] == "step" for e in events)
+
+
+def test_eval_without_generation_reports_eval_loss(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        "lora",
+        training_args={
+            "max_steps": 4,
+            "eval_steps": 4,
+            "save_steps": 1000,
+            "logging_steps": 2,
+            "predict_with_generate": False,
+        },
+    )
+    proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (evaluation,) = [e for e in events if e["event"] == "eval"]
+    assert evaluation["step"] == 4 and evaluation["metrics"]["loss"] > 0
+    assert "rouge-1" not in evaluation["metrics"]
