@@ -18,7 +18,8 @@ What it does, in one run:
    warm-up), loss first -> last (must be finite), model FLOP utilisation, and for ZeRO-3 that the
    saved checkpoint reloads in a NEW process (``AutoModelForCausalLM.from_pretrained``, one
    forward pass, finite loss);
-5. prints a table and writes JSON to ``$OUT`` (when set) and ``bench/results/train_bench_<device>.json``.
+5. prints a table and writes JSON to ``$OUT`` (when set) and
+   ``bench/results/train_bench_<device>[_<tag>].json``.
 
 Methods (``--methods``, comma-separated):
 
@@ -33,7 +34,8 @@ Methods (``--methods``, comma-separated):
 Run on a GPU box (single GPU for LoRA / P-Tuning v2, two GPUs for ZeRO-3)::
 
     TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --methods lora,lora_bs4,ptuning_v2
-    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --methods sft_zero3 --gpus 2 --sft-layers 12
+    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --methods sft_zero3 --gpus 2 \
+        --sft-layers 12
 
 CPU smoke test (tiny shape)::
 
@@ -45,6 +47,7 @@ CPU smoke test (tiny shape)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -56,6 +59,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -319,7 +323,8 @@ def reload_check(argv: list[str]) -> int:
         ex = encode_train(tokenizer, special, json.loads(line)["messages"], combine=True,
                           max_length=1025)
         features.append({"input_ids": ex.input_ids, "labels": ex.labels})
-    batch = {k: v.to(device) for k, v in LeftPadCollator(pad_id=special.endoftext)(features).items()}
+    collated = LeftPadCollator(pad_id=special.endoftext)(features)
+    batch = {k: v.to(device) for k, v in collated.items()}
     with torch.no_grad():
         loss = float(model(**batch).loss)
     record = {"ok": math.isfinite(loss), "loss": loss, "load_s": round(t_load, 2),
@@ -334,13 +339,15 @@ def reload_check(argv: list[str]) -> int:
 # orchestration
 # ----------------------------------------------------------------------------------------------
 
-def run_process(cmd: list[str], log: Path, timeout: float, env: dict[str, str]) -> tuple[int, float]:
+def run_process(cmd: list[str], log: Path, timeout: float,
+                env: dict[str, str]) -> tuple[int, float]:
     """Run ``cmd`` in its own process group, tee-ing its output to ``log``; kill it at timeout."""
     t0 = time.perf_counter()
     with log.open("w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        assert proc.stdout is not None
+        if proc.stdout is None:
+            raise RuntimeError("no stdout pipe")
         deadline = time.monotonic() + timeout
         timed_out = False
         for line in proc.stdout:
@@ -418,9 +425,16 @@ def summarize(events: list[dict[str, Any]], warmup_windows: int, world: int,
         out["mfu"] = out["tokens_per_second_per_gpu"] * flops_per_token / (peak_tflops * 1e12)
     if started and status and status.get("status") == "succeeded":
         out["first_step_after_start_s"] = round(steps[0]["time"] - started["time"], 2)
-    out["steps"] = [{k: s.get(k) for k in ("step", "loss", "tokens_per_second", "learning_rate",
-                                            "grad_norm", "time")} for s in steps]
+    out["steps"] = [{k: _json_number(s.get(k)) for k in (
+        "step", "loss", "tokens_per_second", "learning_rate", "grad_norm", "time")} for s in steps]
     return out
+
+
+def _json_number(value: Any) -> Any:
+    """NaN/inf as strings, so the results stay strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def device_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -442,12 +456,11 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         info["cudnn"] = torch.backends.cudnn.version()
         info["cudnn_sdpa_nan_check"] = cudnn_sdpa_check()
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.split("\n")[0].strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
+                capture_output=True, text=True, timeout=20, check=False,
+            ).stdout.split("\n")[0].strip()
     else:
         info["device"] = "cpu"
         info["gpu_count"] = 0
@@ -472,8 +485,8 @@ def cudnn_sdpa_check() -> dict[str, Any]:
         q.requires_grad_()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out.backward(torch.randn_like(out))
-        assert q.grad is not None
-        return int((~torch.isfinite(q.grad)).sum())
+        grad = q.grad
+        return -1 if grad is None else int((~torch.isfinite(grad)).sum())
 
     def left_pad_mask(length: int, pad: int) -> Any:
         i = torch.arange(length, device="cuda")
@@ -491,7 +504,7 @@ def cudnn_sdpa_check() -> dict[str, Any]:
         finally:
             torch.backends.cuda.enable_cudnn_sdp(True)
         return result
-    except Exception as exc:  # noqa: BLE001 - a diagnostic, never fatal
+    except Exception as exc:  # a diagnostic, never fatal
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -630,7 +643,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default="lora,lora_bs4,ptuning_v2",
                    help="comma-separated: lora, lora_bs4, ptuning_v2, sft_zero3")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--work", type=Path, default=Path("/tmp/glmft-train-bench"),
+    p.add_argument("--work", type=Path,
+                   default=Path(tempfile.gettempdir()) / "glmft-train-bench",
                    help="scratch dir for models, data, runs (the 40-layer model is 18.8 GB)")
     p.add_argument("--layers", type=int, default=40, help="layers of the LoRA/P-Tuning model")
     p.add_argument("--sft-layers", type=int, default=12, help="layers of the ZeRO-3 model")

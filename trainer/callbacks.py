@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,10 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from trainer.checkpoints import directory_bytes, write_metadata
 from trainer.events import EventLog
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
 
 
 class EventCallback(TrainerCallback):
@@ -42,7 +47,16 @@ class EventCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
+        if not logs or "loss" not in logs:
+            return
+        loss, grad_norm = logs["loss"], logs.get("grad_norm")
+        if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+            # every rank sees the same reduced values, so every rank stops here
+            raise TrainingDivergedError(
+                f"training diverged at step {state.global_step}: loss {loss}, "
+                f"grad_norm {grad_norm}; lower the learning rate or check the data"
+            )
+        if not state.is_world_process_zero:
             return
         now = time.monotonic()
         tokens = state.num_input_tokens_seen - self._last_tokens

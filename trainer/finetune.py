@@ -25,7 +25,7 @@ import transformers
 from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from trainer import __version__
-from trainer.callbacks import EventCallback, strip_prefix
+from trainer.callbacks import EventCallback, TrainingDivergedError, strip_prefix
 from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
 from trainer.config import (
     ConfigError,
@@ -52,6 +52,7 @@ from trainer.modeling import (
     attach_method,
     check_model_dir,
     compute_dtype,
+    configure_cuda_kernels,
     load_model,
     load_tokenizer,
 )
@@ -67,6 +68,11 @@ _INPUT_ERRORS: dict[type[Exception], str] = {
     DataError: "invalid_data",
     CheckpointNotFoundError: "checkpoint_not_found",
     UnsupportedModelError: "unsupported_model",
+}
+# Failures that are not the user's input but have their own code.
+_RUN_ERRORS: dict[type[Exception], str] = {
+    TrainingDivergedError: "training_diverged",
+    torch.OutOfMemoryError: "out_of_memory",
 }
 
 
@@ -149,6 +155,7 @@ def build_training_args(
     values["report_to"] = "none"
     values["remove_unused_columns"] = False
     values.setdefault("include_num_input_tokens_seen", "non_padding")
+    values.setdefault("logging_nan_inf_filter", False)  # a NaN must show, not be logged as 0.0
     cores = os.cpu_count() or 1
     if values.get("dataloader_num_workers", 0) > cores:
         logger.warning(
@@ -164,9 +171,20 @@ def build_training_args(
         values["deepspeed"] = str(resolve_config_path(values["deepspeed"], run.config_path))
         ensure_single_process_group()
     try:
-        return Seq2SeqTrainingArguments(**values, generation_config=generation)
+        args = Seq2SeqTrainingArguments(**values, generation_config=generation)
     except (TypeError, ValueError) as exc:
         raise ConfigError([ConfigIssue("training_args", str(exc))]) from exc
+    if on_gpu and not DistInfo.from_env().launched and args.n_gpu > 1:
+        # Without a launcher HF would wrap the model in nn.DataParallel: a silently larger batch
+        # and all activations on GPU 0. One process trains on one GPU; torchrun uses them all.
+        logger.warning(
+            "%d GPUs visible but not launched with torchrun: training on one GPU; use "
+            "torchrun --nproc_per_node=%d -m trainer.finetune ...",
+            args.n_gpu,
+            args.n_gpu,
+        )
+        args._n_gpu = 1
+    return args
 
 
 def make_compute_metrics(tokenizer: Any) -> Any:
@@ -232,6 +250,7 @@ def checkpoint_metadata(
 
 def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
     check_model_dir(run_args.model_dir)
+    configure_cuda_kernels()
     files = split_files(run_args.data_dir, config.data_config)
     tokenizer = load_tokenizer(run_args.model_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
@@ -294,8 +313,12 @@ def _parameter_counts(model: Any) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()
         return int(trainable), int(total)
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+    def numel(p: Any) -> int:  # ZeRO-3 partitions parameters: ds_numel is the full size
+        return int(getattr(p, "ds_numel", 0) or p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    return sum(numel(p) for p in model.parameters() if p.requires_grad), total
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,11 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot read input: %s", exc)
         events.emit("status", status="failed", code="io_error", message=str(exc), user_error=True)
         return EXIT_BAD_INPUT
-    except torch.OutOfMemoryError as exc:
-        logger.exception("out of memory")
-        events.emit(
-            "status", status="failed", code="out_of_memory", message=str(exc), user_error=False
-        )
+    except tuple(_RUN_ERRORS) as exc:
+        code = next(c for t, c in _RUN_ERRORS.items() if isinstance(exc, t))
+        logger.error("%s: %s", code, exc)
+        events.emit("status", status="failed", code=code, message=str(exc), user_error=False)
         return EXIT_FAILED
     except Exception as exc:
         logger.exception("training failed")

@@ -276,3 +276,18 @@ def test_eval_without_generation_reports_eval_loss(
     (evaluation,) = [e for e in events if e["event"] == "eval"]
     assert evaluation["step"] == 4 and evaluation["metrics"]["loss"] > 0
     assert "rouge-1" not in evaluation["metrics"]
+
+
+def test_a_diverging_run_fails_instead_of_logging_zero_loss(
+    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        "sft",
+        training_args={**QUICK_ARGS, "max_steps": 6, "logging_steps": 1, "learning_rate": 1e30},
+    )
+    proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out")
+    assert proc.returncode == 1
+    status = final_status(events)
+    assert status["code"] == "training_diverged" and status["user_error"] is False
+    assert "lower the learning rate" in status["message"]
+    assert all(e["loss"] == e["loss"] for e in events if e["event"] == "step")  # no NaN logged
