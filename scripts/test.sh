@@ -9,9 +9,17 @@ command -v "$PY" >/dev/null || PY=python3
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+# Integration tests talk to the real PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) this
+# kind of machine runs; start them when they are installed but stopped.
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # DeepSpeed JIT-builds its CPU comm op once; keep it with the venv so reruns skip the 30 s build.
 export TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions"
-.venv/bin/ruff check trainer tests bench
+.venv/bin/ruff check trainer core tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,89 @@
+"""One error vocabulary for the API, the workers and the SDK: a stable code and an HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AppError(Exception):
+    """Base of every error glmft reports to a caller."""
+
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(
+        self, message: str, *, param: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            body["param"] = self.param
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class NotFound(AppError):
+    code = "not_found"
+    http_status = 404
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class AdapterNotFound(NotFound):
+    code = "adapter_not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(AppError):
+    code = "conflict"
+    http_status = 409
+
+
+class InvalidJobTransition(Conflict):
+    code = "invalid_job_transition"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+
+class Invalid(AppError):
+    code = "invalid_request"
+    http_status = 422
+
+
+class InvalidDataset(Invalid):
+    code = "invalid_dataset"
+
+
+class InvalidConfig(Invalid):
+    code = "invalid_config"
+
+
+class InsufficientCapacity(Invalid):
+    code = "insufficient_capacity"
+
+
+class PayloadTooLarge(AppError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class Unavailable(AppError):
+    code = "unavailable"
+    http_status = 503

@@ -1,0 +1,112 @@
+"""The job state machine: one table of allowed edges and one ``transition()`` that applies them.
+
+``validating -> queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and
+``paused`` (ARCHITECTURE.md decision 2). Every change is a conditional UPDATE on the current state,
+so two workers (or a worker and the reaper) can never both move a job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from core.errors import InvalidJobTransition, JobNotFound
+from core.models import Job, utcnow
+
+
+class JobState(StrEnum):
+    VALIDATING = "validating"
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+S = JobState
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.VALIDATING: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    # running -> queued: the reaper re-queues a job whose worker vanished
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED, S.PAUSED}),
+    S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
+    S.PAUSED: frozenset({S.QUEUED, S.CANCELLED}),
+    # resume: a finished-but-not-succeeded job may run again from a checkpoint
+    S.FAILED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+    S.SUCCEEDED: frozenset(),
+}
+TERMINAL = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
+
+
+def sources_of(target: JobState) -> list[JobState]:
+    return [s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets]
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    target: JobState,
+    *,
+    from_states: Iterable[JobState] | None = None,
+    **fields: Any,
+) -> Job:
+    """Move ``job_id`` to ``target`` if its current state allows it; set ``fields`` with it.
+
+    ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim).
+    Raises ``JobNotFound`` or ``InvalidJobTransition``. Commits.
+    """
+    allowed = set(sources_of(target))
+    if from_states is not None:
+        allowed &= set(from_states)
+    values: dict[str, Any] = {"state": target.value, **fields}
+    if target in TERMINAL:
+        values.setdefault("finished_at", utcnow())
+    statement = (
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .where(col(Job.state).in_([s.value for s in allowed]))
+        .values(**values)
+    )
+    result = session.execute(statement)
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidJobTransition(
+            f"job {job_id} is {job.state}; it cannot become {target.value}",
+            details={"state": job.state, "target": target.value},
+        )
+    return job
+
+
+def claim(
+    session: Session, job_id: str, *, worker: str, gpu_ids: list[int], now: datetime | None = None
+) -> Job | None:
+    """Take a queued job for ``worker``; ``None`` when another delivery already owns it."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    try:
+        return transition(
+            session,
+            job_id,
+            S.RUNNING,
+            from_states=[S.QUEUED],
+            worker=worker,
+            gpu_ids=gpu_ids,
+            attempt=job.attempt + 1,
+            heartbeat_at=now or utcnow(),
+            started_at=now or utcnow(),
+            cancel_requested=False,
+        )
+    except InvalidJobTransition:
+        return None

@@ -1,0 +1,154 @@
+"""SQLModel tables: the SQL store is the truth for datasets, jobs, events, metrics, checkpoints
+and adapters (ARCHITECTURE.md decision 1). Tenant-owned rows carry ``tenant_id`` (decision 10)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _ts(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def _created() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True),
+    )
+
+
+def _json(factory: Callable[[], Any] = dict) -> Any:
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
+class BaseModelRecord(SQLModel, table=True):
+    """A base model known to the registry (mirrors settings; adapters reference ``name``)."""
+
+    __tablename__ = "base_models"
+
+    name: str = Field(primary_key=True, max_length=200)
+    path: str
+    description: str = ""
+    created_at: datetime = _created()
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "datasets"
+
+    id: str = Field(default_factory=lambda: new_id("ds"), primary_key=True, max_length=40)
+    tenant_id: str = Field(index=True, max_length=100)
+    filename: str
+    path: str
+    bytes: int
+    sha256: str = Field(max_length=64, index=True)
+    conversations: int = 0
+    valid: bool = False
+    error_count: int = 0
+    report: dict[str, Any] = _json()
+    base_model: str | None = None
+    created_at: datetime = _created()
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("job"), primary_key=True, max_length=40)
+    tenant_id: str = Field(index=True, max_length=100)
+    state: str = Field(index=True, max_length=20)
+    model: str = Field(index=True, max_length=200)
+    method: str = Field(max_length=20)
+    training_dataset_id: str = Field(foreign_key="datasets.id", max_length=40)
+    validation_dataset_id: str | None = Field(
+        default=None, foreign_key="datasets.id", max_length=40
+    )
+    config: dict[str, Any] = _json()
+    gpus: int = 1
+    seed: int | None = None
+    suffix: str | None = Field(default=None, max_length=64)
+    user_metadata: dict[str, Any] = _json()
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
+    attempt: int = 0
+    max_attempts: int = 3
+    worker: str | None = Field(default=None, max_length=200)
+    gpu_ids: list[int] = _json(list)
+    heartbeat_at: datetime | None = _ts()
+    step: int = 0
+    max_steps: int | None = None
+    resume_from_step: int | None = None
+    cancel_requested: bool = False
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    error_param: str | None = Field(default=None, max_length=200)
+    user_error: bool | None = None
+    adapter_id: str | None = Field(default=None, max_length=300)
+    created_at: datetime = _created()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
+    kind: str = Field(max_length=32)
+    message: str = ""
+    data: dict[str, Any] = _json()
+    created_at: datetime = _created()
+
+
+class Metric(SQLModel, table=True):
+    __tablename__ = "metrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
+    step: int
+    split: str = Field(max_length=16)  # train | validation | test
+    name: str = Field(max_length=64)
+    value: float
+    created_at: datetime = _created()
+
+
+class Checkpoint(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
+    tenant_id: str = Field(index=True, max_length=100)
+    step: int
+    path: str
+    bytes: int
+    metrics: dict[str, Any] = _json()
+    created_at: datetime = _created()
+
+
+class Adapter(SQLModel, table=True):
+    __tablename__ = "adapters"
+
+    id: str = Field(primary_key=True, max_length=300)  # ft:<base>:<suffix>:<job>
+    tenant_id: str = Field(index=True, max_length=100)
+    job_id: str | None = Field(default=None, foreign_key="jobs.id", max_length=40)
+    base_model: str = Field(index=True, max_length=200)
+    method: str = Field(max_length=20)
+    step: int | None = None
+    path: str
+    created_at: datetime = _created()

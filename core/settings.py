@@ -1,0 +1,62 @@
+"""The one settings object (env prefix ``GLMFT_``, nested delimiter ``__``).
+
+Defaults are the embedded mode: everything under ``GLMFT_HOME`` (``~/.glmft``), SQLite as the
+store and an SQLite-backed Celery broker, so one machine needs no other service. Production sets
+``GLMFT_DATABASE_URL`` (PostgreSQL) and ``GLMFT_BROKER_URL`` (Redis).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BaseModelEntry(BaseModel):
+    """A base model in the registry: adapters record its name, never its path."""
+
+    path: Path
+    description: str = ""
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int = 2 * 1024**3
+    max_gpus_per_job: int = 8
+    max_attempts: int = 3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GLMFT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".glmft")
+    database_url: str | None = None
+    broker_url: str | None = None
+    artifact_root: Path | None = None
+    models: dict[str, BaseModelEntry] = Field(default_factory=dict)
+    worker_gpus: list[int] = Field(default_factory=list)
+    worker_name: str | None = None
+    heartbeat_interval_s: float = 5.0
+    heartbeat_timeout_s: float = 60.0
+    limits: Limits = Field(default_factory=Limits)
+    default_tenant: str = "default"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'glmft.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_root or self.home / "artifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
