@@ -152,3 +152,16 @@ class Adapter(SQLModel, table=True):
     step: int | None = None
     path: str
     created_at: datetime = _created()
+
+
+class WorkerNode(SQLModel, table=True):
+    """A worker node and its GPU inventory, refreshed by its heartbeat; the API refuses jobs that
+    no online node could ever hold (ARCHITECTURE.md decision 5)."""
+
+    __tablename__ = "workers"
+
+    name: str = Field(primary_key=True, max_length=200)
+    gpus: list[int] = _json(list)
+    queues: list[str] = _json(list)
+    last_seen: datetime = _created()
+    started_at: datetime = _created()
