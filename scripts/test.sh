@@ -18,8 +18,8 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/nul
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# DeepSpeed JIT-builds its CPU comm op once; keep it with the venv so reruns skip the 30 s build.
-export TORCH_EXTENSIONS_DIR="$PWD/.venv/torch_extensions"
+# DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) on first use, about 3-5 min on 2 cores;
+# torch caches them in ~/.cache/torch_extensions, so later runs on the machine skip the build.
 .venv/bin/ruff check trainer core tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
