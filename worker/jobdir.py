@@ -1,0 +1,76 @@
+"""The job directory: everything one training attempt reads and writes, under the artifact root.
+
+<artifact_root>/jobs/<job_id>/
+    data/train.jsonl, data/dev.jsonl   copies of the job's datasets (immutable inputs)
+    config.yaml                        the resolved config the trainer runs
+    output/                            events.jsonl and checkpoint-N/ (the trainer's)
+    trainer.log                        the trainer's stdout and stderr
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+
+@dataclass(frozen=True)
+class JobDir:
+    root: Path
+
+    @classmethod
+    def for_job(cls, artifact_root: Path, job_id: str) -> JobDir:
+        return cls(artifact_root / "jobs" / job_id)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "trainer.log"
+
+    def contains(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root.resolve())
+
+
+def trainer_config(config: dict[str, Any], *, has_validation: bool) -> dict[str, Any]:
+    """The job's config with the data files and output directory the job dir defines."""
+    resolved = copy.deepcopy(config)
+    resolved["data_config"] = {
+        **resolved.get("data_config", {}),
+        "train_file": "train.jsonl",
+        "val_file": "dev.jsonl" if has_validation else None,
+        "test_file": None,
+    }
+    training_args = resolved.setdefault("training_args", {})
+    training_args.pop("output_dir", None)  # the worker passes --output-dir
+    if not has_validation:
+        training_args["eval_strategy"] = "no"
+    return resolved
+
+
+def prepare(
+    job_dir: JobDir, *, config: dict[str, Any], train_file: Path, validation_file: Path | None
+) -> None:
+    """Write the data and config of an attempt; checkpoints of earlier attempts are kept."""
+    job_dir.data.mkdir(parents=True, exist_ok=True)
+    job_dir.output.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(train_file, job_dir.data / "train.jsonl")
+    if validation_file is not None:
+        shutil.copyfile(validation_file, job_dir.data / "dev.jsonl")
+    resolved = trainer_config(config, has_validation=validation_file is not None)
+    with job_dir.config.open("w", encoding="utf-8") as fh:
+        YAML(typ="safe", pure=True).dump(resolved, fh)
