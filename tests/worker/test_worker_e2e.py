@@ -1,0 +1,258 @@
+"""A real Celery worker (Redis broker, PostgreSQL store) trains the tiny model end to end:
+success with events/metrics/checkpoints/adapter, cancel mid-training, and a SIGKILLed worker
+whose job resumes from its checkpoint on a restarted worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from core.db import make_engine, upgrade
+from core.jobs import JobState, transition
+from core.models import Adapter, Checkpoint, Dataset, Job, JobEvent, Metric, WorkerNode
+from tests.trainer.finetune_helpers import REPO, tiny_config
+from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/11"
+CONVERSATIONS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"类型#裙*颜色#{c}"},
+            {"role": "assistant", "content": f"这款{c}裙子大方得体。"},
+        ]
+    }
+    for c in ("红色", "白色", "黑色", "蓝色")
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "glm-4-tiny")
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    name = f"glmft_worker_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_model: Path, database_url: str) -> Iterator[dict[str, str]]:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    values = {
+        **os.environ,
+        "GLMFT_HOME": str(tmp_path / "home"),
+        "GLMFT_DATABASE_URL": database_url,
+        "GLMFT_BROKER_URL": REDIS_URL,
+        "GLMFT_MODELS__glm-4-tiny__PATH": str(tiny_model),
+        "GLMFT_WORKER_GPUS": "[]",
+        "GLMFT_WORKER_NAME": "node-a",
+        "GLMFT_HEARTBEAT_INTERVAL_S": "1",
+        "GLMFT_HEARTBEAT_TIMEOUT_S": "6",
+        "OMP_NUM_THREADS": "1",
+    }
+    yield values
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def start_worker(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[bytes]:
+    log = (tmp_path / "worker.log").open("ab")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-Q",
+            TRAINING_QUEUE,
+            "--pool=solo",
+            "-B",
+            "--schedule",
+            str(tmp_path / "beat-schedule"),
+            "--loglevel=INFO",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def submit(engine: Engine, tmp_path: Path, **training_args: Any) -> str:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in CONVERSATIONS))
+    config = tiny_config(
+        "lora", training_args={"eval_strategy": "no", "logging_steps": 2, **training_args}
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        dataset = Dataset(
+            tenant_id="default",
+            filename="train.jsonl",
+            path=str(data),
+            bytes=data.stat().st_size,
+            sha256="0" * 64,
+            conversations=4,
+            valid=True,
+        )
+        session.add(dataset)
+        session.commit()
+        job = Job(
+            tenant_id="default",
+            state=JobState.QUEUED.value,
+            model="glm-4-tiny",
+            method="lora",
+            training_dataset_id=dataset.id,
+            config=config,
+            gpus=0,
+            max_attempts=3,
+        )
+        session.add(job)
+        session.commit()
+    Celery(broker=REDIS_URL).send_task(RUN_TRAINING_JOB, args=[job.id], queue=TRAINING_QUEUE)
+    return job.id
+
+
+def job_of(engine: Engine, job_id: str) -> Job:
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def rows(engine: Engine, model: Any, job_id: str) -> list[Any]:
+    with Session(engine) as session:
+        return list(session.exec(select(model).where(model.job_id == job_id)).all())
+
+
+def terminal(engine: Engine, job_id: str) -> Job | None:
+    job = job_of(engine, job_id)
+    return job if job.state in ("succeeded", "failed", "cancelled") else None
+
+
+def test_worker_trains_a_job_and_records_everything(env: dict[str, str], tmp_path: Path) -> None:
+    engine = make_engine(env["GLMFT_DATABASE_URL"])
+    worker = start_worker(env, tmp_path)
+    try:
+        wait_for(lambda: rows_of_nodes(engine), 60, "the worker to announce itself")
+        job_id = submit(engine, tmp_path, max_steps=8, save_steps=4)
+        job = wait_for(lambda: terminal(engine, job_id), 180, "the job to finish")
+        assert job.state == "succeeded", (job.error_code, job.error_message)
+        assert (job.step, job.max_steps, job.attempt, job.worker) == (8, 8, 1, "node-a")
+        kinds = [e.kind for e in rows(engine, JobEvent, job_id)]
+        assert kinds[0] == "started" and kinds[-1] == "status" and kinds.count("step") == 4
+        losses = [m for m in rows(engine, Metric, job_id) if m.name == "loss"]
+        assert [m.step for m in losses] == [2, 4, 6, 8]
+        checkpoints = rows(engine, Checkpoint, job_id)
+        assert sorted(c.step for c in checkpoints) == [4, 8]
+        assert all(Path(c.path).is_dir() and c.bytes > 0 for c in checkpoints)
+        with Session(engine) as session:
+            adapter = session.get(Adapter, f"ft:glm-4-tiny:lora:{job_id}")
+        assert adapter is not None and adapter.step == 8 and job.adapter_id == adapter.id
+    finally:
+        stop(worker)
+
+
+def test_cancel_stops_training_and_keeps_checkpoints(env: dict[str, str], tmp_path: Path) -> None:
+    engine = make_engine(env["GLMFT_DATABASE_URL"])
+    worker = start_worker(env, tmp_path)
+    try:
+        job_id = submit(engine, tmp_path, max_steps=400, save_steps=2)
+        wait_for(lambda: rows(engine, Checkpoint, job_id), 120, "a first checkpoint")
+        with Session(engine) as session:  # what POST /jobs/{id}/cancel does
+            transition(session, job_id, JobState.CANCELLING, cancel_requested=True)
+        asked = time.monotonic()
+        job = wait_for(lambda: terminal(engine, job_id), 60, "the cancel")
+        assert job.state == "cancelled" and time.monotonic() - asked < 20
+        assert job.step < 400 and rows(engine, Checkpoint, job_id)
+        assert "python" not in trainer_processes(job_id)
+    finally:
+        stop(worker)
+
+
+def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    engine = make_engine(env["GLMFT_DATABASE_URL"])
+    first = start_worker(env, tmp_path)
+    job_id = submit(engine, tmp_path, max_steps=30, save_steps=4)
+    try:
+        wait_for(
+            lambda: any(c.step >= 4 for c in rows(engine, Checkpoint, job_id)),
+            120,
+            "a checkpoint before the crash",
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        assert trainer_processes(job_id) == "" or wait_for(
+            lambda: trainer_processes(job_id) == "", 15, "the orphaned trainer to exit"
+        )
+    finally:
+        stop(first)
+    second = start_worker({**env, "GLMFT_WORKER_NAME": "node-b"}, tmp_path)
+    try:
+        job = wait_for(lambda: terminal(engine, job_id), 240, "the recovered job")
+        assert job.state == "succeeded", (job.error_code, job.error_message)
+        assert job.attempt == 2 and job.worker == "node-b" and job.step == 30
+        started = [e.data for e in rows(engine, JobEvent, job_id) if e.kind == "started"]
+        assert started[0]["resume_from"] is None
+        assert started[-1]["resume_from"].split("checkpoint-")[-1].isdigit()
+    finally:
+        stop(second)
+
+
+def rows_of_nodes(engine: Engine) -> list[WorkerNode]:
+    with Session(engine) as session:
+        return list(session.exec(select(WorkerNode)).all())
+
+
+def trainer_processes(job_id: str) -> str:
+    found = subprocess.run(
+        ["pgrep", "-af", f"jobs/{job_id}/"], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip()
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

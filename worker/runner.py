@@ -1,0 +1,223 @@
+"""Run one training job: claim -> lease GPUs -> launch the trainer -> supervise -> record.
+
+No Celery here (the task is a thin wrapper), so the whole path is testable with real processes.
+The trainer runs in its own session and dies with this process; events are tailed into SQL every
+``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel stops the whole
+process tree and keeps the checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from core.jobs import JobState, claim, transition
+from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
+from core.settings import Settings
+from worker import jobdir
+from worker.events_tail import EventTail
+from worker.gpus import GpuLeases
+from worker.launcher import TrainerProcess, build_trainer_command
+from worker.recorder import record_events
+
+logger = logging.getLogger(__name__)
+ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value)
+LOST = "lost_ownership"
+
+
+class NodeBusyError(RuntimeError):
+    """Not enough free GPUs on this node right now; the task should retry later."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: JobState
+    code: str | None = None
+    message: str | None = None
+    user_error: bool | None = None
+
+
+@dataclass
+class Runner:
+    settings: Settings
+    engine: Engine
+    leases: GpuLeases
+    node: str
+    poll_s: float = 1.0
+
+    def run(self, job_id: str) -> str:
+        """Run ``job_id`` if it is queued; returns the final state, or ``"skipped"``."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state != JobState.QUEUED:
+                return "skipped"  # a redelivery, a cancelled job, or one another worker has
+            gpus = self.leases.acquire(job_id, job.gpus)
+            if gpus is None:
+                raise NodeBusyError(f"{job.gpus} GPU(s) are not free on {self.node}")
+            try:
+                claimed = claim(session, job_id, worker=self.node, gpu_ids=gpus)
+                if claimed is None:
+                    return "skipped"
+                logger.info(
+                    "job %s: attempt %d on %s, GPUs %s", job_id, claimed.attempt, self.node, gpus
+                )
+                try:
+                    outcome = self._attempt(session, claimed, gpus)
+                except Exception as exc:  # never leave a claimed job running with no trainer
+                    logger.exception("job %s: could not run the trainer", job_id)
+                    outcome = Outcome(
+                        JobState.FAILED, "worker_error", f"{type(exc).__name__}: {exc}", False
+                    )
+                if outcome.code == LOST:
+                    return "lost"  # the reaper gave the job to another attempt: record nothing
+                return self._finish(session, claimed, outcome)
+            finally:
+                self.leases.release(job_id)
+
+    def _attempt(self, session: Session, job: Job, gpus: list[int]) -> Outcome:
+        model = self.settings.models.get(job.model)
+        if model is None:
+            return Outcome(
+                JobState.FAILED,
+                "model_unavailable",
+                f"base model {job.model!r} is not configured on worker {self.node}",
+                False,
+            )
+        directory = jobdir.JobDir.for_job(self.settings.artifacts, job.id)
+        train, validation = _dataset_paths(session, job)
+        jobdir.prepare(directory, config=job.config, train_file=train, validation_file=validation)
+        command = build_trainer_command(
+            nproc=max(1, job.gpus),
+            data_dir=directory.data,
+            model_dir=model.path,
+            config=directory.config,
+            output_dir=directory.output,
+            resume=_resume_argument(session, job),
+            base_model_name=job.model,
+        )
+        events_file = directory.output / "events.jsonl"
+        tail = EventTail(events_file, offset=_size(events_file))  # earlier attempts: recorded
+        process = TrainerProcess(command, job_dir=directory.root, gpus=gpus)
+        if gpus:  # the trainer's pid keeps the lease alive should this worker die first
+            self.leases.attach(job.id, process.pid)
+        return self._supervise(session, job, process, tail)
+
+    def _supervise(
+        self, session: Session, job: Job, process: TrainerProcess, tail: EventTail
+    ) -> Outcome:
+        last_beat = 0.0
+        status: dict[str, Any] = {}
+        cancelled = False
+        returncode = None
+        while returncode is None:
+            returncode = process.wait(self.poll_s)
+            process.processes()  # remember the ranks, should torchrun die first
+            status = self._record(session, job, tail.read_new()) or status
+            if time.monotonic() - last_beat >= self.settings.heartbeat_interval_s:
+                last_beat = time.monotonic()
+                if not self._heartbeat(session, job.id):
+                    logger.warning("job %s: no longer owned by %s; stopping", job.id, self.node)
+                    process.terminate()
+                    return Outcome(JobState.FAILED, LOST)
+            if returncode is None and self._cancel_requested(session, job.id):
+                logger.info("job %s: cancel requested; stopping the trainer", job.id)
+                returncode = process.terminate()
+                cancelled = True
+        status = self._record(session, job, tail.read_new()) or status
+        if cancelled:
+            return Outcome(JobState.CANCELLED)
+        if returncode == 0 and status.get("status") == "succeeded":
+            return Outcome(JobState.SUCCEEDED)
+        return Outcome(
+            JobState.FAILED,
+            status.get("code") or "trainer_crashed",
+            status.get("message") or f"trainer exited with code {returncode}",
+            bool(status.get("user_error", False)),
+        )
+
+    def _record(
+        self, session: Session, job: Job, events: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        if not events:
+            return None
+        record_events(session, job, events)
+        statuses = [e for e in events if e.get("event") == "status"]
+        return statuses[-1] if statuses else None
+
+    def _heartbeat(self, session: Session, job_id: str) -> bool:
+        result = session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.worker) == self.node, col(Job.state).in_(ACTIVE))
+            .values(heartbeat_at=utcnow())
+        )
+        session.commit()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def _cancel_requested(self, session: Session, job_id: str) -> bool:
+        job = session.get(Job, job_id, populate_existing=True)
+        return job is not None and (job.cancel_requested or job.state == JobState.CANCELLING)
+
+    def _finish(self, session: Session, job: Job, outcome: Outcome) -> str:
+        fields: dict[str, Any] = {}
+        if outcome.state == JobState.SUCCEEDED:
+            adapter = register_adapter(session, job)
+            fields["adapter_id"] = adapter.id if adapter else None
+        elif outcome.state == JobState.FAILED:
+            fields.update(
+                error_code=outcome.code,
+                error_message=outcome.message,
+                user_error=outcome.user_error,
+            )
+        transition(session, job.id, outcome.state, **fields)
+        logger.info("job %s: %s", job.id, outcome.state.value)
+        return outcome.state.value
+
+
+def register_adapter(session: Session, job: Job) -> Adapter | None:
+    """Make the job's newest checkpoint an adapter, ``ft:<base>:<suffix>:<job>``."""
+    newest = session.exec(
+        select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(col(Checkpoint.step).desc())
+    ).first()
+    if newest is None:
+        return None
+    adapter_id = f"ft:{job.model}:{job.suffix or job.method}:{job.id}"
+    adapter = session.get(Adapter, adapter_id) or Adapter(
+        id=adapter_id,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        base_model=job.model,
+        method=job.method,
+        path=newest.path,
+    )
+    adapter.step, adapter.path = newest.step, newest.path
+    session.add(adapter)
+    session.commit()
+    return adapter
+
+
+def _dataset_paths(session: Session, job: Job) -> tuple[Path, Path | None]:
+    train = session.get(Dataset, job.training_dataset_id)
+    if train is None:
+        raise LookupError(f"dataset {job.training_dataset_id} is gone")
+    validation = (
+        session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
+    )
+    return Path(train.path), Path(validation.path) if validation else None
+
+
+def _resume_argument(session: Session, job: Job) -> str:
+    """A chosen step, else the newest complete checkpoint once the job has any."""
+    if job.resume_from_step:
+        return str(job.resume_from_step)
+    has_checkpoint = session.exec(select(Checkpoint.id).where(Checkpoint.job_id == job.id)).first()
+    return "yes" if has_checkpoint is not None or job.attempt > 1 else "no"
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0

@@ -1,0 +1,95 @@
+"""Celery tasks: thin wrappers around the runner and the reaper."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from celery import signals
+from celery.utils.log import get_task_logger
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from core.db import prepare
+from core.models import WorkerNode, utcnow
+from core.settings import get_settings
+from worker.celery_app import REAP_STALE_JOBS, RUN_TRAINING_JOB, TRAINING_QUEUE, app
+from worker.gpus import GpuLeases
+from worker.reaper import reap_stale_jobs as reap
+from worker.runner import NodeBusyError, Runner
+
+logger = get_task_logger(f"{__name__}.celery")
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeRuntime:
+    engine: Engine
+    runner: Runner
+
+
+@cache
+def runtime() -> NodeRuntime:
+    """This process's engine and runner (created after fork, never shared with the parent)."""
+    settings = get_settings()
+    engine = prepare(settings)
+    node = settings.worker_name or socket.gethostname()
+    leases = GpuLeases(settings.home / "gpu-leases", settings.worker_gpus)
+    return NodeRuntime(engine, Runner(settings, engine, leases, node))
+
+
+@app.task(name=RUN_TRAINING_JOB, bind=True, acks_late=True)
+def run_training_job(self: Any, job_id: str) -> str:
+    try:
+        return runtime().runner.run(job_id)
+    except NodeBusyError as exc:
+        logger.info("job %s: %s; retrying in 5 s", job_id, exc)
+        raise self.retry(exc=exc, countdown=5, max_retries=None) from exc
+
+
+@app.task(name=REAP_STALE_JOBS)
+def reap_stale_jobs() -> list[str]:
+    settings = get_settings()
+    with Session(runtime().engine, expire_on_commit=False) as session:
+        return reap(
+            session,
+            timeout_s=settings.heartbeat_timeout_s,
+            enqueue=lambda job_id: app.send_task(
+                RUN_TRAINING_JOB, args=[job_id], queue=TRAINING_QUEUE
+            ),
+        )
+
+
+def announce_node(engine: Engine, name: str, gpus: list[int]) -> None:
+    """Upsert this node's GPU inventory and ``last_seen`` (the API's capacity check)."""
+    with Session(engine) as session:
+        node = session.get(WorkerNode, name) or WorkerNode(name=name)
+        node.gpus, node.queues, node.last_seen = list(gpus), [TRAINING_QUEUE], utcnow()
+        session.add(node)
+        session.commit()
+
+
+@signals.worker_ready.connect
+def _start_node_heartbeat(**_: Any) -> None:
+    settings = get_settings()
+    state = runtime()
+
+    def beat() -> None:
+        while True:
+            try:
+                announce_node(state.engine, state.runner.node, settings.worker_gpus)
+            except Exception:
+                _log.exception("node heartbeat failed")
+            stop.wait(settings.heartbeat_interval_s)
+
+    stop = threading.Event()
+    threading.Thread(target=beat, name="glmft-node-heartbeat", daemon=True).start()
+
+
+@signals.worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    runtime.cache_clear()  # a forked pool child must not reuse the parent's connections
