@@ -6,7 +6,9 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib.metadata import entry_points
+from types import ModuleType
 
 from trainer import __version__
 
@@ -24,12 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glmft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMANDS:
-        module = importlib.import_module(f"trainer.commands.{name}")
+    for module in _command_modules():
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
     return parser
+
+
+def _command_modules() -> Iterator[ModuleType]:
+    """The trainer's commands, then the service's (``glmft.commands`` entry points), which the
+    trainer never imports directly: a bare GPU box runs the trainer without the web stack."""
+    for name in _COMMANDS:
+        yield importlib.import_module(f"trainer.commands.{name}")
+    for entry in sorted(entry_points(group="glmft.commands"), key=lambda e: e.name):
+        try:
+            yield entry.load()
+        except ImportError as exc:  # the service's dependencies are not installed here
+            logging.getLogger(__name__).debug("command %s unavailable: %s", entry.name, exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

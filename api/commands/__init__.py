@@ -1,0 +1,1 @@
+"""Service subcommands of ``glmft`` (registered through the ``glmft.commands`` entry points)."""
