@@ -49,6 +49,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Unauthorized(AppError):
+    """No or an unknown API key while keys are configured."""
+
+    code = "unauthorized"
+    http_status = 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
 class Conflict(AppError):
     code = "conflict"
     http_status = 409

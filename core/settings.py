@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 60.0
     limits: Limits = Field(default_factory=Limits)
     default_tenant: str = "default"
+    # {api key: tenant}; empty turns auth off (every caller is the default tenant)
+    api_keys: dict[str, str] = Field(default_factory=dict)
 
     @property
     def resolved_database_url(self) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 @dataclass(frozen=True)
 class JobDir:
@@ -72,5 +74,10 @@ def prepare(
     if validation_file is not None:
         shutil.copyfile(validation_file, job_dir.data / "dev.jsonl")
     resolved = trainer_config(config, has_validation=validation_file is not None)
+    training_args = resolved["training_args"]
+    if training_args.get("deepspeed"):  # one of the shipped files (the API checks), by name
+        shipped = SHIPPED_CONFIGS / Path(str(training_args["deepspeed"])).name
+        shutil.copyfile(shipped, job_dir.root / shipped.name)
+        training_args["deepspeed"] = str((job_dir.root / shipped.name).resolve())
     with job_dir.config.open("w", encoding="utf-8") as fh:
         YAML(typ="safe", pure=True).dump(resolved, fh)

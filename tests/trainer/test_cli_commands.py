@@ -98,3 +98,16 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     scores = [e["metrics"] for e in events if e["event"] == "eval"][-1]
     assert scores["rouge-1"] > 50  # held-out dev.jsonl
     assert '"rouge-1"' in out
+
+
+def test_quickstart_runs_the_main_job_through_the_service(tmp_path: Path) -> None:
+    # the README's first command: glmft up on embedded defaults (SQLite, sqla+sqlite broker)
+    proc = glmft("quickstart", "--home", str(tmp_path / "home"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout
+    assert "valid=True" in out and "following its events" in out
+    assert "      step 10: loss" in out and "eval at step 75" in out
+    assert "checkpoints at steps 75, 150" in out
+    answer = out.split("[5/5] ")[1]
+    assert answer.startswith("ft:glm-4-tiny:demo:job-") and "日常穿搭很出彩。" in answer
+    assert (tmp_path / "home" / "glmft.db").is_file()  # the embedded store

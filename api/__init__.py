@@ -1,0 +1,1 @@
+"""glmft HTTP API (FastAPI)."""

@@ -1,0 +1,114 @@
+"""The FastAPI application factory: ``uvicorn --factory api.main:create_app``.
+
+Nothing happens at import. On startup the store is migrated (``core.db.prepare``) and the base
+model registry of the settings is mirrored into ``base_models``; a store that is down at
+startup leaves the app alive but not ready (``/readyz`` retries the migration).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import install_error_handlers
+from api.middleware import RequestContextMiddleware
+from api.queue import CeleryEnqueuer, Enqueuer
+from api.routes import api_router
+from api.telemetry import Telemetry
+from core.db import make_engine, prepare
+from core.models import BaseModelRecord
+from core.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Fine-tune GLM-4 chat models (LoRA, P-Tuning v2, full SFT) as a service.
+
+Every 4xx/5xx answers with one envelope, `{"error": {"code", "message", "param", "details"},
+"request_id"}`, and every response carries `X-Request-ID`."""
+
+
+def sync_registry(engine: Engine, settings: Settings) -> None:
+    """Make ``base_models`` mirror ``settings.models`` (adapters keep names, never paths)."""
+    with Session(engine) as session:
+        rows = {r.name: r for r in session.exec(select(BaseModelRecord)).all()}
+        for name, entry in settings.models.items():
+            row = rows.pop(name, None) or BaseModelRecord(name=name, path="")
+            row.path, row.description = str(entry.path), entry.description
+            session.add(row)
+        for stale in rows.values():
+            session.delete(stale)
+        session.commit()
+
+
+def _start_store(app: FastAPI, settings: Settings) -> None:
+    try:
+        app.state.engine = prepare(settings)
+        sync_registry(app.state.engine, settings)
+        app.state.schema_ready = True
+    except (SQLAlchemyError, OSError):
+        logger.exception("store unavailable at startup; /readyz will report it")
+        app.state.engine = make_engine(settings.resolved_database_url)
+        app.state.schema_ready = False
+
+
+def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: defaults to ``get_settings()`` (the ``GLMFT_`` environment).
+        enqueuer: defaults to a :class:`api.queue.CeleryEnqueuer` on the settings' broker.
+
+    Returns:
+        The app; its lifespan migrates the store and closes what it opened.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)  # the embedded store and broker live here
+        await run_in_threadpool(_start_store, app, settings)
+        own = enqueuer is None
+        app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer
+        try:
+            yield
+        finally:
+            if own:
+                app.state.enqueuer.close()
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="glmft",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = None
+    app.state.schema_ready = False
+    app.state.sse_poll_s = 0.5
+    app.state.telemetry = Telemetry(lambda: app.state.engine)
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
+    app.include_router(api_router)
+    return app
+
+
+@cache
+def _default_app() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``api.main:app`` for servers without ``--factory``: built on first access, not at import."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

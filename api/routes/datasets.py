@@ -1,0 +1,130 @@
+"""``/datasets``: upload (streamed, validated), list, read, report, delete."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import EngineDep, SessionDep, SettingsDep, TenantDep
+from api.schemas.common import Page, error_responses
+from api.schemas.datasets import (
+    DatasetPublic,
+    DatasetWithReport,
+    ReportPublic,
+    dataset_public,
+    dataset_with_report,
+    report_public,
+)
+from api.services import datasets as service
+from api.uploads import StoredUpload, receive_upload
+from core.models import new_id
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+DatasetId = Annotated[str, PathParam(description="The dataset id.", examples=["ds-9c1f0e2d3b4a"])]
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A .jsonl (one conversation per line) or .json file.",
+                        },
+                        "model": {
+                            "type": "string",
+                            "description": "A registry model: adds token statistics under its "
+                            "tokenizer to the report.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _store(engine: Engine, tenant: str, dataset_id: str, upload: StoredUpload) -> DatasetWithReport:
+    with Session(engine, expire_on_commit=False) as session:
+        model = upload.fields.get("model") or None
+        model_dir = Path(service.resolve_model(session, model).path) if model else None
+        report = service.validate_upload(upload.path, model_dir)
+        dataset = service.create_dataset(
+            session=session,
+            dataset_id=dataset_id,
+            tenant=tenant,
+            upload=upload,
+            report=report,
+            base_model=model,
+        )
+        return dataset_with_report(dataset)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetWithReport,
+    responses=error_responses(404, 413),
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload_dataset(
+    request: Request, settings: SettingsDep, tenant: TenantDep, engine: EngineDep
+) -> DatasetWithReport:
+    """Upload a dataset; it is validated and the full line-numbered report is returned."""
+    dataset_id = new_id("ds")
+    directory = service.dataset_dir(settings.artifacts, tenant, dataset_id)
+    upload = await receive_upload(request, directory, settings.limits.max_upload_bytes)
+    try:
+        return await run_in_threadpool(_store, engine, tenant, dataset_id, upload)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+@router.get("", response_model=Page[DatasetPublic], responses=error_responses())
+def list_datasets(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> Page[DatasetPublic]:
+    """Your datasets, newest first."""
+    rows, has_more, cursor = service.list_datasets(
+        session=session, tenant=tenant, after=after, limit=limit
+    )
+    return Page(data=[dataset_public(d) for d in rows], has_more=has_more, next_cursor=cursor)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404))
+def get_dataset(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
+    """One dataset."""
+    return dataset_public(service.get_dataset(session, tenant, dataset_id))
+
+
+@router.get("/{dataset_id}/report", response_model=ReportPublic, responses=error_responses(404))
+def get_report(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) -> ReportPublic:
+    """The dataset's full validation report (line-numbered errors and warnings, token stats)."""
+    return report_public(service.get_dataset(session, tenant, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409)
+)
+def delete_dataset(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) -> Response:
+    """Delete a dataset and its files (409 while an unfinished job uses it)."""
+    service.delete_dataset(
+        session=session, dataset=service.get_dataset(session, tenant, dataset_id)
+    )
+    return Response(status_code=204)

@@ -1,0 +1,136 @@
+"""What a job produces: events (paged or live SSE), metrics, checkpoints, the trainer log."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from sqlmodel import col, select
+
+from api.deps import EngineDep, JobDep, SessionDep, SettingsDep
+from api.schemas.common import ListOf, Page, error_responses
+from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
+from api.sse import job_event_stream
+from core.models import Checkpoint, JobEvent, Metric
+
+router = APIRouter(prefix="/jobs/{job_id}", tags=["jobs"])
+LOG_FILE = "trainer.log"
+_TAIL_BLOCK = 64 * 1024
+
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page of events, or with `Accept: text/event-stream` a live SSE stream "
+        "(`id:` event id, `event:` kind, `data:` the event as JSON; a final `end` event).",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _after_id(after: int | None, last_event_id: str | None) -> int:
+    if after is not None:
+        return after
+    return int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+
+@router.get(
+    "/events",
+    response_model=Page[EventPublic],
+    responses={**_SSE_DOC, **error_responses(404)},
+)
+def get_events(
+    job: JobDep,
+    session: SessionDep,
+    engine: EngineDep,
+    request: Request,
+    after: Annotated[int | None, Query(ge=0, description="Events with a larger id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Page[EventPublic] | StreamingResponse:
+    """The job's events in order; `Accept: text/event-stream` follows the job live."""
+    start = _after_id(after, last_event_id)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        poll_s = float(getattr(request.app.state, "sse_poll_s", 0.5))
+        session.close()  # give the connection back: the stream polls with its own sessions
+        return StreamingResponse(
+            job_event_stream(engine, job.id, start, poll_s),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    statement = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, col(JobEvent.id) > start)
+        .order_by(col(JobEvent.id))
+        .limit(limit + 1)
+    )
+    rows = session.exec(statement).all()
+    page = [EventPublic.model_validate(e, from_attributes=True) for e in rows[:limit]]
+    has_more = len(rows) > limit
+    cursor = str(page[-1].id) if has_more else None
+    return Page(data=page, has_more=has_more, next_cursor=cursor)
+
+
+@router.get("/metrics", response_model=Page[MetricPublic], responses=error_responses(404))
+def get_metrics(
+    job: JobDep,
+    session: SessionDep,
+    split: Annotated[str | None, Query(description="train | validation | test")] = None,
+    name: Annotated[str | None, Query(examples=["loss"])] = None,
+    after: Annotated[int | None, Query(ge=0, description="Metrics with a larger id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Page[MetricPublic]:
+    """The job's recorded metrics in the order they were written."""
+    statement = select(Metric).where(Metric.job_id == job.id, col(Metric.id) > (after or 0))
+    if split:
+        statement = statement.where(Metric.split == split)
+    if name:
+        statement = statement.where(Metric.name == name)
+    rows = session.exec(statement.order_by(col(Metric.id)).limit(limit + 1)).all()
+    page = [MetricPublic.model_validate(m, from_attributes=True) for m in rows[:limit]]
+    has_more = len(rows) > limit
+    return Page(data=page, has_more=has_more, next_cursor=str(page[-1].id) if has_more else None)
+
+
+@router.get("/checkpoints", response_model=ListOf[CheckpointPublic], responses=error_responses(404))
+def get_checkpoints(job: JobDep, session: SessionDep) -> ListOf[CheckpointPublic]:
+    """The job's recorded checkpoints, by step."""
+    statement = select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(col(Checkpoint.step))
+    rows = session.exec(statement).all()
+    return ListOf(data=[CheckpointPublic.model_validate(c, from_attributes=True) for c in rows])
+
+
+def tail_lines(path: Path, count: int) -> str:
+    """The last ``count`` lines of ``path`` (read backwards in blocks; '' if absent)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return ""
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        data, position = b"", end
+        while position > 0 and data.count(b"\n") <= count:
+            position = max(0, position - _TAIL_BLOCK)
+            handle.seek(position)
+            data = handle.read(end - position)
+    lines = data.decode("utf-8", "replace").splitlines()
+    return "\n".join(lines[-count:]) + ("\n" if lines else "")
+
+
+@router.get(
+    "/logs",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The log's last lines."},
+        **error_responses(404),
+    },
+)
+def get_logs(
+    job: JobDep,
+    settings: SettingsDep,
+    tail: Annotated[int, Query(ge=1, le=10_000, description="How many lines.")] = 200,
+) -> PlainTextResponse:
+    """The tail of the trainer's log (empty until the job has started)."""
+    path = settings.artifacts / "jobs" / job.id / LOG_FILE
+    return PlainTextResponse(tail_lines(path, tail))

@@ -1,0 +1,121 @@
+"""``/jobs``: create (idempotent), list, read, cancel, resume."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+
+from api.deps import EnqueuerDep, JobDep, SessionDep, SettingsDep, TenantDep
+from api.schemas.common import Page, error_responses
+from api.schemas.jobs import JobCreate, JobPublic, ResumeRequest
+from api.services import job_actions, jobs
+from api.services.job_queries import job_public, latest_metrics, list_jobs, queue_position
+from core.jobs import JobState
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+METADATA_PREFIX = "metadata."
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Same key + same body → the same job (200); same key + other body → 409.",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "Replay: the job this Idempotency-Key created."},
+        **error_responses(404, 409, 503),
+    },
+)
+def create_job(
+    job_in: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    enqueuer: EnqueuerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Validate a fine-tuning job, store it as queued and hand it to the workers."""
+    job, created = jobs.create_job(
+        session=session,
+        settings=settings,
+        enqueuer=enqueuer,
+        tenant=tenant,
+        job_in=job_in,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.status_code = 200
+    return job_public(job, queue_position=queue_position(session, job))
+
+
+@router.get("", response_model=Page[JobPublic], responses=error_responses())
+def get_jobs(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    state: Annotated[list[JobState] | None, Query(description="Repeat to match any.")] = None,
+    model: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> Page[JobPublic]:
+    """Your jobs, newest first; filter metadata with `metadata.<key>=<value>` parameters."""
+    metadata = {
+        key[len(METADATA_PREFIX) :]: value
+        for key, value in request.query_params.items()
+        if key.startswith(METADATA_PREFIX)
+    }
+    rows, has_more, cursor = list_jobs(
+        session=session,
+        tenant=tenant,
+        states=[s.value for s in state or []],
+        model=model,
+        metadata=metadata,
+        after=after,
+        limit=limit,
+    )
+    return Page(data=[job_public(j) for j in rows], has_more=has_more, next_cursor=cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
+def get_job(job: JobDep, session: SessionDep) -> JobPublic:
+    """A job with its queue position, progress, latest metrics and error."""
+    return job_public(
+        job,
+        queue_position=queue_position(session, job),
+        latest_metrics=latest_metrics(session, job.id),
+    )
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=error_responses(404, 409))
+def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
+    """Cancel a job: queued → cancelled at once, running → cancelling (the worker stops it)."""
+    return job_public(job_actions.cancel_job(session=session, job=job))
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic, responses=error_responses(404, 409, 503))
+def resume_job(
+    job: JobDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    enqueuer: EnqueuerDep,
+    body: Annotated[ResumeRequest | None, Body()] = None,
+) -> JobPublic:
+    """Queue a failed, cancelled or paused job again, from a checkpoint (default: the newest)."""
+    resumed = job_actions.resume_job(
+        session=session,
+        settings=settings,
+        enqueuer=enqueuer,
+        job=job,
+        step=body.checkpoint_step if body else None,
+    )
+    return job_public(resumed, queue_position=queue_position(session, resumed))

@@ -1,0 +1,1 @@
+"""Request and response ("Public") schemas of the API; they define the OpenAPI document."""

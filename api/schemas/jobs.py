@@ -1,0 +1,175 @@
+"""Job schemas: the create request, the public job, its events, metrics and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.config import JsonDict
+
+from api.schemas.common import UtcDatetime
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+MAX_METADATA_KEYS = 16
+
+_CREATE_EXAMPLE: JsonDict = {
+    "model": "glm-4-9b-chat-hf",
+    "method": "lora",
+    "training_dataset": "ds-9c1f0e2d3b4a5c6d7e8f9a0b",
+    "validation_dataset": "ds-0a9b8c7d6e5f4a3b2c1d0e9f",
+    "config": "lora",
+    "overrides": {"training_args.max_steps": 500, "training_args.learning_rate": 0.0002},
+    "gpus": 1,
+    "seed": 42,
+    "suffix": "support-bot",
+    "metadata": {"team": "support", "ci_run": "1842"},
+}
+
+
+class JobCreate(BaseModel):
+    """A fine-tuning job to run."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
+
+    model: str = Field(description="A base model of the registry (see GET /models).")
+    method: Literal["lora", "ptuning_v2", "sft"]
+    training_dataset: str = Field(description="Id of a valid dataset of yours.")
+    validation_dataset: str | None = Field(default=None, description="Id of a valid dataset.")
+    config: str | None = Field(
+        default=None,
+        description="A shipped preset name (`lora`, `tiny/lora`, ...) or an upstream-style YAML "
+        "document. Default: the preset named like `method`.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Dotted config keys to set, e.g. {"training_args.max_steps": 500}.',
+    )
+    gpus: int = Field(default=1, ge=0, description="GPUs for the job; 0 trains on CPU.")
+    seed: int | None = Field(default=None, ge=0, description="Sets training_args.seed.")
+    suffix: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
+        description="Part of the adapter id `ft:<base>:<suffix>:<job>`.",
+    )
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, description=f"Up to {MAX_METADATA_KEYS} string pairs, filterable."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _few_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+        return value
+
+
+class ResumeRequest(BaseModel):
+    """Where to resume from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_step: int | None = Field(
+        default=None, ge=0, description="A recorded checkpoint's step; default: the newest one."
+    )
+
+
+class JobError(BaseModel):
+    """Why a job failed, and whose fault it was."""
+
+    code: str
+    message: str
+    param: str | None = None
+    user_error: bool | None = Field(
+        default=None, description="True: bad data or config; false: a system failure."
+    )
+
+
+class JobPublic(BaseModel):
+    """A fine-tuning job."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "job-3f2a9c0d1e4b5a6f7c8d9e0f",
+                    "object": "job",
+                    "state": "running",
+                    "model": "glm-4-9b-chat-hf",
+                    "method": "lora",
+                    "training_dataset": "ds-9c1f0e2d3b4a5c6d7e8f9a0b",
+                    "gpus": 1,
+                    "step": 120,
+                    "max_steps": 500,
+                    "progress": 0.24,
+                    "latest_metrics": {"train": {"loss": 1.73, "learning_rate": 0.0002}},
+                    "created_at": "2026-11-28T04:10:00Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    object: Literal["job"] = "job"
+    state: str = Field(description="validating|queued|running|cancelling|paused|succeeded|…")
+    model: str
+    method: str
+    training_dataset: str
+    validation_dataset: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict, description="The resolved config.")
+    gpus: int
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    queue_position: int | None = Field(
+        default=None, description="Queued jobs ahead of this one (GET /jobs/{id}, while queued)."
+    )
+    step: int = 0
+    max_steps: int | None = None
+    progress: float | None = Field(default=None, description="step / max_steps, 0..1.")
+    latest_metrics: dict[str, dict[str, float]] | None = Field(
+        default=None, description="{split: {name: value}} at each metric's newest step."
+    )
+    attempt: int = 0
+    max_attempts: int
+    worker: str | None = None
+    gpu_ids: list[int] = Field(default_factory=list)
+    resume_from_step: int | None = None
+    cancel_requested: bool = False
+    error: JobError | None = None
+    adapter_id: str | None = None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
+    heartbeat_at: UtcDatetime | None = None
+
+
+class EventPublic(BaseModel):
+    """One event of a job (claimed, step, eval, checkpoint, error, ...), in order of ``id``."""
+
+    id: int
+    job_id: str
+    kind: str
+    message: str
+    data: dict[str, Any]
+    created_at: UtcDatetime
+
+
+class MetricPublic(BaseModel):
+    """One recorded metric value."""
+
+    id: int
+    step: int
+    split: str = Field(description="train | validation | test")
+    name: str
+    value: float
+    created_at: UtcDatetime
+
+
+class CheckpointPublic(BaseModel):
+    """A checkpoint the worker recorded (machine paths are not exposed)."""
+
+    step: int
+    bytes: int
+    metrics: dict[str, Any]
+    created_at: UtcDatetime

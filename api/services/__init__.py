@@ -1,0 +1,1 @@
+"""Service functions behind the routes: keyword-only, a session in, rows out."""

@@ -1,0 +1,143 @@
+"""Datasets: validate an uploaded file, store its record, list, find and delete them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, or_, select
+
+from api.pagination import newest_first, split_page
+from api.uploads import StoredUpload
+from core.errors import Conflict, DatasetNotFound, ModelNotFound
+from core.jobs import TERMINAL
+from core.models import BaseModelRecord, Dataset, Job
+from trainer.tokenstats import compute_token_stats  # torch loads only when it runs
+from trainer.validation import validate_path
+
+logger = logging.getLogger(__name__)
+
+#: Issues kept per list in the stored report (the counts stay exact).
+MAX_REPORTED_ISSUES = 10_000
+#: ``path`` of a dataset whose files were deleted while finished jobs still reference its row.
+TOMBSTONE = ""
+
+
+def dataset_dir(artifacts: Path, tenant: str, dataset_id: str) -> Path:
+    """``<artifact_root>/datasets/<tenant>/<id>``."""
+    return artifacts / "datasets" / tenant / dataset_id
+
+
+def resolve_model(session: Session, name: str, param: str = "model") -> BaseModelRecord:
+    """The registry entry ``name``; raises ``ModelNotFound`` listing the known names."""
+    record = session.get(BaseModelRecord, name)
+    if record is None:
+        known = sorted(session.exec(select(BaseModelRecord.name)).all())
+        raise ModelNotFound(
+            f"model {name!r} is not in the registry (known: {', '.join(known) or 'none'})",
+            param=param,
+            details={"known": known},
+        )
+    return record
+
+
+def validate_upload(path: Path, model_dir: Path | None) -> dict[str, Any]:
+    """Run the trainer's validator (and token stats under ``model_dir``); the stored report."""
+    records: list[tuple[int, list[dict[str, Any]]]] = []
+    collect = (lambda msgs, pos: records.append((pos, msgs))) if model_dir else None
+    report = validate_path(path, on_conversation=collect)
+    if model_dir is not None and report.valid:
+        report.stats = _token_stats(records, model_dir)
+    body = report.to_dict()
+    body["truncated"] = max(len(report.errors), len(report.warnings)) > MAX_REPORTED_ISSUES
+    body["errors"] = body["errors"][:MAX_REPORTED_ISSUES]
+    body["warnings"] = body["warnings"][:MAX_REPORTED_ISSUES]
+    body["error_count"], body["warning_count"] = len(report.errors), len(report.warnings)
+    return body
+
+
+def _token_stats(records: list[tuple[int, list[dict[str, Any]]]], model_dir: Path) -> Any:
+    try:
+        return compute_token_stats(records, model_dir=model_dir)
+    except (OSError, ValueError) as exc:  # a broken model dir must not lose the upload
+        logger.warning("token statistics failed for %s: %s", model_dir, exc)
+        return {"error": f"token statistics failed: {exc}"}
+
+
+def create_dataset(
+    *,
+    session: Session,
+    dataset_id: str,
+    tenant: str,
+    upload: StoredUpload,
+    report: dict[str, Any],
+    base_model: str | None,
+) -> Dataset:
+    """Record a stored, validated upload."""
+    dataset = Dataset(
+        id=dataset_id,
+        tenant_id=tenant,
+        filename=upload.filename,
+        path=str(upload.path),
+        bytes=upload.bytes,
+        sha256=upload.sha256,
+        conversations=report["conversations"],
+        valid=bool(report["valid"]),
+        error_count=report["error_count"],
+        report=report,
+        base_model=base_model,
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def get_dataset(
+    session: Session, tenant: str, dataset_id: str, param: str = "dataset_id"
+) -> Dataset:
+    """The caller's dataset; another tenant's or a deleted one is not found."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant or dataset.path == TOMBSTONE:
+        raise DatasetNotFound(f"dataset {dataset_id} not found", param=param)
+    return dataset
+
+
+def list_datasets(
+    *, session: Session, tenant: str, after: str | None, limit: int
+) -> tuple[list[Dataset], bool, str | None]:
+    """The caller's datasets, newest first."""
+    statement = select(Dataset).where(Dataset.tenant_id == tenant, Dataset.path != TOMBSTONE)
+    rows = session.exec(newest_first(statement, Dataset, after, limit)).all()
+    return split_page(rows, limit)
+
+
+def delete_dataset(*, session: Session, dataset: Dataset) -> None:
+    """Delete the files and the record; 409 while a job that is not finished uses it.
+
+    Finished jobs keep a foreign key to the row, so then the row stays as a tombstone
+    (``path`` empty, ``valid`` false): invisible, unusable, its files gone.
+    """
+    users = session.exec(
+        select(Job).where(
+            or_(Job.training_dataset_id == dataset.id, Job.validation_dataset_id == dataset.id)
+        )
+    ).all()
+    active = [job for job in users if job.state not in TERMINAL]
+    if active:
+        raise Conflict(
+            f"dataset {dataset.id} is used by job {active[0].id} ({active[0].state}); "
+            "cancel it or wait until it finishes",
+            param="dataset_id",
+            details={"jobs": [job.id for job in active]},
+        )
+    directory = Path(dataset.path).parent
+    if users:
+        dataset.path, dataset.valid = TOMBSTONE, False
+        session.add(dataset)
+    else:
+        session.delete(dataset)
+    session.commit()
+    shutil.rmtree(directory, ignore_errors=True)
+    logger.info("deleted dataset %s (%d finished jobs keep its record)", dataset.id, len(users))

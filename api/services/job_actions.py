@@ -1,0 +1,113 @@
+"""Cancel and resume: state changes through ``core.jobs.transition`` (conditional UPDATEs)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlmodel import Session, col, select
+
+from api.queue import TRAINING_QUEUE, Enqueuer
+from api.services.jobs import usable_dataset
+from core.errors import Invalid, InvalidJobTransition, Unavailable
+from core.jobs import TERMINAL, JobState, transition
+from core.models import Checkpoint, Job
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+S = JobState
+RESUMABLE = (S.FAILED, S.CANCELLED, S.PAUSED)
+_RACE_RETRIES = 3
+
+
+def _cancel_once(session: Session, job: Job) -> Job:
+    state = JobState(job.state)
+    if state is S.CANCELLING:
+        return job
+    if state in TERMINAL:
+        raise InvalidJobTransition(
+            f"job {job.id} is {state.value}; only an unfinished job can be cancelled",
+            details={"state": state.value, "target": S.CANCELLED.value},
+        )
+    if state is S.RUNNING:  # the worker sees the flag and stops the process group
+        return transition(
+            session, job.id, S.CANCELLING, from_states=[S.RUNNING], cancel_requested=True
+        )
+    return transition(session, job.id, S.CANCELLED, from_states=[state], cancel_requested=True)
+
+
+def cancel_job(*, session: Session, job: Job) -> Job:
+    """queued/paused/validating → cancelled; running → cancelling; finished → 409.
+
+    A worker may claim the job between our read and our UPDATE: then retry on the new state.
+    """
+    for _ in range(_RACE_RETRIES):
+        try:
+            return _cancel_once(session, job)
+        except InvalidJobTransition:
+            refreshed = session.get(Job, job.id, populate_existing=True)
+            if refreshed is None or refreshed.state == job.state:
+                raise
+            job = refreshed
+    return _cancel_once(session, job)
+
+
+def _checkpoint_step(session: Session, job: Job, step: int | None) -> int | None:
+    steps = select(Checkpoint.step).where(Checkpoint.job_id == job.id)
+    if step is None:  # the newest recorded checkpoint, or a fresh start when there is none
+        return session.exec(steps.order_by(col(Checkpoint.step).desc())).first()
+    if session.exec(steps.where(Checkpoint.step == step)).first() is None:
+        known = list(session.exec(steps.order_by(col(Checkpoint.step))).all())
+        raise Invalid(
+            f"job {job.id} has no checkpoint at step {step} (recorded: {known or 'none'})",
+            param="checkpoint_step",
+            details={"steps": known},
+        )
+    return step
+
+
+def resume_job(
+    *, session: Session, settings: Settings, enqueuer: Enqueuer, job: Job, step: int | None
+) -> Job:
+    """failed/cancelled/paused → queued with ``resume_from_step``, then enqueue.
+
+    The resume gets a fresh attempt budget. If the broker refuses the message the job goes
+    back to ``failed`` (``enqueue_failed``) and ``Unavailable`` is raised.
+    """
+    if job.state not in RESUMABLE:
+        raise InvalidJobTransition(
+            f"job {job.id} is {job.state}; only a failed, cancelled or paused job can resume",
+            details={"state": job.state, "target": S.QUEUED.value},
+        )
+    resume_from = _checkpoint_step(session, job, step)
+    usable_dataset(session, job.tenant_id, job.training_dataset_id, "training_dataset")
+    if job.validation_dataset_id:
+        usable_dataset(session, job.tenant_id, job.validation_dataset_id, "validation_dataset")
+    job = transition(
+        session,
+        job.id,
+        S.QUEUED,
+        from_states=RESUMABLE,
+        resume_from_step=resume_from,
+        cancel_requested=False,
+        error_code=None,
+        error_message=None,
+        error_param=None,
+        user_error=None,
+        finished_at=None,
+        max_attempts=job.attempt + settings.limits.max_attempts,
+    )
+    try:
+        enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+    except Exception as exc:  # any broker failure
+        logger.exception("enqueue of resumed job %s failed", job.id)
+        transition(
+            session,
+            job.id,
+            S.FAILED,
+            from_states=[S.QUEUED],
+            error_code="enqueue_failed",
+            error_message="the job queue was unavailable when the job was resumed",
+            user_error=False,
+        )
+        raise Unavailable("the job queue is unavailable; resume the job again later") from exc
+    return job

@@ -1,0 +1,202 @@
+"""Resolve a job's training config: preset or YAML, dotted overrides, and the service's rules.
+
+The result is the fully-resolved upstream-style config (``trainer.config.FinetuningConfig``
+dumped to a dict) with ``data_config`` naming the job's dataset files. Every refusal is an
+``InvalidConfig`` whose ``param`` names the request field (``config.<key>``,
+``overrides.<key>``, ``method`` or ``seed``) and whose ``details.issues`` lists all problems.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import InvalidConfig
+from trainer.config import ConfigError, ConfigIssue, load_yaml, parse_config
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: DeepSpeed configs a job may name; the worker resolves them inside its own install.
+SHIPPED_DEEPSPEED = ("configs/ds_zero_2.json", "configs/ds_zero_3.json")
+#: training_args that are paths: relative, inside the job directory, if set at all.
+PATH_ARGS = ("output_dir", "logging_dir")
+_FORBIDDEN_ARGS = {
+    "resume_from_checkpoint": "resume a job with POST /jobs/{id}/resume",
+    "push_to_hub": "glmft never uploads; adapters are served by this service",
+    "hub_token": "glmft never uploads; adapters are served by this service",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """The config to store on the job and what the API reads from it."""
+
+    config: dict[str, Any]
+    max_steps: int | None
+
+
+def presets() -> dict[str, Path]:
+    """Shipped presets by name: ``lora``, ``sft``, ``tiny/lora``, ..."""
+    return {
+        path.relative_to(CONFIGS_DIR).with_suffix("").as_posix(): path
+        for path in sorted(CONFIGS_DIR.rglob("*.yaml"))
+    }
+
+
+def _load_base(config: str | None, method: str) -> dict[str, Any]:
+    name = config.strip() if config is not None else method
+    known = presets()
+    if name in known:
+        data = load_yaml(known[name].read_text(encoding="utf-8"), f"preset {name}")
+    elif "\n" in name or ":" in name:
+        data = load_yaml(name, "config")
+    else:
+        raise InvalidConfig(
+            f"unknown preset {name!r} (known: {', '.join(known)}); or send a YAML document",
+            param="config",
+            details={"presets": list(known)},
+        )
+    if not isinstance(data, dict):
+        raise InvalidConfig("the config must be a YAML mapping of keys", param="config")
+    return data
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> ConfigIssue | None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            return ConfigIssue(key, f"{where} is a {type(child).__name__}, not a mapping")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+    return None
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for key, value in overrides.items():
+        if not key or any(not part for part in key.split(".")):
+            issues.append(ConfigIssue(key, "not a dotted key like training_args.max_steps"))
+        elif key == "data_config" or key.startswith("data_config."):
+            issues.append(ConfigIssue(key, "set by glmft from training_dataset/validation_dataset"))
+        else:
+            issue = _set_dotted(data, key, value)
+            if issue is not None:
+                issues.append(issue)
+    return issues
+
+
+def _service_rules(args: dict[str, Any]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for key in PATH_ARGS:
+        value = args.get(key)
+        if value is None:
+            continue
+        norm = posixpath.normpath(str(value))
+        if posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or "~" in norm:
+            issues.append(
+                ConfigIssue(
+                    f"training_args.{key}", "must be a relative path inside the job directory"
+                )
+            )
+    for key, why in _FORBIDDEN_ARGS.items():
+        if args.get(key):
+            issues.append(ConfigIssue(f"training_args.{key}", f"cannot be set: {why}"))
+    deepspeed = args.get("deepspeed")
+    if deepspeed is not None:
+        canonical = f"configs/{posixpath.basename(str(deepspeed))}"
+        if canonical not in SHIPPED_DEEPSPEED or str(deepspeed) not in (canonical, canonical[8:]):
+            issues.append(
+                ConfigIssue(
+                    "training_args.deepspeed", f"must be one of {', '.join(SHIPPED_DEEPSPEED)}"
+                )
+            )
+        else:
+            args["deepspeed"] = canonical
+    return issues
+
+
+def _param(issue: ConfigIssue, overrides: dict[str, Any]) -> str:
+    if issue.key in ("method", "seed"):
+        return issue.key
+    from_override = any(
+        issue.key == k or issue.key.startswith(f"{k}.") or k.startswith(f"{issue.key}.")
+        for k in overrides
+    )
+    prefix = "overrides" if from_override else "config"
+    return f"{prefix}.{issue.key}" if issue.key else prefix
+
+
+def _refuse(issues: list[ConfigIssue], overrides: dict[str, Any]) -> InvalidConfig:
+    first = issues[0]
+    listed = [{"key": i.key, "message": i.message, "param": _param(i, overrides)} for i in issues]
+    return InvalidConfig(
+        "; ".join(str(i) for i in issues),
+        param=_param(first, overrides),
+        details={"issues": listed},
+    )
+
+
+def _check_seed(
+    args: dict[str, Any], seed: int | None, overrides: dict[str, Any]
+) -> list[ConfigIssue]:
+    if seed is None:
+        return []
+    chosen = overrides.get("training_args.seed")
+    if chosen is not None and chosen != seed:
+        return [
+            ConfigIssue("seed", f"seed is {seed} but overrides set training_args.seed={chosen}")
+        ]
+    args["seed"] = seed
+    return []
+
+
+def resolve_config(
+    *,
+    method: str,
+    config: str | None,
+    overrides: dict[str, Any],
+    seed: int | None,
+    train_file: Path,
+    val_file: Path | None,
+) -> ResolvedConfig:
+    """Build and check the job's config; raises ``InvalidConfig``."""
+    try:
+        data = _load_base(config, method)
+    except ConfigError as exc:
+        raise _refuse(exc.issues, {}) from exc
+    issues = _apply_overrides(data, overrides)
+    args = data.get("training_args")
+    if isinstance(args, dict):
+        issues += _check_seed(args, seed, overrides) + _service_rules(args)
+    given = data.get("data_config")
+    data["data_config"] = {
+        **(given if isinstance(given, dict) else {}),
+        "train_file": str(train_file),
+        "val_file": str(val_file) if val_file else None,
+        "test_file": None,
+    }
+    try:
+        parsed = parse_config(data)
+    except ConfigError as exc:
+        raise _refuse(exc.issues + issues, overrides) from exc
+    if parsed.method != method:
+        peft = parsed.peft_config["peft_type"] if parsed.peft_config else "none (full fine-tune)"
+        issues.append(
+            ConfigIssue(
+                "method",
+                f"method is {method!r} but the config is a {parsed.method!r} config "
+                f"(peft_config.peft_type: {peft})",
+            )
+        )
+    if issues:
+        raise _refuse(issues, overrides)
+    max_steps = parsed.training_args.get("max_steps")
+    steps = max_steps if isinstance(max_steps, int) and max_steps > 0 else None
+    return ResolvedConfig(parsed.model_dump(mode="json"), steps)

@@ -1,0 +1,119 @@
+"""Read side of jobs: filtered pages, queue position, latest metrics, the public view."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import and_, func, or_
+from sqlmodel import Session, col, select
+
+from api.pagination import newest_first, split_page
+from api.schemas.jobs import JobError, JobPublic
+from core.jobs import JobState
+from core.models import Job, Metric
+
+
+def list_jobs(
+    *,
+    session: Session,
+    tenant: str,
+    states: list[str],
+    model: str | None,
+    metadata: Mapping[str, str],
+    after: str | None,
+    limit: int,
+) -> tuple[list[Job], bool, str | None]:
+    """The caller's jobs, newest first, filtered by state(s), model and metadata pairs."""
+    statement = select(Job).where(Job.tenant_id == tenant)
+    if states:
+        statement = statement.where(col(Job.state).in_(states))
+    if model:
+        statement = statement.where(Job.model == model)
+    for key, value in metadata.items():
+        statement = statement.where(col(Job.user_metadata)[key].as_string() == value)
+    rows = session.exec(newest_first(statement, Job, after, limit)).all()
+    return split_page(rows, limit)
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """How many queued jobs (of any tenant) were created before ``job``; None unless queued."""
+    if job.state != JobState.QUEUED.value:
+        return None
+    created, job_id = col(Job.created_at), col(Job.id)
+    ahead = select(func.count()).where(
+        Job.state == JobState.QUEUED.value,
+        or_(created < job.created_at, and_(created == job.created_at, job_id < job.id)),
+    )
+    return int(session.exec(ahead).one())
+
+
+def latest_metrics(session: Session, job_id: str) -> dict[str, dict[str, float]]:
+    """``{split: {name: value}}``, each metric at its newest step."""
+    newest = (
+        select(Metric.split, Metric.name, func.max(Metric.step).label("step"))
+        .where(Metric.job_id == job_id)
+        .group_by(col(Metric.split), col(Metric.name))
+        .subquery()
+    )
+    rows = session.exec(
+        select(Metric.split, Metric.name, Metric.value)
+        .join(
+            newest,
+            and_(
+                col(Metric.split) == newest.c.split,
+                col(Metric.name) == newest.c.name,
+                col(Metric.step) == newest.c.step,
+            ),
+        )
+        .where(Metric.job_id == job_id)
+        .order_by(col(Metric.id))
+    ).all()
+    result: dict[str, dict[str, float]] = {}
+    for split, name, value in rows:
+        result.setdefault(split, {})[name] = value
+    return result
+
+
+def job_public(job: Job, **extra: Any) -> JobPublic:
+    """The public view of ``job`` (``extra``: queue_position, latest_metrics)."""
+    error = None
+    if job.error_code:
+        error = JobError(
+            code=job.error_code,
+            message=job.error_message or "",
+            param=job.error_param,
+            user_error=job.user_error,
+        )
+    progress = None
+    if job.max_steps:
+        progress = round(min(1.0, job.step / job.max_steps), 4)
+    return JobPublic(
+        id=job.id,
+        state=job.state,
+        model=job.model,
+        method=job.method,
+        training_dataset=job.training_dataset_id,
+        validation_dataset=job.validation_dataset_id,
+        config=job.config,
+        gpus=job.gpus,
+        seed=job.seed,
+        suffix=job.suffix,
+        metadata=job.user_metadata,
+        step=job.step,
+        max_steps=job.max_steps,
+        progress=progress,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        worker=job.worker,
+        gpu_ids=job.gpu_ids,
+        resume_from_step=job.resume_from_step,
+        cancel_requested=job.cancel_requested,
+        error=error,
+        adapter_id=job.adapter_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+        **extra,
+    )

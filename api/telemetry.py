@@ -1,0 +1,76 @@
+"""Prometheus metrics of one app: requests by route and status, latency, jobs by state.
+
+Each app owns its registry (tests build many apps in one process); ``GET /metrics`` renders it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col
+
+from core.jobs import JobState
+from core.models import Job
+
+logger = logging.getLogger(__name__)
+
+
+class JobStateCollector(Collector):
+    """``glmft_jobs{state}``: counted in SQL at scrape time, so every API replica agrees."""
+
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the gauge family (nothing when the database cannot be read)."""
+        engine = self._engine()
+        if engine is None:
+            return
+        family = GaugeMetricFamily("glmft_jobs", "Jobs by state", labels=["state"])
+        try:
+            with Session(engine) as session:
+                rows = session.execute(
+                    select(col(Job.state), func.count()).group_by(col(Job.state))
+                )
+                counts = {str(state): int(n) for state, n in rows}
+        except SQLAlchemyError:
+            logger.warning("jobs gauge: database unavailable", exc_info=True)
+            return
+        for state in JobState:
+            family.add_metric([state.value], counts.get(state.value, 0))
+        yield family
+
+
+class Telemetry:
+    """The app's metrics registry and request instruments."""
+
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "glmft_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "glmft_http_request_duration_seconds",
+            "HTTP request latency by method and route template",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.registry.register(JobStateCollector(engine))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one finished request."""
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything in the registry."""
+        return generate_latest(self.registry)

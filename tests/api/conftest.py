@@ -1,0 +1,104 @@
+"""API fixtures: the app over a real store (SQLite file and PostgreSQL), real Redis as broker,
+an artifact root in tmp and a tiny GLM-4 model registered as ``glm-4-tiny``."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.main import create_app
+from core.settings import BaseModelEntry, Settings
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/9"
+TABLES = (
+    "adapters",
+    "checkpoints",
+    "metrics",
+    "job_events",
+    "jobs",
+    "datasets",
+    "base_models",
+    "workers",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GLM-4 model + tokenizer, built once per session (read-only)."""
+    from trainer.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_glm4"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL database for this session."""
+    name = f"glmft_api_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store URL; PostgreSQL tables are emptied after each test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'glmft.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        for table in TABLES:
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    """The real Redis database the API publishes to, empty before and after the test."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store_url: str, tiny_model_dir: Path, broker: redis.Redis) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        database_url=store_url,
+        broker_url=REDIS_URL,
+        artifact_root=tmp_path / "artifacts",
+        models={"glm-4-tiny": BaseModelEntry(path=tiny_model_dir, description="tiny test model")},
+        heartbeat_timeout_s=60.0,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings)
+    app.state.sse_poll_s = 0.05
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def engine(client: TestClient) -> Engine:
+    """The app's engine, to arrange rows directly (events, metrics, workers, states)."""
+    result: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    return result
