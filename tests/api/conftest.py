@@ -3,8 +3,6 @@ an artifact root in tmp and a tiny GLM-4 model registered as ``glm-4-tiny``."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +15,6 @@ from sqlalchemy import Engine
 from api.main import create_app
 from core.settings import BaseModelEntry, Settings
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/9"
 TABLES = (
     "adapters",
@@ -33,25 +26,6 @@ TABLES = (
     "base_models",
     "workers",
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GLM-4 model + tokenizer, built once per session (read-only)."""
-    from trainer.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_glm4"), seed=0)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL database for this session."""
-    name = f"glmft_api_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -160,13 +160,6 @@ def test_terminate_reaches_group_members_that_outlived_the_leader(tmp_path: Path
     assert proc.processes() == {}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.tiny import build_tiny_model  # imports torch: only for the trainer tests
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_glm4"), seed=0)
-
-
 def start_trainer(
     tmp_path: Path, model: Path, nproc: int, training_args: dict[str, Any]
 ) -> tuple[TrainerProcess, EventTail]:
@@ -189,9 +182,9 @@ def start_trainer(
     return proc, EventTail(job_dir / EVENTS_FILE)
 
 
-def test_a_real_trainer_run_is_tailed_while_it_runs(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_real_trainer_run_is_tailed_while_it_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
     args = {"max_steps": 4, "eval_strategy": "no", "save_steps": 1000, "logging_steps": 1}
-    proc, tail = start_trainer(tmp_path, tiny_model, 1, args)
+    proc, tail = start_trainer(tmp_path, tiny_model_dir, 1, args)
     seen: list[dict[str, Any]] = []
     reads_while_running = 0
     while proc.poll() is None:
@@ -209,9 +202,9 @@ def test_a_real_trainer_run_is_tailed_while_it_runs(tmp_path: Path, tiny_model: 
     assert tail.offset == (tmp_path / "job" / EVENTS_FILE).stat().st_size
 
 
-def test_terminate_stops_every_rank_of_a_torchrun_job(tmp_path: Path, tiny_model: Path) -> None:
+def test_terminate_stops_every_rank_of_a_torchrun_job(tmp_path: Path, tiny_model_dir: Path) -> None:
     args = {"max_steps": 100000, "eval_strategy": "no", "save_steps": 100000, "logging_steps": 1}
-    proc, tail = start_trainer(tmp_path, tiny_model, 2, args)
+    proc, tail = start_trainer(tmp_path, tiny_model_dir, 2, args)
     events: list[dict[str, Any]] = []
 
     def training() -> bool:

@@ -10,12 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import redis
 from celery import Celery
@@ -25,10 +23,10 @@ from sqlmodel import Session, select
 from core.db import make_engine, upgrade
 from core.jobs import JobState, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, JobEvent, Metric, WorkerNode
+from tests.conftest import postgres_database
 from tests.trainer.finetune_helpers import REPO, tiny_config
 from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 CONVERSATIONS = [
     {
@@ -41,34 +39,22 @@ CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("model") / "glm-4-tiny")
-
-
 @pytest.fixture
 def database_url() -> Iterator[str]:
-    name = f"glmft_worker_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade(url)
-    yield url
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("glmft_worker") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture
-def env(tmp_path: Path, tiny_model: Path, database_url: str) -> Iterator[dict[str, str]]:
+def env(tmp_path: Path, tiny_model_dir: Path, database_url: str) -> Iterator[dict[str, str]]:
     redis.Redis.from_url(REDIS_URL).flushdb()
     values = {
         **os.environ,
         "GLMFT_HOME": str(tmp_path / "home"),
         "GLMFT_DATABASE_URL": database_url,
         "GLMFT_BROKER_URL": REDIS_URL,
-        "GLMFT_MODELS__glm-4-tiny__PATH": str(tiny_model),
+        "GLMFT_MODELS__glm-4-tiny__PATH": str(tiny_model_dir),
         "GLMFT_WORKER_GPUS": "[]",
         "GLMFT_WORKER_NAME": "node-a",
         "GLMFT_HEARTBEAT_INTERVAL_S": "1",
