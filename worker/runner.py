@@ -57,7 +57,19 @@ class Runner:
             job = session.get(Job, job_id)
             if job is None or job.state != JobState.QUEUED:
                 return "skipped"  # a redelivery, a cancelled job, or one another worker has
-            gpus = self.leases.acquire(job_id, job.gpus)
+            try:
+                gpus = self.leases.acquire(job_id, job.gpus)
+            except ValueError as exc:  # this node can never hold the job
+                transition(
+                    session,
+                    job_id,
+                    JobState.FAILED,
+                    from_states=[JobState.QUEUED],
+                    error_code="insufficient_capacity",
+                    error_message=str(exc),
+                    user_error=False,
+                )
+                return JobState.FAILED.value
             if gpus is None:
                 raise NodeBusyError(f"{job.gpus} GPU(s) are not free on {self.node}")
             try:
