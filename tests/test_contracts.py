@@ -17,3 +17,13 @@ def _registered() -> bool:
     import worker.tasks  # noqa: F401  (registers the tasks on the app)
 
     return celery_app.RUN_TRAINING_JOB in celery_app.app.tasks
+
+
+def test_redis_only_transport_options_stay_off_other_brokers() -> None:
+    # the SQLite broker of the embedded mode hands transport options to create_engine
+    from core.settings import Settings
+
+    embedded = celery_app.create_celery(Settings(broker_url="sqla+sqlite:////tmp/b.db"))
+    redis_app = celery_app.create_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert not embedded.conf.broker_transport_options
+    assert redis_app.conf.broker_transport_options["visibility_timeout"] >= 24 * 3600

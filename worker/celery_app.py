@@ -25,10 +25,6 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        # Training messages are acked at the end of a run that may last a day; Redis would
-        # otherwise redeliver them after an hour. A redelivery is harmless (the claim is
-        # conditional), and a dead worker's job is recovered by the reaper, not by redelivery.
-        broker_transport_options={"visibility_timeout": 24 * 3600},
         beat_schedule={
             "reap-stale-jobs": {
                 "task": REAP_STALE_JOBS,
@@ -37,6 +33,12 @@ def create_celery(settings: Settings) -> Celery:
             }
         },
     )
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        # Training messages are acked at the end of a run that may last a day; Redis would
+        # otherwise redeliver them after an hour. A redelivery is harmless (the claim is
+        # conditional), and a dead worker's job is recovered by the reaper, not by redelivery.
+        # (Other transports reject this option: the SQLite broker passes it to create_engine.)
+        celery.conf.broker_transport_options = {"visibility_timeout": 24 * 3600}
     return celery
 
 
