@@ -44,6 +44,29 @@ def service_env(home: Path | None) -> dict[str, str]:
     return env
 
 
+def worker_command(
+    *, pool: str = "solo", concurrency: int = 1, beat_schedule: Path | None = None
+) -> list[str]:
+    """``celery -A worker worker`` for the training queue; with ``beat_schedule`` it also runs
+    the reaper's scheduler (one per deployment)."""
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "-Q",
+        "training",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        "--loglevel=INFO",
+    ]
+    if beat_schedule is not None:
+        command += ["-B", "--schedule", str(beat_schedule)]
+    return command
+
+
 def ensure_tiny_base(path: Path) -> None:
     if not (path / "config.json").is_file():
         from trainer.tiny import build_tiny_model
@@ -62,21 +85,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_tiny_base(Path(env[f"GLMFT_MODELS__{TINY_BASE}__PATH"]))
     upgrade(env.get("GLMFT_DATABASE_URL") or settings.resolved_database_url)
     worker = subprocess.Popen(  # noqa: S603 - our own command
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            "training",
-            "--pool=solo",
-            "-B",
-            "--schedule",
-            str(settings.home / "beat-schedule"),
-            "--loglevel=INFO",
-        ],
+        worker_command(pool="solo", beat_schedule=settings.home / "beat-schedule"),
         env=env,
     )
     api = subprocess.Popen(  # noqa: S603 - our own command

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +17,15 @@ import pytest
 import redis
 from sqlmodel import Session, select
 
+from api.commands.up import worker_command
 from core.db import make_engine, upgrade
 from core.models import Job, WorkerNode
 from tests.conftest import postgres_database
+from tests.helpers import free_port, wait_for
 from tests.trainer.finetune_helpers import REPO
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 DEMO = REPO / "trainer" / "assets" / "demo"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +66,7 @@ def service(
                 stderr=subprocess.STDOUT,
             ),
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker",
-                    "worker",
-                    "-Q",
-                    "training",
-                    "--pool=prefork",
-                    "--concurrency=2",
-                    "--loglevel=INFO",
-                ],
+                worker_command(pool="prefork", concurrency=2),
                 cwd=REPO,
                 env=env,
                 stdout=log,

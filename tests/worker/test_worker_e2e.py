@@ -8,9 +8,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,12 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from api.commands.up import worker_command
 from core.db import make_engine, upgrade
 from core.jobs import JobState, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, JobEvent, Metric, WorkerNode
 from tests.conftest import postgres_database
+from tests.helpers import wait_for
 from tests.trainer.finetune_helpers import REPO, tiny_config
 from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
@@ -68,36 +69,12 @@ def env(tmp_path: Path, tiny_model_dir: Path, database_url: str) -> Iterator[dic
 def start_worker(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[bytes]:
     log = (tmp_path / "worker.log").open("ab")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            TRAINING_QUEUE,
-            "--pool=solo",
-            "-B",
-            "--schedule",
-            str(tmp_path / "beat-schedule"),
-            "--loglevel=INFO",
-        ],
+        worker_command(pool="solo", beat_schedule=tmp_path / "beat-schedule"),
         cwd=REPO,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def submit(engine: Engine, tmp_path: Path, **training_args: Any) -> str:
