@@ -4,6 +4,7 @@ whose job resumes from its checkpoint on a restarted worker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,6 +75,7 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[bytes]
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group: the embedded beat process goes with it
     )
 
 
@@ -180,7 +182,7 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
             120,
             "a checkpoint before the crash",
         )
-        first.send_signal(signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGKILL)  # the node dies: worker and its beat, no cleanup
         first.wait(timeout=10)
         assert trainer_processes(job_id) == "" or wait_for(
             lambda: trainer_processes(job_id) == "", 15, "the orphaned trainer to exit"
@@ -212,10 +214,14 @@ def trainer_processes(job_id: str) -> str:
 
 
 def stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    """Stop the worker's whole process group (the worker, its beat, any stragglers)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+    time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
