@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import posixpath
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +38,26 @@ class ResolvedConfig:
     max_steps: int | None
 
 
+@cache
 def presets() -> dict[str, Path]:
-    """Shipped presets by name: ``lora``, ``sft``, ``tiny/lora``, ..."""
+    """Shipped presets by name: ``lora``, ``sft``, ``tiny/lora``, ... (read once: they ship)."""
     return {
         path.relative_to(CONFIGS_DIR).with_suffix("").as_posix(): path
         for path in sorted(CONFIGS_DIR.rglob("*.yaml"))
     }
 
 
+@cache
+def _preset(name: str) -> Any:
+    """A parsed preset; YAML parsing was the largest cost of POST /jobs (docs/benchmarks.md)."""
+    return load_yaml(presets()[name].read_text(encoding="utf-8"), f"preset {name}")
+
+
 def _load_base(config: str | None, method: str) -> dict[str, Any]:
     name = config.strip() if config is not None else method
     known = presets()
     if name in known:
-        data = load_yaml(known[name].read_text(encoding="utf-8"), f"preset {name}")
+        data = copy.deepcopy(_preset(name))
     elif "\n" in name or ":" in name:
         data = load_yaml(name, "config")
     else:
