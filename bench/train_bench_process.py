@@ -1,0 +1,153 @@
+"""The training bench's processes: the ``_worker`` and ``_reload`` modes that run in the child
+processes, and running one child with its output logged and a timeout."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+# ----------------------------------------------------------------------------------------------
+# subprocess modes
+# ----------------------------------------------------------------------------------------------
+
+
+def worker(argv: list[str]) -> int:
+    """``_worker RESULT -- <trainer.finetune args>``: run the trainer in this process, then
+    write this rank's peak GPU memory to ``RESULT.rank<R>.json``."""
+    result = Path(argv[0])
+    trainer_argv = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+    import torch
+
+    from trainer.finetune import main
+
+    if os.environ.get("GLMFT_BENCH_DISABLE_CUDNN_SDP") == "1":
+        # pytorch/pytorch#196678: cuDNN SDPA backward NaN with a mask on H100/H200 (torch 2.11+)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    t0 = time.time()
+    rc = main(trainer_argv)
+    rank = int(os.environ.get("RANK", "0"))
+    record: dict[str, Any] = {"rank": rank, "rc": rc, "wall_s": round(time.time() - t0, 2)}
+    if torch.cuda.is_available():
+        record["device"] = torch.cuda.get_device_name()
+        record["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+        record["max_memory_reserved"] = torch.cuda.max_memory_reserved()
+    Path(f"{result}.rank{rank}.json").write_text(json.dumps(record))
+    return rc
+
+
+def reload_check(argv: list[str]) -> int:
+    """``_reload CHECKPOINT DATA_DIR RESULT``: load a saved full model in a new process and run
+    one forward pass with labels on four training rows."""
+    checkpoint, data_dir, result = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import LeftPadCollator
+    from trainer.template import SpecialTokens, encode_train
+
+    t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    t_load = time.perf_counter() - t0
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    lines = (data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[:4]
+    features = []
+    for line in lines:
+        ex = encode_train(
+            tokenizer, special, json.loads(line)["messages"], combine=True, max_length=1025
+        )
+        features.append({"input_ids": ex.input_ids, "labels": ex.labels})
+    collated = LeftPadCollator(pad_id=special.endoftext)(features)
+    batch = {k: v.to(device) for k, v in collated.items()}
+    with torch.no_grad():
+        loss = float(model(**batch).loss)
+    record = {
+        "ok": math.isfinite(loss),
+        "loss": loss,
+        "load_s": round(t_load, 2),
+        "params": sum(p.numel() for p in model.parameters()),
+        "class": type(model).__name__,
+    }
+    result.write_text(json.dumps(record))
+    print(json.dumps(record))
+    return 0 if record["ok"] else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# running a child process
+# ----------------------------------------------------------------------------------------------
+
+
+def run_process(
+    cmd: list[str], log: Path, timeout: float, env: dict[str, str]
+) -> tuple[int, float]:
+    """Run ``cmd`` in its own process group, tee-ing its output to ``log``; kill it at timeout."""
+    t0 = time.perf_counter()
+    with log.open("w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        if proc.stdout is None:
+            raise RuntimeError("no stdout pipe")
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        for line in proc.stdout:
+            fh.write(line)
+            if _interesting(line):
+                sys.stdout.write("    | " + line)
+                sys.stdout.flush()
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+        if timed_out or proc.poll() is None:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            fh.write(f"\n[train_bench] killed after {timeout:.0f} s\n")
+            return 124, time.perf_counter() - t0
+    return proc.returncode, time.perf_counter() - t0
+
+
+def _interesting(line: str) -> bool:
+    keys = (
+        "Error",
+        "error",
+        "Traceback",
+        "trainable params",
+        "'loss'",
+        "train_runtime",
+        "killed",
+        "out of memory",
+        "Exception",
+        "rank0]:",
+        'ok":',
+    )
+    return any(k in line for k in keys) and "Warning" not in line
