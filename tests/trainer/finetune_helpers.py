@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from ruamel.yaml import YAML
 
+from trainer.cli import main
 from trainer.events import read_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,3 +105,11 @@ def glmft(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         check=False,
     )
+
+
+def glmft_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> SimpleNamespace:
+    """``glmft ARGS`` in this process (no interpreter start-up): exit code and output."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)

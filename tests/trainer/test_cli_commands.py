@@ -6,16 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.trainer.finetune_helpers import REPO, glmft, write_data
+import pytest
+
+from tests.trainer.finetune_helpers import REPO, glmft, glmft_in_process, write_data
 from tests.trainer.test_template import MULTI_TURN
 from trainer.template import SpecialTokens, encode_train
 
 
 def test_tokenize_prints_the_training_ids_and_labels(
-    tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any
 ) -> None:
     data = write_data(tmp_path, [{"messages": MULTI_TURN}, {"messages": MULTI_TURN[1:3]}])
-    proc = glmft(
+    proc = glmft_in_process(
+        capsys,
         "tokenize",
         str(data / "train.jsonl"),
         "--model",
@@ -42,10 +45,11 @@ def test_tokenize_prints_the_training_ids_and_labels(
 
 
 def test_tokenize_eval_prints_one_prompt_per_assistant_turn(
-    tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model_dir: Path, tiny_tokenizer: Any
 ) -> None:
     data = write_data(tmp_path, [{"messages": MULTI_TURN}])
-    proc = glmft(
+    proc = glmft_in_process(
+        capsys,
         "tokenize",
         str(data / "train.jsonl"),
         "--model",
@@ -62,19 +66,27 @@ def test_tokenize_eval_prints_one_prompt_per_assistant_turn(
     assert tiny_tokenizer.decode(row["target_ids"]) == "\n白色裙干净清爽。<|user|>"
 
 
-def test_tokenize_reports_invalid_lines_and_exits_1(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_tokenize_reports_invalid_lines_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model_dir: Path
+) -> None:
     data = write_data(
         tmp_path, [{"messages": MULTI_TURN}, {"messages": [{"role": "user", "content": "hi"}]}]
     )
-    proc = glmft("tokenize", str(data / "train.jsonl"), "--model", str(tiny_model_dir))
+    proc = glmft_in_process(
+        capsys, "tokenize", str(data / "train.jsonl"), "--model", str(tiny_model_dir)
+    )
     assert proc.returncode == 1
     assert len(proc.stdout.splitlines()) == 1
     assert "train.jsonl:2: " in proc.stderr
 
 
-def test_tokenize_without_a_model_is_a_usage_error(tmp_path: Path) -> None:
+def test_tokenize_without_a_model_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     data = write_data(tmp_path, [{"messages": MULTI_TURN}])
-    proc = glmft("tokenize", str(data / "train.jsonl"), "--model", str(tmp_path / "none"))
+    proc = glmft_in_process(
+        capsys, "tokenize", str(data / "train.jsonl"), "--model", str(tmp_path / "none")
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("glmft tokenize: error:")
 
 

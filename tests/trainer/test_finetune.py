@@ -11,7 +11,7 @@ import pytest
 
 from tests.trainer.finetune_helpers import (
     final_status,
-    glmft,
+    glmft_in_process,
     losses,
     run_finetune,
     tiny_config,
@@ -85,11 +85,12 @@ def test_lora_checkpoint_records_base_and_config(lora_run: Any, tiny_model_dir: 
 
 
 def test_chat_with_lora_adapter_reproduces_a_trained_answer(
-    lora_run: Any, tiny_model_dir: Path
+    capsys: pytest.CaptureFixture[str], lora_run: Any, tiny_model_dir: Path
 ) -> None:
     output, _ = lora_run
     prompt, answer = next(iter(ANSWERS.items()))
-    tuned = glmft(
+    tuned = glmft_in_process(
+        capsys,
         "chat",
         str(output / "checkpoint-60"),
         "--prompt",
@@ -100,7 +101,8 @@ def test_chat_with_lora_adapter_reproduces_a_trained_answer(
         "--repetition-penalty",
         "1.0",
     )
-    base = glmft(
+    base = glmft_in_process(
+        capsys,
         "chat",
         str(tiny_model_dir),
         "--prompt",
@@ -117,7 +119,7 @@ def test_chat_with_lora_adapter_reproduces_a_trained_answer(
 
 
 def test_chat_finds_a_moved_base_with_base_flag(
-    lora_run: Any, tiny_model_dir: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], lora_run: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     output, _ = lora_run
     adapter = tmp_path / "adapter"
@@ -126,9 +128,12 @@ def test_chat_finds_a_moved_base_with_base_flag(
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = str(tmp_path / "moved-away")
     config_file.write_text(json.dumps(config))
-    missing = glmft("chat", str(adapter), "--prompt", "hi", "--max-new-tokens", "4")
+    missing = glmft_in_process(
+        capsys, "chat", str(adapter), "--prompt", "hi", "--max-new-tokens", "4"
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    found = glmft(
+    found = glmft_in_process(
+        capsys,
         "chat",
         str(adapter),
         "--base",
@@ -145,7 +150,7 @@ def test_chat_finds_a_moved_base_with_base_flag(
 
 
 def test_ptuning_v2_trains_and_its_generation_differs_from_base(
-    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     config = tiny_config(
         "ptuning_v2", training_args={**QUICK_ARGS, "max_steps": 30, "learning_rate": 1e-2}
@@ -160,13 +165,16 @@ def test_ptuning_v2_trains_and_its_generation_differs_from_base(
     )
     prompt = next(iter(ANSWERS))
     args = ["--prompt", prompt, "--greedy", "--max-new-tokens", "16"]
-    tuned, base = glmft("chat", str(checkpoint), *args), glmft("chat", str(tiny_model_dir), *args)
+    tuned, base = (
+        glmft_in_process(capsys, "chat", str(checkpoint), *args),
+        glmft_in_process(capsys, "chat", str(tiny_model_dir), *args),
+    )
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     assert tuned.stdout != base.stdout
 
 
 def test_full_sft_overfits_and_checkpoint_is_a_standalone_model(
-    data_dir: Path, tiny_model_dir: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], data_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     config = tiny_config("sft", training_args={**QUICK_ARGS, "max_steps": 40})
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out")
@@ -176,7 +184,8 @@ def test_full_sft_overfits_and_checkpoint_is_a_standalone_model(
     checkpoint = tmp_path / "out" / "checkpoint-40"
     assert (checkpoint / "tokenizer.json").is_file() and (checkpoint / "config.json").is_file()
     prompt, answer = next(iter(ANSWERS.items()))
-    reply = glmft(
+    reply = glmft_in_process(
+        capsys,
         "chat",
         str(checkpoint),
         "--prompt",
