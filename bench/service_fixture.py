@@ -101,18 +101,10 @@ def api_command(port: int) -> list[str]:
 
 
 def worker_command() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "-Q",
-        "training",
-        "--pool=solo",
-        "--loglevel=INFO",
-    ]
+    """The worker ``glmft up`` runs (solo pool, training queue), without the beat."""
+    from api.commands.up import worker_command as glmft_worker_command
+
+    return glmft_worker_command(pool="solo")
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

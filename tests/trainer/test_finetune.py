@@ -27,6 +27,7 @@ CONVERSATIONS = [
     {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
     for q, a in ANSWERS.items()
 ]
+GREEDY = ("--greedy", "--max-new-tokens", "40", "--repetition-penalty", "1.0")
 QUICK_ARGS = {"eval_strategy": "no", "save_steps": 1000, "logging_steps": 5}
 
 
@@ -95,11 +96,7 @@ def test_chat_with_lora_adapter_reproduces_a_trained_answer(
         str(output / "checkpoint-60"),
         "--prompt",
         prompt,
-        "--greedy",
-        "--max-new-tokens",
-        "40",
-        "--repetition-penalty",
-        "1.0",
+        *GREEDY,
     )
     base = glmft_in_process(
         capsys,
@@ -107,11 +104,7 @@ def test_chat_with_lora_adapter_reproduces_a_trained_answer(
         str(tiny_model_dir),
         "--prompt",
         prompt,
-        "--greedy",
-        "--max-new-tokens",
-        "40",
-        "--repetition-penalty",
-        "1.0",
+        *GREEDY,
     )
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     assert tuned.stdout.strip() == answer
@@ -190,11 +183,7 @@ def test_full_sft_overfits_and_checkpoint_is_a_standalone_model(
         str(checkpoint),
         "--prompt",
         prompt,
-        "--greedy",
-        "--max-new-tokens",
-        "40",
-        "--repetition-penalty",
-        "1.0",
+        *GREEDY,
     )
     assert reply.returncode == 0 and reply.stdout.strip() == answer
 
