@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -93,6 +93,9 @@ class Job(SQLModel, table=True):
     heartbeat_at: datetime | None = _ts()
     step: int = 0
     max_steps: int | None = None
+    # bytes of the trainer's events.jsonl already stored, committed with the events themselves:
+    # a later attempt records what a dead worker left unread, and nothing twice
+    events_offset: int = Field(default=0, sa_type=BigInteger)
     resume_from_step: int | None = None
     cancel_requested: bool = False
     error_code: str | None = Field(default=None, max_length=64)

@@ -20,6 +20,6 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) on first use, about 3-5 min on 2 cores;
 # torch caches them in ~/.cache/torch_extensions, so later runs on the machine skip the build.
-.venv/bin/ruff check trainer core tests bench
+.venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

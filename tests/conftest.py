@@ -1,4 +1,5 @@
-"""Fixtures every test folder shares: the tiny GLM-4 and throw-away PostgreSQL databases."""
+"""Fixtures every test folder shares: the tiny GLM-4, throw-away PostgreSQL databases and a
+migrated store on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
 
 # Nothing may reach the network; set before transformers is imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -38,6 +40,33 @@ def postgres_url() -> Iterator[str]:
     """A throw-away PostgreSQL database for the whole session."""
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated store: a SQLite file, then the session's PostgreSQL database (emptied after)."""
+    from core.db import make_engine, upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    if request.param == "postgresql":
+        with engine.begin() as conn:
+            for table in (
+                "adapters",
+                "checkpoints",
+                "metrics",
+                "job_events",
+                "jobs",
+                "datasets",
+                "base_models",
+            ):
+                conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

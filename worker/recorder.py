@@ -13,9 +13,12 @@ from core.models import Checkpoint, Job, JobEvent, Metric
 _STEP_METRICS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
 
 
-def record_events(session: Session, job: Job, events: list[dict[str, Any]]) -> None:
-    """Store ``events`` (already parsed ``events.jsonl`` lines) for ``job``; commits."""
-    progress: dict[str, Any] = {}
+def record_events(
+    session: Session, job: Job, events: list[dict[str, Any]], *, offset: int
+) -> None:
+    """Store ``events`` (parsed ``events.jsonl`` lines) for ``job`` and, in the same commit,
+    ``offset``: the end of the last of them in the file, where a later attempt resumes reading."""
+    progress: dict[str, Any] = {"events_offset": offset}
     for event in events:
         kind = str(event.get("event", "unknown"))
         session.add(JobEvent(job_id=job.id, kind=kind, message=_summary(event), data=event))
@@ -40,8 +43,7 @@ def record_events(session: Session, job: Job, events: list[dict[str, Any]]) -> N
             )
         elif kind == "checkpoint":
             _add_checkpoint(session, job, event)
-    if progress:
-        session.execute(update(Job).where(col(Job.id) == job.id).values(**progress))
+    session.execute(update(Job).where(col(Job.id) == job.id).values(**progress))
     session.commit()
 
 

@@ -114,7 +114,9 @@ class Runner:
             base_model_name=job.model,
         )
         events_file = directory.output / "events.jsonl"
-        tail = EventTail(events_file, offset=_size(events_file))  # earlier attempts: recorded
+        # from where the last attempt's recording stopped: what a dead worker left unread is
+        # stored now, and nothing twice
+        tail = EventTail(events_file, offset=job.events_offset)
         process = TrainerProcess(command, job_dir=directory.root, gpus=gpus)
         if gpus:  # the trainer's pid keeps the lease alive should this worker die first
             self.leases.attach(job.id, process.pid)
@@ -130,7 +132,7 @@ class Runner:
         while returncode is None:
             returncode = process.wait(self.poll_s)
             process.processes()  # remember the ranks, should torchrun die first
-            status = self._record(session, job, tail.read_new()) or status
+            status = self._record(session, job, tail) or status
             if time.monotonic() - last_beat >= self.settings.heartbeat_interval_s:
                 last_beat = time.monotonic()
                 if not self._heartbeat(session, job.id):
@@ -141,7 +143,7 @@ class Runner:
                 logger.info("job %s: cancel requested; stopping the trainer", job.id)
                 returncode = process.terminate()
                 cancelled = True
-        status = self._record(session, job, tail.read_new()) or status
+        status = self._record(session, job, tail) or status
         if cancelled:
             return Outcome(JobState.CANCELLED)
         if returncode == 0 and status.get("status") == "succeeded":
@@ -153,12 +155,11 @@ class Runner:
             bool(status.get("user_error", False)),
         )
 
-    def _record(
-        self, session: Session, job: Job, events: list[dict[str, Any]]
-    ) -> dict[str, Any] | None:
+    def _record(self, session: Session, job: Job, tail: EventTail) -> dict[str, Any] | None:
+        events = tail.read_new()
         if not events:
             return None
-        record_events(session, job, events)
+        record_events(session, job, events, offset=tail.offset)
         statuses = [e for e in events if e.get("event") == "status"]
         return statuses[-1] if statuses else None
 
@@ -230,6 +231,3 @@ def _resume_argument(session: Session, job: Job) -> str:
     has_checkpoint = session.exec(select(Checkpoint.id).where(Checkpoint.job_id == job.id)).first()
     return "yes" if has_checkpoint is not None or job.attempt > 1 else "no"
 
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
