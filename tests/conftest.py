@@ -8,11 +8,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from tests.live_service import LiveService
 
 # Nothing may reach the network; set before transformers is imported.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -86,3 +89,23 @@ def tiny_tokenizer(tiny_model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def chat_adapters(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Any:
+    """Two LoRA adapters and a P-Tuning v2 one with known answers (``tests.chat_adapters``)."""
+    from tests.chat_adapters import train_chat_adapters
+
+    return train_chat_adapters(tmp_path_factory.mktemp("chat_adapters"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def live_service(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[LiveService]:
+    """The API under uvicorn and a real Celery worker (``tests.live_service``), started once
+    and shared by the SDK, CLI and OpenAI-compatibility tests."""
+    from tests.live_service import run_live_service
+
+    with run_live_service(tmp_path_factory.mktemp("live_service"), tiny_model_dir) as service:
+        yield service

@@ -1,0 +1,85 @@
+"""The engines of one process: one per model directory (a base model or a full-SFT checkpoint),
+at most ``max_models`` of them; the least recently used idle one is closed to make room."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from trainer.serving.engine import Engine
+
+
+class ModelCacheFullError(RuntimeError):
+    pass
+
+
+class EnginePool:
+    def __init__(
+        self,
+        *,
+        max_models: int = 2,
+        max_batch: int = 16,
+        max_adapters: int = 8,
+        max_adapter_bytes: int | None = None,
+    ) -> None:
+        self.max_models = max_models
+        self._engine_args = {
+            "max_batch": max_batch,
+            "max_adapters": max_adapters,
+            "max_adapter_bytes": max_adapter_bytes,
+        }
+        self._engines: OrderedDict[Path, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[Path, threading.Lock] = {}
+
+    def get(self, model_dir: Path, *, tokenizer_dir: Path | None = None) -> Engine:
+        """The engine of ``model_dir``, loading the model on first use (slow: call off the
+        event loop); ``tokenizer_dir`` as :class:`Engine` takes it."""
+        key = model_dir.resolve()
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is not None:
+                self._engines.move_to_end(key)
+                return engine
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per directory; others wait for it
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is not None:
+                    return engine
+                self._make_room()
+            engine = Engine(key, tokenizer_dir=tokenizer_dir, **self._engine_args)  # type: ignore[arg-type]
+            with self._lock:
+                self._engines[key] = engine
+            return engine
+
+    def find(self, model_dir: Path) -> Engine | None:
+        """The engine of ``model_dir`` when it is loaded (never loads)."""
+        with self._lock:
+            return self._engines.get(model_dir.resolve())
+
+    def close_model(self, model_dir: Path) -> bool:
+        """Close the engine of ``model_dir``; False when none was loaded."""
+        with self._lock:
+            engine = self._engines.pop(model_dir.resolve(), None)
+        if engine is None:
+            return False
+        engine.close()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            engines = list(self._engines.values())
+            self._engines.clear()
+        for engine in engines:
+            engine.close()
+
+    def _make_room(self) -> None:
+        while len(self._engines) >= self.max_models:
+            idle = [k for k, e in self._engines.items() if e.queued == 0 and not e.busy]
+            if not idle:
+                raise ModelCacheFullError(
+                    f"{len(self._engines)} models are loaded and busy (limit {self.max_models})"
+                )
+            self._engines.pop(idle[0]).close()
