@@ -67,6 +67,9 @@ class FinetuningConfig(BaseModel):
     training_args: dict[str, Any] = {"output_dir": "./output"}
     peft_config: dict[str, Any] | None = None
     swanlab: str | None = None  # upstream HEAD key; accepted and ignored (no telemetry here)
+    # glmft: train on each batch's conversations concatenated into one row, no padding, with
+    # position ids restarting per conversation so attention stays inside each (same loss)
+    packing: bool = False
 
     @property
     def method(self) -> Method:
@@ -117,6 +120,14 @@ def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
         issues += _check_peft(data["peft_config"])
     if config is not None:
         issues += _check_lengths(config)
+        if config.packing and config.method == "ptuning_v2":
+            issues.append(
+                ConfigIssue(
+                    "packing",
+                    "not with P-Tuning v2: its prefix is one per row, so packed conversations "
+                    "would share it; set packing: false",
+                )
+            )
         if config.peft_config is not None and "peft_type" in config.peft_config:
             config.peft_config["peft_type"] = str(config.peft_config["peft_type"]).upper()
     if issues or config is None:

@@ -151,3 +151,29 @@ class LeftPadCollator:
         if not multiple:
             return longest
         return -(-longest // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class PackingCollator:
+    """Padding-free training batches: the batch's conversations concatenated into one row with
+    ``position_ids`` restarting at 0 for each, and no attention mask, from which transformers
+    builds a causal mask that stays inside each conversation (``find_packed_sequence_indices``;
+    only without a KV cache, as training runs: ``use_cache=False``).
+
+    Labels need no separator: a conversation's first label is always -100 (the shift of
+    :func:`trainer.template.encode_train`), so no token learns to predict the next
+    conversation. Eval batches (``output_ids``, generation) are left-padded as usual.
+    """
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        if "labels" not in features[0] or "output_ids" in features[0]:
+            return LeftPadCollator(self.pad_id)(features)
+        return {
+            "input_ids": torch.tensor([[t for f in features for t in f["input_ids"]]]),
+            "labels": torch.tensor([[t for f in features for t in f["labels"]]]),
+            "position_ids": torch.tensor(
+                [[i for f in features for i in range(len(f["input_ids"]))]]
+            ),
+        }

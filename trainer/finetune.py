@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
 from trainer import __version__
 from trainer.callbacks import EventCallback, TrainingDivergedError, strip_prefix
@@ -38,6 +38,7 @@ from trainer.data import (
     DataError,
     FeatureDataset,
     LeftPadCollator,
+    PackingCollator,
     eval_dataset,
     load_conversations,
     split_files,
@@ -267,11 +268,16 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         tokenizer, special, config, files, with_eval=has_eval, generate=generate
     )
     resume_from = resolve_resume(run_args.resume, output_dir)
+    set_seed(args.seed)  # before the adapter's random init: a run repeats with its seed
     model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
     trainer = GlmSeq2SeqTrainer(
         model=model,
         args=args,
-        data_collator=LeftPadCollator(pad_id=special.endoftext),
+        data_collator=(
+            PackingCollator(special.endoftext)
+            if config.packing
+            else LeftPadCollator(pad_id=special.endoftext)
+        ),
         train_dataset=train_data,
         eval_dataset=val_data,
         processing_class=tokenizer if config.method == "sft" else None,

@@ -1,0 +1,82 @@
+"""Padding-free packing: attention stays inside each conversation (packed logits equal each
+conversation's own), and training with ``packing: true`` follows the unpacked loss curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.trainer.finetune_helpers import losses, run_finetune, tiny_config, write_data
+from trainer.config import ConfigError, parse_config
+from trainer.data import PackingCollator
+from trainer.template import IGNORE_INDEX, SpecialTokens, encode_train
+
+CONVERSATIONS = [
+    [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    for q, a in (
+        ("类型#裙*颜色#红色", "这款红色连衣裙大方得体，适合多种场合。"),
+        ("你好", "你好！"),
+        ("类型#裤*版型#宽松*风格#休闲", "宽松的版型带来舒适的穿着体验，休闲百搭。"),
+    )
+]
+
+
+def test_packed_logits_equal_each_conversations_own(
+    tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    special = SpecialTokens.from_tokenizer(tiny_tokenizer)
+    features = [
+        {"input_ids": e.input_ids, "labels": e.labels}
+        for e in (
+            encode_train(tiny_tokenizer, special, c, combine=True, max_length=128)
+            for c in CONVERSATIONS
+        )
+    ]
+    batch = PackingCollator(special.endoftext)(features)
+    lengths = [len(f["input_ids"]) for f in features]
+    assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    assert all(batch["position_ids"][0, s] == 0 for s in starts)
+    assert all(batch["labels"][0, s] == IGNORE_INDEX for s in starts)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        packed = model(**batch, use_cache=False).logits
+        for start, feature in zip(starts, features, strict=True):
+            alone = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0]
+            torch.testing.assert_close(
+                packed[0, start : start + len(alone)], alone, atol=1e-4, rtol=1e-4
+            )
+
+
+def test_packed_training_follows_the_unpacked_loss(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
+    curves = {}
+    for packing in (False, True):
+        config = tiny_config(
+            "lora",
+            packing=packing,
+            training_args={
+                "max_steps": 6,
+                "logging_steps": 1,
+                "eval_strategy": "no",
+                "save_strategy": "no",
+                "per_device_train_batch_size": 4,
+            },
+        )
+        config["data_config"] = {**config["data_config"], "val_file": None}
+        config["peft_config"] = {**config["peft_config"], "lora_dropout": 0.0}
+        proc, events = run_finetune(data, tiny_model_dir, config, tmp_path / f"out-{packing}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        curves[packing] = losses(events)
+    assert len(curves[True]) == 6 and curves[True].keys() == curves[False].keys()
+    for step, loss in curves[False].items():
+        assert curves[True][step] == pytest.approx(loss, rel=1e-3), (step, curves)
+
+
+def test_packing_is_refused_for_p_tuning_v2() -> None:
+    with pytest.raises(ConfigError, match="packing: not with P-Tuning v2"):
+        parse_config(tiny_config("ptuning_v2", packing=True))
