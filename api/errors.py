@@ -64,7 +64,8 @@ def _param(loc: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
-def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
+def validation_body(exc: RequestValidationError) -> dict[str, Any]:
+    """``{code: invalid_request, message, param, details.errors}`` of a request validation error."""
     errors = [
         {"param": _param(e.get("loc", ())), "message": str(e.get("msg", "")), "type": e.get("type")}
         for e in exc.errors()
@@ -85,17 +86,22 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    body = _validation_body(cast(RequestValidationError, exc))
+    body = validation_body(cast(RequestValidationError, exc))
     return envelope(422, body, request_id_of(request))
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    error = cast(StarletteHTTPException, exc)
+def http_error_body(request: Request, error: StarletteHTTPException) -> dict[str, Any]:
+    """``{code, message}`` of one of Starlette's HTTP errors (404 names the missing route)."""
     code = _HTTP_CODES.get(error.status_code, "http_error")
     message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
     if error.status_code == 404 and message == "Not Found":
         message = f"no route for {request.method} {request.url.path}"
-    body = {"code": code, "message": message}
+    return {"code": code, "message": message}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    error = cast(StarletteHTTPException, exc)
+    body = http_error_body(request, error)
     return envelope(error.status_code, body, request_id_of(request), error.headers)
 
 

@@ -18,10 +18,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
+from api.chat_proxy import ChatProxyMiddleware
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
+from api.services.chat import ChatService
 from api.telemetry import Telemetry
 from core.db import make_engine, prepare
 from core.models import BaseModelRecord
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         finally:
             if own:
                 app.state.enqueuer.close()
+            await run_in_threadpool(app.state.chat.close)
             app.state.engine.dispose()
 
     app = FastAPI(
@@ -95,8 +98,11 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.schema_ready = False
     app.state.sse_poll_s = 0.5
     app.state.telemetry = Telemetry(lambda: app.state.engine)
+    app.state.chat = ChatService(settings)  # engines load on first use
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
+    if settings.chat.remote_url:  # chat runs on a replica: forward it there
+        app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)
     return app

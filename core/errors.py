@@ -95,3 +95,44 @@ class PayloadTooLarge(AppError):
 class Unavailable(AppError):
     code = "unavailable"
     http_status = 503
+
+
+class InvalidMessages(Invalid):
+    """A chat request whose messages break the GLM-4 conversation rules."""
+
+    code = "invalid_messages"
+
+
+class PromptTooLong(Invalid):
+    code = "prompt_too_long"
+
+
+class ModelUnavailable(Conflict):
+    """The model exists but this server cannot serve it (its base is not configured here)."""
+
+    code = "model_unavailable"
+
+
+class AdapterBusy(Conflict):
+    code = "adapter_busy"
+
+
+class ChatCapacity(AppError):
+    """Every model or adapter slot is pinned or busy: retry later."""
+
+    code = "chat_capacity"
+    http_status = 503
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+
+
+class GenerationFailed(AppError):
+    """The engine could not answer (an adapter that fails to load, out of memory...)."""
+
+    code = "generation_failed"
+    http_status = 500
+
+
+class ChatUnavailable(Unavailable):
+    """The chat replica this API forwards to cannot be reached."""
+
+    code = "chat_unavailable"

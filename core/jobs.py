@@ -110,3 +110,13 @@ def claim(
         )
     except InvalidJobTransition:
         return None
+
+
+PROMOTED = ":ckpt-"  # ``<job adapter id>:ckpt-<step>``: a checkpoint promoted by hand
+
+
+def adapter_id(job: Job, step: int | None = None) -> str:
+    """The adapter id of a job, ``ft:<base>:<suffix|method>:<job>``, which the job registers
+    when it succeeds; with ``step``, that of its checkpoint promoted by hand."""
+    name = f"ft:{job.model}:{job.suffix or job.method}:{job.id}"
+    return name if step is None else f"{name}{PROMOTED}{step}"

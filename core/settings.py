@@ -27,6 +27,21 @@ class Limits(BaseModel):
     max_attempts: int = 3
 
 
+class ChatSettings(BaseModel):
+    """The chat engine: where it runs and what it may hold (ARCHITECTURE.md decision 8)."""
+
+    # "" runs the engine in the API process; a URL (e.g. http://gpu-node-3:8000) sends chat
+    # requests to a glmft replica there, which runs its own embedded engine
+    remote_url: str = ""
+    max_models: int = 2  # base models / full-SFT checkpoints loaded at once
+    max_adapters: int = 8  # per base model; least recently used unpinned ones are unloaded
+    max_adapter_bytes: int | None = None
+    max_batch: int = 16
+    max_new_tokens: int = 4096  # the most one request may ask for
+    max_prompt_tokens: int = 8192
+    max_messages: int = 256
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GLMFT_", env_nested_delimiter="__", extra="ignore"
@@ -42,6 +57,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 60.0
     limits: Limits = Field(default_factory=Limits)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
     default_tenant: str = "default"
     # {api key: tenant}; empty turns auth off (every caller is the default tenant)
     api_keys: dict[str, str] = Field(default_factory=dict)

@@ -9,6 +9,7 @@ command -v "$PY" >/dev/null || PY=python3
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install -q --disable-pip-version-check -e clients/python
 # Integration tests talk to the real PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) this
 # kind of machine runs; start them when they are installed but stopped.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from core.jobs import JobState, claim, transition
+from core.jobs import JobState, adapter_id, claim, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
 from core.settings import Settings
 from worker import jobdir
@@ -199,9 +199,9 @@ def register_adapter(session: Session, job: Job) -> Adapter | None:
     ).first()
     if newest is None:
         return None
-    adapter_id = f"ft:{job.model}:{job.suffix or job.method}:{job.id}"
-    adapter = session.get(Adapter, adapter_id) or Adapter(
-        id=adapter_id,
+    name = adapter_id(job)
+    adapter = session.get(Adapter, name) or Adapter(
+        id=name,
         tenant_id=job.tenant_id,
         job_id=job.id,
         base_model=job.model,

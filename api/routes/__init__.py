@@ -1,11 +1,31 @@
-"""All routes, native paths as issue 3 names them (no ``/v1`` prefix)."""
+"""All routes: the native ones (no prefix) and the OpenAI-compatible ones under ``/v1``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.routes import datasets, health, job_outputs, jobs, models
+from api.routes import (
+    adapters,
+    chat,
+    datasets,
+    health,
+    job_outputs,
+    jobs,
+    models,
+    openai_chat,
+    openai_finetuning,
+)
 
 api_router = APIRouter()
-for module in (health, datasets, jobs, job_outputs, models):
+for module in (
+    health,
+    datasets,
+    jobs,
+    job_outputs,
+    models,
+    adapters,
+    chat,
+    openai_chat,
+    openai_finetuning,
+):
     api_router.include_router(module.router)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
-from sqlalchemy import Engine
-from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, SessionDep, SettingsDep, TenantDep
@@ -23,7 +20,7 @@ from api.schemas.datasets import (
     report_public,
 )
 from api.services import datasets as service
-from api.uploads import StoredUpload, receive_upload
+from api.uploads import receive_upload
 from core.models import new_id
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -56,22 +53,6 @@ _UPLOAD_BODY = {
 }
 
 
-def _store(engine: Engine, tenant: str, dataset_id: str, upload: StoredUpload) -> DatasetWithReport:
-    with Session(engine, expire_on_commit=False) as session:
-        model = upload.fields.get("model") or None
-        model_dir = Path(service.resolve_model(session, model).path) if model else None
-        report = service.validate_upload(upload.path, model_dir)
-        dataset = service.create_dataset(
-            session=session,
-            dataset_id=dataset_id,
-            tenant=tenant,
-            upload=upload,
-            report=report,
-            base_model=model,
-        )
-        return dataset_with_report(dataset)
-
-
 @router.post(
     "",
     status_code=201,
@@ -87,10 +68,13 @@ async def upload_dataset(
     directory = service.dataset_dir(settings.artifacts, tenant, dataset_id)
     upload = await receive_upload(request, directory, settings.limits.max_upload_bytes)
     try:
-        return await run_in_threadpool(_store, engine, tenant, dataset_id, upload)
+        dataset = await run_in_threadpool(
+            service.store_upload, engine=engine, tenant=tenant, dataset_id=dataset_id, upload=upload
+        )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+    return dataset_with_report(dataset)
 
 
 @router.get("", response_model=Page[DatasetPublic], responses=error_responses())

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlmodel import col, or_, select
+from sqlmodel import col, select
 
 from api.deps import SessionDep, TenantDep
 from api.schemas.common import ListOf, error_responses
 from api.schemas.system import ModelPublic
-from core.jobs import JobState
-from core.models import Adapter, BaseModelRecord, Job
+from api.services.adapters import visible_adapters
+from core.models import BaseModelRecord
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=ListOf[ModelPublic], responses=error_responses())
 def list_models(session: SessionDep, tenant: TenantDep) -> ListOf[ModelPublic]:
-    """Registry base models, then your adapters from succeeded jobs (newest first)."""
+    """Registry base models, then your adapters (newest first): those of succeeded jobs and
+    promoted checkpoints."""
     bases = session.exec(select(BaseModelRecord).order_by(col(BaseModelRecord.name))).all()
-    adapters = session.exec(
-        select(Adapter)
-        .outerjoin(Job, col(Adapter.job_id) == col(Job.id))
-        .where(Adapter.tenant_id == tenant)
-        .where(or_(col(Adapter.job_id).is_(None), Job.state == JobState.SUCCEEDED.value))
-        .order_by(col(Adapter.created_at).desc())
-    ).all()
+    adapters = visible_adapters(session, tenant)
     data = [
         ModelPublic(
             id=b.name,

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlmodel import Session, or_, select
 
 from api.pagination import newest_first, split_page
@@ -92,6 +93,22 @@ def create_dataset(
     session.add(dataset)
     session.commit()
     return dataset
+
+
+def store_upload(*, engine: Engine, tenant: str, dataset_id: str, upload: StoredUpload) -> Dataset:
+    """Validate a received upload (token stats under its ``model`` field) and record it."""
+    with Session(engine, expire_on_commit=False) as session:
+        model = upload.fields.get("model") or None
+        model_dir = Path(resolve_model(session, model).path) if model else None
+        report = validate_upload(upload.path, model_dir)
+        return create_dataset(
+            session=session,
+            dataset_id=dataset_id,
+            tenant=tenant,
+            upload=upload,
+            report=report,
+            base_model=model,
+        )
 
 
 def get_dataset(

@@ -41,11 +41,12 @@ def cancel_job(*, session: Session, job: Job) -> Job:
     A worker may claim the job between our read and our UPDATE: then retry on the new state.
     """
     for _ in range(_RACE_RETRIES):
+        seen = job.state  # before the attempt: a failed transition refreshes ``job`` in place
         try:
             return _cancel_once(session, job)
         except InvalidJobTransition:
             refreshed = session.get(Job, job.id, populate_existing=True)
-            if refreshed is None or refreshed.state == job.state:
+            if refreshed is None or refreshed.state == seen:
                 raise
             job = refreshed
     return _cancel_once(session, job)

@@ -209,3 +209,19 @@ def test_models_lists_bases_and_succeeded_adapters(client: TestClient, engine: E
         ("glm-4-tiny", "base"),
         (f"ft:glm-4-tiny:a:{done['id']}", "adapter"),
     ]
+
+
+def test_cancel_retries_when_a_worker_claims_the_job_meanwhile(
+    client: TestClient, engine: Engine
+) -> None:
+    from api.services.job_actions import cancel_job
+    from core.models import Job
+
+    # given a job read as queued, then claimed by a worker before the cancel's UPDATE
+    job_id = _job(client)["id"]
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.state == "queued"
+        set_job(engine, job_id, state="running")
+        # when it is cancelled, then the retry sees running and asks the worker to stop it
+        assert cancel_job(session=session, job=job).state == "cancelling"

@@ -46,7 +46,7 @@ class Reply:
 
 @pytest.fixture
 def engine(chat_adapters: ChatAdapters) -> Iterator[Engine]:
-    engine = Engine(chat_adapters.base, max_adapters=2, max_batch=8)
+    engine = Engine.open(chat_adapters.base, max_adapters=2, max_batch=8)
     yield engine
     engine.close()
 
@@ -163,7 +163,7 @@ def test_sampling_with_a_seed_repeats_and_without_varies(engine: Engine) -> None
 
 
 def test_an_unservable_adapter_directory_is_refused(tmp_path: Any) -> None:
-    with pytest.raises(AdapterError, match="no adapter_config.json"):
+    with pytest.raises(AdapterError, match=r"no adapter_config\.json"):
         AdapterSpec.from_dir("x", tmp_path)
     (tmp_path / "adapter_config.json").write_text('{"peft_type": "IA3"}')
     with pytest.raises(AdapterError, match="'IA3' is not served"):

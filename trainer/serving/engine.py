@@ -80,12 +80,12 @@ class AdapterBusyError(RuntimeError):
 
 
 class Engine:
-    """Serves ``model_dir`` and any number of its adapters.
+    """Serves a loaded model and any number of its adapters (:meth:`open` loads one).
 
     Args:
-        model_dir: a base model or full-SFT checkpoint directory.
-        tokenizer_dir: where the tokenizer is when ``model_dir`` has none (a full-SFT
-            checkpoint's base model).
+        model: a transformers causal LM, on its device.
+        tokenizer: its tokenizer (GLM-4 special tokens).
+        name: for logs and the thread's name.
         max_batch: rows decoded together.
         max_adapters: adapters kept loaded (pinned ones included); the least recently used
             unpinned one is unloaded to make room.
@@ -94,24 +94,20 @@ class Engine:
 
     def __init__(
         self,
-        model_dir: Path,
+        model: Any,
+        tokenizer: Any,
         *,
-        tokenizer_dir: Path | None = None,
+        name: str = "model",
         max_batch: int = 16,
         max_adapters: int = 8,
         max_adapter_bytes: int | None = None,
     ) -> None:
-        check_model_dir(model_dir)
-        self.model_dir = model_dir
+        self.name = name
         self.max_batch = max_batch
         self.max_adapters = max_adapters
         self.max_adapter_bytes = max_adapter_bytes
-        has_tokenizer = (model_dir / "tokenizer_config.json").is_file()
-        self.tokenizer = load_tokenizer(model_dir if has_tokenizer else tokenizer_dir or model_dir)
-        self.special = SpecialTokens.from_tokenizer(self.tokenizer)
-        model = load_model(model_dir, dtype=compute_dtype(), use_cache=True)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
+        self.tokenizer = tokenizer
+        self.special = SpecialTokens.from_tokenizer(tokenizer)
         self.model: Any = model.eval()
         self.peft: PeftModel | None = None
         self.config = model.config
@@ -123,9 +119,28 @@ class Engine:
         self._decoding = False
         self._wake = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"engine:{model_dir.name}")
-        self._thread.daemon = True
+        self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def open(
+        cls, model_dir: Path, *, tokenizer_dir: Path | None = None, **limits: Any
+    ) -> Engine:
+        """An engine for a model directory (on the GPU when there is one, in bf16).
+
+        Args:
+            model_dir: a base model or full-SFT checkpoint directory.
+            tokenizer_dir: where the tokenizer is when ``model_dir`` has none (a full-SFT
+                checkpoint's base model).
+            limits: ``max_batch``, ``max_adapters``, ``max_adapter_bytes``.
+        """
+        check_model_dir(model_dir)
+        has_tokenizer = (model_dir / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(model_dir if has_tokenizer else tokenizer_dir or model_dir)
+        model = load_model(model_dir, dtype=compute_dtype(), use_cache=True)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        return cls(model, tokenizer, name=model_dir.name, **limits)
 
     # ---- caller side (any thread) -------------------------------------------------------
 
@@ -165,6 +180,8 @@ class Engine:
             self._wake.notify()
         self._thread.join(timeout=60)
         self.adapters.clear()
+        if self.peft is not None:  # the caller's model back as it came, without LoRA layers
+            self.peft.base_model.unload()
         self.model = self.peft = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from trainer.serving.engine import Engine
 
@@ -24,7 +25,7 @@ class EnginePool:
         max_adapter_bytes: int | None = None,
     ) -> None:
         self.max_models = max_models
-        self._engine_args = {
+        self._engine_args: dict[str, Any] = {
             "max_batch": max_batch,
             "max_adapters": max_adapters,
             "max_adapter_bytes": max_adapter_bytes,
@@ -49,7 +50,7 @@ class EnginePool:
                 if engine is not None:
                     return engine
                 self._make_room()
-            engine = Engine(key, tokenizer_dir=tokenizer_dir, **self._engine_args)  # type: ignore[arg-type]
+            engine = Engine.open(key, tokenizer_dir=tokenizer_dir, **self._engine_args)
             with self._lock:
                 self._engines[key] = engine
             return engine

@@ -1,0 +1,46 @@
+"""Which adapters a tenant sees, and promoting a checkpoint to one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, or_, select
+
+from core.jobs import PROMOTED, JobState, adapter_id
+from core.models import Adapter, Checkpoint, Job
+
+
+def visible_adapters(session: Session, tenant: str) -> Sequence[Adapter]:
+    """The tenant's adapters, newest first: a job's own once it succeeded (a resumed job's
+    is hidden until it succeeds again), promoted checkpoints always."""
+    return session.exec(
+        select(Adapter)
+        .outerjoin(Job, col(Adapter.job_id) == col(Job.id))
+        .where(Adapter.tenant_id == tenant)
+        .where(
+            or_(
+                col(Adapter.job_id).is_(None),
+                Job.state == JobState.SUCCEEDED.value,
+                col(Adapter.id).contains(PROMOTED),
+            )
+        )
+        .order_by(col(Adapter.created_at).desc())
+    ).all()
+
+
+def promote(session: Session, job: Job, checkpoint: Checkpoint) -> Adapter:
+    """An adapter serving ``checkpoint`` (the same one when promoted before)."""
+    name = adapter_id(job, checkpoint.step)
+    adapter = session.get(Adapter, name) or Adapter(
+        id=name,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        base_model=job.model,
+        method=job.method,
+        step=checkpoint.step,
+        path=checkpoint.path,
+    )
+    session.add(adapter)
+    session.commit()
+    session.refresh(adapter)
+    return adapter

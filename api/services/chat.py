@@ -1,0 +1,310 @@
+"""Chat: resolve what the caller named to a model directory and adapter (through the registry,
+never a path in ``adapter_config.json``), check the messages, and run the request on this
+process's engines without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
+
+from api.schemas.chat import ChatResponse, CheckpointRef, GenerationFields
+from core.errors import (
+    ChatCapacity,
+    InvalidMessages,
+    JobNotFound,
+    ModelNotFound,
+    ModelUnavailable,
+    NotFound,
+    PromptTooLong,
+)
+from core.jobs import PROMOTED, adapter_id
+from core.models import Adapter, Checkpoint, Job
+from core.settings import Settings
+from trainer.serving.adapters import AdapterError, AdapterSpec
+from trainer.serving.engine import Engine, Request
+from trainer.serving.events import Event, Result
+from trainer.serving.pool import EnginePool, ModelCacheFullError
+from trainer.serving.sampling import GenerationParams
+from trainer.serving.toolcalls import parse_tool_call, tool_names
+from trainer.template import clean_message, render_ids
+from trainer.validation import validate_conversation
+from trainer.validation_codes import Code
+
+logger = logging.getLogger(__name__)
+
+_TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}  # a chat needs no answer to train on
+_TURN_ROLES = ("user", "observation")
+DEFAULT_MAX_NEW_TOKENS = 1024
+
+
+class CheckpointNotFound(NotFound):
+    code = "checkpoint_not_found"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a chat request runs on."""
+
+    name: str
+    base_model: str
+    model_dir: Path
+    tokenizer_dir: Path | None = None
+    adapter: AdapterSpec | None = None
+
+
+class ChatService:
+    """One per app: the engine pool of this process and the rules of a chat request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        chat = settings.chat
+        self.pool = EnginePool(
+            max_models=chat.max_models,
+            max_batch=chat.max_batch,
+            max_adapters=chat.max_adapters,
+            max_adapter_bytes=chat.max_adapter_bytes,
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # ---- naming -----------------------------------------------------------------------------
+
+    def resolve(self, session: Session, tenant: str, model: str | CheckpointRef) -> Target:
+        """The base model, adapter id or job checkpoint ``model`` names; a checkpoint may also
+        be named ``<job's adapter id>:ckpt-<step>`` (OpenAI's ``fine_tuned_model_checkpoint``)
+        without being promoted first."""
+        if (
+            isinstance(model, str)
+            and model not in self.settings.models
+            and session.get(Adapter, model) is None
+        ):
+            model = _checkpoint_ref(model)
+        if isinstance(model, CheckpointRef):
+            job = session.get(Job, model.job)
+            if job is None or job.tenant_id != tenant:
+                raise JobNotFound(f"job {model.job} not found", param="model.job")
+            checkpoint = session.exec(
+                select(Checkpoint).where(
+                    Checkpoint.job_id == job.id, Checkpoint.step == model.checkpoint
+                )
+            ).first()
+            if checkpoint is None:
+                raise CheckpointNotFound(
+                    f"job {job.id} has no checkpoint at step {model.checkpoint}",
+                    param="model.checkpoint",
+                )
+            name = adapter_id(job, checkpoint.step)  # what promoting it would name it
+            return self._target(name, job.model, job.method, Path(checkpoint.path))
+        if model in self.settings.models:
+            return Target(model, model, self.settings.models[model].path)
+        adapter = session.get(Adapter, model)
+        if adapter is None or adapter.tenant_id != tenant:
+            raise ModelNotFound(
+                f"no model {model!r}: GET /models lists the base models and your adapters",
+                param="model",
+            )
+        return self._target(adapter.id, adapter.base_model, adapter.method, Path(adapter.path))
+
+    def _target(self, name: str, base_model: str, method: str, path: Path) -> Target:
+        base = self.settings.models.get(base_model)
+        if not path.is_dir():
+            raise ModelUnavailable(f"the files of {name} are missing on this server")
+        if method == "sft":  # a whole model of its own, with its base's tokenizer
+            return Target(name, base_model, path, tokenizer_dir=base.path if base else None)
+        if base is None:
+            raise ModelUnavailable(
+                f"{name} needs base model {base_model!r}, which this server does not serve "
+                "(GLMFT_MODELS)",
+                param="model",
+            )
+        try:
+            spec = AdapterSpec.from_dir(name, path)
+        except AdapterError as exc:
+            raise ModelUnavailable(str(exc), param="model") from exc
+        return Target(name, base_model, base.path, adapter=spec)
+
+    async def engine(self, target: Target) -> Engine:
+        """The target's engine; the first request for a model waits for it to load."""
+        try:
+            return await run_in_threadpool(
+                self.pool.get, target.model_dir, tokenizer_dir=target.tokenizer_dir
+            )
+        except ModelCacheFullError as exc:
+            raise ChatCapacity(str(exc)) from exc
+
+    def _model_dir(self, base_model: str, method: str, path: str) -> Path | None:
+        if method == "sft":
+            return Path(path)
+        base = self.settings.models.get(base_model)
+        return base.path if base else None
+
+    def state_of(self, name: str, base_model: str, method: str, path: str) -> tuple[bool, bool]:
+        """Whether the adapter is loaded in this process, and pinned."""
+        model_dir = self._model_dir(base_model, method, path)
+        engine = self.pool.find(model_dir) if model_dir else None
+        if engine is None:
+            return False, False
+        if method == "sft":
+            return True, False
+        loaded = engine.loaded().get(name)
+        return loaded is not None, bool(loaded and loaded.pinned)
+
+    async def unload(self, name: str, base_model: str, method: str, path: str) -> None:
+        """Free the adapter's memory in this process (a full-SFT model: its whole engine)."""
+        model_dir = self._model_dir(base_model, method, path)
+        if model_dir is None:
+            return
+        if method == "sft":
+            await run_in_threadpool(self.pool.close_model, model_dir)
+            return
+        engine = self.pool.find(model_dir)
+        if engine is not None:
+            await asyncio.wrap_future(engine.unload(name))
+
+    # ---- a request --------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        engine: Engine,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        fields: GenerationFields,
+    ) -> tuple[list[int], GenerationParams, set[str]]:
+        """The prompt's token ids, the sampling parameters and the offered tool names."""
+        limits = self.settings.chat
+        if len(messages) > limits.max_messages:
+            raise InvalidMessages(
+                f"{len(messages)} messages; at most {limits.max_messages}", param="messages"
+            )
+        messages = with_tools(messages, tools)
+        check_messages(messages)
+        if fields.max_new_tokens and fields.max_new_tokens > limits.max_new_tokens:
+            raise PromptTooLong(
+                f"max_new_tokens {fields.max_new_tokens} is over this server's limit "
+                f"{limits.max_new_tokens}",
+                param="max_new_tokens",
+            )
+        prompt = render_ids(
+            engine.tokenizer, [clean_message(m) for m in messages], generation_prompt=True
+        )
+        context = int(getattr(engine.config, "max_position_embeddings", 0) or 0) or 1 << 30
+        room = min(context - len(prompt), limits.max_new_tokens)
+        max_new_tokens = fields.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, room)
+        if len(prompt) > limits.max_prompt_tokens or max_new_tokens > room or room < 1:
+            raise PromptTooLong(
+                f"the prompt is {len(prompt)} tokens (at most {limits.max_prompt_tokens}) and "
+                f"{max_new_tokens} more must fit the model's {context}-token context",
+                param="messages",
+            )
+        stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
+        params = GenerationParams(
+            max_new_tokens=max_new_tokens,
+            temperature=fields.temperature,
+            top_p=fields.top_p,
+            repetition_penalty=fields.repetition_penalty,
+            stop=stop,
+            seed=fields.seed,
+        )
+        return prompt, params, tool_names(messages)
+
+    async def events(
+        self, engine: Engine, target: Target, prompt: list[int], params: GenerationParams
+    ) -> AsyncIterator[Event]:
+        """The engine's events for one request, ending with ``done`` or ``error``; leaving
+        early (a client that went away) stops the request's generation."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def deliver(event: Event) -> None:  # on the engine thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        request = Request(prompt, params, deliver, adapter=target.adapter)
+        engine.submit(request)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.kind != "delta":
+                    return
+        finally:
+            request.cancelled = True
+
+
+def _checkpoint_ref(model: str) -> str | CheckpointRef:
+    """``ft:<base>:<suffix>:<job>:ckpt-<step>`` as a job checkpoint, else ``model`` as it is."""
+    adapter, found, step = model.rpartition(PROMOTED)
+    if not found or not step.isdigit() or ":" not in adapter:
+        return model
+    return CheckpointRef(job=adapter.rsplit(":", 1)[1], checkpoint=int(step))
+
+
+def with_tools(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """``tools`` moved into the system message, where GLM-4's template renders them."""
+    if not tools:
+        return messages
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "tools": tools}, *messages[1:]]
+    return [{"role": "system", "content": "", "tools": tools}, *messages]
+
+
+def check_messages(messages: list[dict[str, Any]]) -> None:
+    """The training data rules that apply to a prompt, and a last turn the model answers."""
+    errors, _ = validate_conversation({"messages": messages})
+    issues = [
+        {"path": i.path, "code": i.code, "message": i.message}
+        for i in errors
+        if i.code not in _TRAINING_ONLY
+    ]
+    last = messages[-1].get("role") if messages else None
+    if last not in _TURN_ROLES:
+        issues.append(
+            {
+                "path": f"messages[{len(messages) - 1}]",
+                "code": "no_turn_to_answer",
+                "message": f"the last message is {last!r}; the model answers a user or "
+                "observation message",
+            }
+        )
+    if issues:
+        first = issues[0]
+        raise InvalidMessages(
+            f"{first['path']}: {first['message']}",
+            param=first["path"],
+            details={"issues": issues},
+        )
+
+
+def response_of(target: Target, result: Result, names: set[str]) -> ChatResponse:
+    """The ``POST /chat`` answer for a finished request."""
+    call = parse_tool_call(result.text, names) if names else None
+    finish = "tool_call" if call else result.finish_reason
+    return ChatResponse.model_validate(
+        {
+            "id": f"chat-{uuid.uuid4().hex[:24]}",
+            "model": target.name,
+            "message": {
+                "content": result.text,
+                "tool_call": {"name": call.name, "arguments": call.arguments} if call else None,
+            },
+            "finish_reason": "stop" if finish == "cancelled" else finish,
+            "usage": {
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens,
+            },
+            "timings": result.timings,
+        }
+    )
