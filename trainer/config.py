@@ -70,6 +70,9 @@ class FinetuningConfig(BaseModel):
     # glmft: train on each batch's conversations concatenated into one row, no padding, with
     # position ids restarting per conversation so attention stays inside each (same loss)
     packing: bool = False
+    # glmft: compute the loss without the full (tokens x 151k) logits: only target positions, a
+    # chunk at a time, recomputed in the backward pass (same loss, far less memory)
+    chunked_loss: bool = False
 
     @property
     def method(self) -> Method:

@@ -47,6 +47,7 @@ from trainer.data import train_dataset as build_train_dataset
 from trainer.datafiles import data_sha256
 from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
 from trainer.events import EventLog
+from trainer.loss import chunked_causal_lm_loss
 from trainer.metrics import score_texts
 from trainer.modeling import (
     UnsupportedModelError,
@@ -88,7 +89,27 @@ class RunArgs:
 
 
 class GlmSeq2SeqTrainer(Seq2SeqTrainer):
-    """Generation eval that strips the prompt and scores against ``output_ids``."""
+    """Generation eval that strips the prompt and scores against ``output_ids``; with
+    ``chunked_loss`` the training loss never materialises the full logits
+    (:func:`trainer.loss.chunked_causal_lm_loss`)."""
+
+    def __init__(self, *args: Any, chunked_loss: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunked_loss = chunked_loss
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        if not (self.chunked_loss and model.training and not return_outputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = chunked_causal_lm_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as transformers scales its own loss
+        return loss
 
     def prediction_step(
         self,
@@ -271,6 +292,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     set_seed(args.seed)  # before the adapter's random init: a run repeats with its seed
     model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
     trainer = GlmSeq2SeqTrainer(
+        chunked_loss=config.chunked_loss,
         model=model,
         args=args,
         data_collator=(

@@ -1,5 +1,6 @@
 """Padding-free packing: attention stays inside each conversation (packed logits equal each
-conversation's own), and training with ``packing: true`` follows the unpacked loss curve."""
+conversation's own), and training with ``packing: true`` (and ``chunked_loss: true``) follows
+the plain loss curve."""
 
 from __future__ import annotations
 
@@ -52,13 +53,16 @@ def test_packed_logits_equal_each_conversations_own(
             )
 
 
-def test_packed_training_follows_the_unpacked_loss(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_packed_and_chunked_loss_training_follow_the_plain_loss(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
     curves = {}
-    for packing in (False, True):
+    for packing, chunked in ((False, False), (True, False), (True, True)):
         config = tiny_config(
             "lora",
             packing=packing,
+            chunked_loss=chunked,
             training_args={
                 "max_steps": 6,
                 "logging_steps": 1,
@@ -69,12 +73,16 @@ def test_packed_training_follows_the_unpacked_loss(tmp_path: Path, tiny_model_di
         )
         config["data_config"] = {**config["data_config"], "val_file": None}
         config["peft_config"] = {**config["peft_config"], "lora_dropout": 0.0}
-        proc, events = run_finetune(data, tiny_model_dir, config, tmp_path / f"out-{packing}")
+        output = tmp_path / f"out-{packing}-{chunked}"
+        proc, events = run_finetune(data, tiny_model_dir, config, output)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        curves[packing] = losses(events)
-    assert len(curves[True]) == 6 and curves[True].keys() == curves[False].keys()
-    for step, loss in curves[False].items():
-        assert curves[True][step] == pytest.approx(loss, rel=1e-3), (step, curves)
+        curves[packing, chunked] = losses(events)
+    plain = curves[False, False]
+    assert len(plain) == 6
+    for variant in ((True, False), (True, True)):
+        assert curves[variant].keys() == plain.keys()
+        for step, loss in plain.items():
+            assert curves[variant][step] == pytest.approx(loss, rel=1e-3), (variant, step, curves)
 
 
 def test_packing_is_refused_for_p_tuning_v2() -> None:

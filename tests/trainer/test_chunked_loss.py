@@ -1,0 +1,57 @@
+"""The chunked loss equals transformers' own causal LM loss, value and gradients, through LoRA
+and P-Tuning v2 wrappers, for padded and packed batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from tests.trainer.test_packing import CONVERSATIONS
+from trainer.data import LeftPadCollator, PackingCollator
+from trainer.loss import chunked_causal_lm_loss
+from trainer.template import SpecialTokens, encode_train
+
+LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+PREFIX = PrefixTuningConfig(
+    task_type="CAUSAL_LM", num_virtual_tokens=4, num_attention_heads=2, token_dim=32
+)
+
+
+@pytest.mark.parametrize(("method", "packed"), [("lora", False), ("lora", True), ("prefix", False)])
+def test_chunked_loss_matches_the_model_loss_and_gradients(
+    tiny_model_dir: Path, tiny_tokenizer: Any, method: str, packed: bool
+) -> None:
+    special = SpecialTokens.from_tokenizer(tiny_tokenizer)
+    features = [
+        {"input_ids": e.input_ids, "labels": e.labels}
+        for e in (
+            encode_train(tiny_tokenizer, special, c, combine=True, max_length=128)
+            for c in CONVERSATIONS
+        )
+    ]
+    collate = PackingCollator(special.endoftext) if packed else LeftPadCollator(special.endoftext)
+    batch = collate(features)
+
+    def run(chunked: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        model = get_peft_model(base, LORA if method == "lora" else PREFIX)
+        model.train()
+        if chunked:  # chunks of 7 tokens: several per conversation
+            loss = chunked_causal_lm_loss(model, dict(batch), chunk_tokens=7)
+        else:
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), grads
+
+    (plain, plain_grads), (chunked, chunked_grads) = run(False), run(True)
+    assert chunked == pytest.approx(plain, rel=1e-5)
+    assert plain_grads.keys() == chunked_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)

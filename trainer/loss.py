@@ -1,0 +1,57 @@
+"""A memory-lean causal LM loss for GLM-4's 151k vocabulary: the logits are computed only at
+positions that have a target, a chunk at a time, and recomputed in the backward pass instead of
+kept, so the full ``(tokens, vocab)`` float32 logits never exist.
+
+The result equals transformers' ``ForCausalLMLoss`` (the sum of token cross-entropies over
+``num_items_in_batch``); only the memory differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
+from torch.utils.checkpoint import checkpoint
+
+from trainer.template import IGNORE_INDEX
+
+CHUNK_TOKENS = 4096
+
+
+def chunked_causal_lm_loss(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> torch.Tensor:
+    """The loss of ``model`` on ``inputs`` (with ``labels``), without materialising all logits.
+
+    The model runs with ``logits_to_keep=1`` (one position of logits) and returns its final
+    hidden states; the output head then runs on the target positions only, ``chunk_tokens`` at a
+    time under activation checkpointing. Works through PEFT wrappers (LoRA, P-Tuning v2) and on
+    a ZeRO-3 partitioned head (it is called as a module, so its parameters are gathered).
+    """
+    labels = inputs["labels"]
+    forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    outputs = model(**forward_inputs, logits_to_keep=1, output_hidden_states=True, use_cache=False)
+    hidden = outputs.hidden_states[-1]  # after the final norm
+    head = model.get_output_embeddings()
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    keep = targets != IGNORE_INDEX
+    states, targets = states[keep], targets[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        total = total + checkpoint(
+            _cross_entropy_sum, head, states[piece], targets[piece], use_reentrant=False
+        )
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(total.device)
+    return total / count
+
+
+def _cross_entropy_sum(head: Any, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(states).float(), targets, reduction="sum")
