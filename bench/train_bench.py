@@ -26,6 +26,8 @@ Methods (``--methods``, comma-separated):
 ==============  ==================================================================================
 ``lora``        configs/lora.yaml as is: batch 1, lr 5e-4, r=8 on q/k/v (the upstream baseline)
 ``lora_bs4``    the same with batch 4
+``lora_fast``   the same with glmft's ``packing: true`` and ``chunked_loss: true``, batch
+                ``--fast-batch`` (16) conversations packed into one padding-free row
 ``ptuning_v2``  configs/ptuning_v2.yaml: 512 virtual tokens, 2 heads, token_dim 256, batch 4
 ``sft_zero3``   configs/sft.yaml + configs/ds_zero_3.json on ``--gpus`` GPUs (torchrun), a
                 ``--sft-layers``-layer model (the 40-layer states do not fit 2x80 GB)
@@ -33,7 +35,8 @@ Methods (``--methods``, comma-separated):
 
 Run on a GPU box (single GPU for LoRA / P-Tuning v2, two GPUs for ZeRO-3)::
 
-    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --methods lora,lora_bs4,ptuning_v2
+    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py \
+        --methods lora,lora_bs4,lora_fast,ptuning_v2
     TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --methods sft_zero3 --gpus 2 \
         --sft-layers 12
 
@@ -247,8 +250,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--methods",
-        default="lora,lora_bs4,ptuning_v2",
-        help="comma-separated: lora, lora_bs4, ptuning_v2, sft_zero3",
+        default="lora,lora_bs4,lora_fast,ptuning_v2",
+        help="comma-separated: lora, lora_bs4, lora_fast, ptuning_v2, sft_zero3",
+    )
+    p.add_argument(
+        "--fast-batch", type=int, default=16, help="conversations per packed row (lora_fast)"
     )
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument(
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     deadline = t_start + args.deadline
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - {"lora", "lora_bs4", "ptuning_v2", "sft_zero3"}
+    unknown = set(methods) - {"lora", "lora_bs4", "lora_fast", "ptuning_v2", "sft_zero3"}
     if unknown:
         raise SystemExit(f"unknown methods: {sorted(unknown)}")
     import torch

@@ -211,6 +211,7 @@ def method_config(
     source = {
         "lora": "lora.yaml",
         "lora_bs4": "lora.yaml",
+        "lora_fast": "lora.yaml",
         "ptuning_v2": "ptuning_v2.yaml",
         "sft_zero3": "sft.yaml",
     }[method]
@@ -233,6 +234,10 @@ def method_config(
         ta["dataloader_num_workers"] = args.dataloader_workers
     if method == "lora_bs4":
         ta["per_device_train_batch_size"] = 4
+    if method == "lora_fast":  # glmft's switches: no padding, no full logits, bigger batches
+        ta["per_device_train_batch_size"] = args.fast_batch
+        config["packing"] = True
+        config["chunked_loss"] = True
     if method == "ptuning_v2":
         peft = config["peft_config"]
         # upstream 2 / 256 are glm-4-9b's KV groups / 2 x head_dim; follow the model if shrunk
