@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from core.errors import InvalidJobTransition, JobNotFound
-from core.models import Job, utcnow
+from core.models import Adapter, Checkpoint, Job, utcnow
 
 
 class JobState(StrEnum):
@@ -120,3 +120,20 @@ def adapter_id(job: Job, step: int | None = None) -> str:
     when it succeeds; with ``step``, that of its checkpoint promoted by hand."""
     name = f"ft:{job.model}:{job.suffix or job.method}:{job.id}"
     return name if step is None else f"{name}{PROMOTED}{step}"
+
+
+def save_adapter(session: Session, job: Job, checkpoint: Checkpoint, name: str) -> Adapter:
+    """The adapter ``name`` serving ``checkpoint`` of ``job``, created or pointed at it."""
+    adapter = session.get(Adapter, name) or Adapter(
+        id=name,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        base_model=job.model,
+        method=job.method,
+        path=checkpoint.path,
+    )
+    adapter.step, adapter.path = checkpoint.step, checkpoint.path
+    session.add(adapter)
+    session.commit()
+    session.refresh(adapter)
+    return adapter

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from core.jobs import JobState, adapter_id, claim, transition
+from core.jobs import JobState, adapter_id, claim, save_adapter, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
 from core.settings import Settings
 from worker import jobdir
@@ -199,19 +199,7 @@ def register_adapter(session: Session, job: Job) -> Adapter | None:
     ).first()
     if newest is None:
         return None
-    name = adapter_id(job)
-    adapter = session.get(Adapter, name) or Adapter(
-        id=name,
-        tenant_id=job.tenant_id,
-        job_id=job.id,
-        base_model=job.model,
-        method=job.method,
-        path=newest.path,
-    )
-    adapter.step, adapter.path = newest.step, newest.path
-    session.add(adapter)
-    session.commit()
-    return adapter
+    return save_adapter(session, job, newest, adapter_id(job))
 
 
 def _dataset_paths(session: Session, job: Job) -> tuple[Path, Path | None]:

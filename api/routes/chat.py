@@ -11,11 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import SessionDep, TenantDep
 from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
-from api.services.chat import ChatService, Target, response_of
+from api.services.chat import ChatService, Target, answer, engine_error, response_of
 from api.sse import format_event
-from core.errors import AppError, ChatCapacity, GenerationFailed
 from trainer.serving.engine import Engine
-from trainer.serving.events import Event
 from trainer.serving.sampling import GenerationParams
 
 router = APIRouter(tags=["chat"])
@@ -47,18 +45,7 @@ async def chat(
     if body.stream:
         frames = _frames(service, engine, target, prompt, params, names)
         return StreamingResponse(frames, media_type="text/event-stream")
-    async for event in service.events(engine, target, prompt, params):
-        if event.kind == "done" and event.result is not None:
-            return response_of(target, event.result, names)
-        if event.kind == "error":
-            raise engine_error(event)
-    raise GenerationFailed("the engine ended the request without an answer")
-
-
-def engine_error(event: Event) -> AppError:
-    if event.code == "capacity":
-        return ChatCapacity(event.message)
-    return GenerationFailed(event.message)
+    return await answer(service, engine, target, prompt, params, names)
 
 
 async def _frames(

@@ -16,13 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
 from api.openai_errors import OPENAI_ERROR_RESPONSES, OpenAIRoute, error_type
-from api.routes.chat import chat_service, engine_error
+from api.routes.chat import chat_service
 from api.schemas.chat import GenerationFields
 from api.schemas.openai_chat import ChatCompletion, ChatCompletionRequest, ModelList, ModelObject
 from api.services.adapters import visible_adapters
-from api.services.chat import ChatService, Target, response_of
+from api.services.chat import ChatService, Target, answer, engine_error, response_of
 from api.services.openai_chat import completion_of, glm_messages
-from core.errors import GenerationFailed
 from core.models import BaseModelRecord
 from trainer.serving.engine import Engine
 from trainer.serving.sampling import GenerationParams
@@ -59,13 +58,8 @@ async def chat_completions(
             service, engine, target, prompt, params, names, completion_id, created, include_usage
         )
         return StreamingResponse(chunks, media_type="text/event-stream")
-    async for event in service.events(engine, target, prompt, params):
-        if event.kind == "done" and event.result is not None:
-            answer = response_of(target, event.result, names)
-            return completion_of(answer, completion_id, created)
-        if event.kind == "error":
-            raise engine_error(event)
-    raise GenerationFailed("the engine ended the request without an answer")
+    result = await answer(service, engine, target, prompt, params, names)
+    return completion_of(result, completion_id, created)
 
 
 def _fields(body: ChatCompletionRequest) -> GenerationFields:
@@ -110,8 +104,8 @@ async def _chunks(
         if event.kind == "delta" and not names:
             yield chunk({"content": event.text})
         elif event.kind == "done" and event.result is not None:
-            answer = response_of(target, event.result, names)
-            choice = completion_of(answer, completion_id, created).choices[0]
+            reply = response_of(target, event.result, names)
+            choice = completion_of(reply, completion_id, created).choices[0]
             delta: dict[str, Any] = {}
             if choice.message.tool_calls:
                 delta["tool_calls"] = [
@@ -122,7 +116,7 @@ async def _chunks(
                 delta["content"] = choice.message.content
             yield chunk(delta, choice.finish_reason)
             if include_usage:
-                usage = answer.usage.model_dump()
+                usage = reply.usage.model_dump()
                 body = {
                     "id": completion_id,
                     "object": "chat.completion.chunk",

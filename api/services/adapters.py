@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, col, or_, select
 
-from core.jobs import PROMOTED, JobState, adapter_id
+from core.jobs import PROMOTED, JobState, adapter_id, save_adapter
 from core.models import Adapter, Checkpoint, Job
 
 
@@ -30,17 +30,4 @@ def visible_adapters(session: Session, tenant: str) -> Sequence[Adapter]:
 
 def promote(session: Session, job: Job, checkpoint: Checkpoint) -> Adapter:
     """An adapter serving ``checkpoint`` (the same one when promoted before)."""
-    name = adapter_id(job, checkpoint.step)
-    adapter = session.get(Adapter, name) or Adapter(
-        id=name,
-        tenant_id=job.tenant_id,
-        job_id=job.id,
-        base_model=job.model,
-        method=job.method,
-        step=checkpoint.step,
-        path=checkpoint.path,
-    )
-    session.add(adapter)
-    session.commit()
-    session.refresh(adapter)
-    return adapter
+    return save_adapter(session, job, checkpoint, adapter_id(job, checkpoint.step))

@@ -18,7 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.schemas.chat import ChatResponse, CheckpointRef, GenerationFields
 from core.errors import (
+    AppError,
     ChatCapacity,
+    GenerationFailed,
     InvalidMessages,
     JobNotFound,
     ModelNotFound,
@@ -247,6 +249,30 @@ def _checkpoint_ref(model: str) -> str | CheckpointRef:
     if not found or not step.isdigit() or ":" not in adapter:
         return model
     return CheckpointRef(job=adapter.rsplit(":", 1)[1], checkpoint=int(step))
+
+
+async def answer(
+    service: ChatService,
+    engine: Engine,
+    target: Target,
+    prompt: list[int],
+    params: GenerationParams,
+    names: set[str],
+) -> ChatResponse:
+    """The whole answer of one request, or its engine's error as an :class:`AppError`."""
+    async for event in service.events(engine, target, prompt, params):
+        if event.kind == "done" and event.result is not None:
+            return response_of(target, event.result, names)
+        if event.kind == "error":
+            raise engine_error(event)
+    raise GenerationFailed("the engine ended the request without an answer")
+
+
+def engine_error(event: Event) -> AppError:
+    """The error vocabulary's name for an engine's ``error`` event."""
+    if event.code == "capacity":
+        return ChatCapacity(event.message)
+    return GenerationFailed(event.message)
 
 
 def with_tools(

@@ -11,10 +11,10 @@ import torch
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tests.trainer.test_packing import CONVERSATIONS
+from tests.trainer.test_packing import train_features
 from trainer.data import LeftPadCollator, PackingCollator
 from trainer.loss import chunked_causal_lm_loss
-from trainer.template import SpecialTokens, encode_train
+from trainer.template import SpecialTokens
 
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 PREFIX = PrefixTuningConfig(
@@ -27,13 +27,7 @@ def test_chunked_loss_matches_the_model_loss_and_gradients(
     tiny_model_dir: Path, tiny_tokenizer: Any, method: str, packed: bool
 ) -> None:
     special = SpecialTokens.from_tokenizer(tiny_tokenizer)
-    features = [
-        {"input_ids": e.input_ids, "labels": e.labels}
-        for e in (
-            encode_train(tiny_tokenizer, special, c, combine=True, max_length=128)
-            for c in CONVERSATIONS
-        )
-    ]
+    features = train_features(tiny_tokenizer)
     collate = PackingCollator(special.endoftext) if packed else LeftPadCollator(special.endoftext)
     batch = collate(features)
 

@@ -26,17 +26,23 @@ CONVERSATIONS = [
 ]
 
 
+def train_features(tokenizer: Any) -> list[dict[str, list[int]]]:
+    """``CONVERSATIONS`` as the trainer encodes them (combine mode)."""
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    return [
+        {"input_ids": e.input_ids, "labels": e.labels}
+        for e in (
+            encode_train(tokenizer, special, c, combine=True, max_length=128)
+            for c in CONVERSATIONS
+        )
+    ]
+
+
 def test_packed_logits_equal_each_conversations_own(
     tiny_model_dir: Path, tiny_tokenizer: Any
 ) -> None:
     special = SpecialTokens.from_tokenizer(tiny_tokenizer)
-    features = [
-        {"input_ids": e.input_ids, "labels": e.labels}
-        for e in (
-            encode_train(tiny_tokenizer, special, c, combine=True, max_length=128)
-            for c in CONVERSATIONS
-        )
-    ]
+    features = train_features(tiny_tokenizer)
     batch = PackingCollator(special.endoftext)(features)
     lengths = [len(f["input_ids"]) for f in features]
     assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
