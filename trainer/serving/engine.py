@@ -205,10 +205,13 @@ class Engine:
                 if self._closed:
                     self._fail_all("the engine is shutting down")
                     return
-            self._run_commands()
-            batch = self._next_batch()
-            if batch:
-                self._decode(batch)
+            try:
+                self._run_commands()
+                batch = self._next_batch()
+                if batch:
+                    self._decode(batch)
+            except Exception:  # the thread must outlive any one failure, or every caller hangs
+                logger.exception("chat engine %s: unexpected error", self.name)
 
     def _run_commands(self) -> None:
         while True:
