@@ -4,6 +4,7 @@ the plain loss curve."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ def test_packed_and_chunked_loss_training_follow_the_plain_loss(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
-    curves = {}
-    for packing, chunked in ((False, False), (True, False), (True, True)):
+    variants = [(False, False), (True, False), (True, True)]
+
+    def train(variant: tuple[bool, bool]) -> dict[int, float]:
+        packing, chunked = variant
         config = tiny_config(
             "lora",
             packing=packing,
@@ -82,7 +85,10 @@ def test_packed_and_chunked_loss_training_follow_the_plain_loss(
         output = tmp_path / f"out-{packing}-{chunked}"
         proc, events = run_finetune(data, tiny_model_dir, config, output)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        curves[packing, chunked] = losses(events)
+        return losses(events)
+
+    with ThreadPoolExecutor(len(variants)) as pool:  # three trainer processes at once
+        curves = dict(zip(variants, pool.map(train, variants), strict=True))
     plain = curves[False, False]
     assert len(plain) == 6
     for variant in ((True, False), (True, True)):
