@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
 from api.schemas.chat import ChatRequest, ChatResponse
@@ -38,9 +37,7 @@ async def chat(
     """Answer the conversation. With ``stream: true``: ``delta`` frames (``{"text"}``), then
     one ``done`` frame holding the whole response, or an ``error`` frame."""
     service = chat_service(request)
-    target = await run_in_threadpool(service.resolve, session, tenant, body.model)
-    session.close()  # generation can take long: give the connection back
-    engine = await service.engine(target)
+    target, engine = await service.open(session, tenant, body.model)
     prompt, params, names = service.prepare(engine, body.messages, body.tools, body)
     if body.stream:
         frames = _frames(service, engine, target, prompt, params, names)

@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
 from api.openai_errors import OPENAI_ERROR_RESPONSES, OpenAIRoute, error_type
@@ -42,9 +41,7 @@ async def chat_completions(
 ) -> ChatCompletion | StreamingResponse:
     """A chat completion; ``model`` is a base model name or an adapter id."""
     service = chat_service(request)
-    target = await run_in_threadpool(service.resolve, session, tenant, body.model)
-    session.close()  # generation can take long: give the connection back
-    engine = await service.engine(target)
+    target, engine = await service.open(session, tenant, body.model)
     messages = glm_messages(body.messages)
     tools = None
     if body.tools and body.tool_choice != "none":

@@ -135,6 +135,15 @@ class ChatService:
             raise ModelUnavailable(str(exc), param="model") from exc
         return Target(name, base_model, base.path, adapter=spec)
 
+    async def open(
+        self, session: Session, tenant: str, model: str | CheckpointRef
+    ) -> tuple[Target, Engine]:
+        """Resolve ``model`` and get its engine; the session is closed before the (possibly
+        long) model load and generation, so the request holds no database connection."""
+        target = await run_in_threadpool(self.resolve, session, tenant, model)
+        session.close()
+        return target, await self.engine(target)
+
     async def engine(self, target: Target) -> Engine:
         """The target's engine; the first request for a model waits for it to load."""
         try:
