@@ -49,6 +49,10 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class CheckpointNotFound(NotFound):
+    code = "checkpoint_not_found"
+
+
 class Unauthorized(AppError):
     """No or an unknown API key while keys are configured."""
 

@@ -7,17 +7,17 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from sqlmodel import Session, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import JobDep, SessionDep, TenantDep
 from api.routes.chat import chat_service
 from api.schemas.chat import AdapterPublic, LoadAdapterRequest
 from api.schemas.common import ListOf, error_responses
-from api.services.adapters import promote, visible_adapters
-from api.services.chat import ChatService, CheckpointNotFound
+from api.services.adapters import find_checkpoint, promote, visible_adapters
+from api.services.chat import ChatService
 from core.errors import AdapterBusy, AdapterNotFound, ChatCapacity
-from core.models import Adapter, Checkpoint, Job
+from core.models import Adapter, Job
 from trainer.serving.engine import AdapterBusyError, AdapterCacheFullError
 
 router = APIRouter(tags=["adapters"])
@@ -150,9 +150,5 @@ def promote_checkpoint(
     job: JobDep, step: int, request: Request, session: SessionDep
 ) -> AdapterPublic:
     """Make the checkpoint at ``step`` an adapter of its own (the same one when repeated)."""
-    checkpoint = session.exec(
-        select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step)
-    ).first()
-    if checkpoint is None:
-        raise CheckpointNotFound(f"job {job.id} has no checkpoint at step {step}", param="step")
+    checkpoint = find_checkpoint(session, job, step, param="step")
     return _public(chat_service(request), promote(session, job, checkpoint))

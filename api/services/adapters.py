@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session, col, or_, select
 
+from core.errors import CheckpointNotFound
 from core.jobs import PROMOTED, JobState, adapter_id, save_adapter
 from core.models import Adapter, Checkpoint, Job
 
@@ -26,6 +27,16 @@ def visible_adapters(session: Session, tenant: str) -> Sequence[Adapter]:
         )
         .order_by(col(Adapter.created_at).desc())
     ).all()
+
+
+def find_checkpoint(session: Session, job: Job, step: int, *, param: str) -> Checkpoint:
+    """The job's checkpoint at ``step``; ``checkpoint_not_found`` naming ``param`` if none."""
+    checkpoint = session.exec(
+        select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step)
+    ).first()
+    if checkpoint is None:
+        raise CheckpointNotFound(f"job {job.id} has no checkpoint at step {step}", param=param)
+    return checkpoint
 
 
 def promote(session: Session, job: Job, checkpoint: Checkpoint) -> Adapter:

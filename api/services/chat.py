@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.schemas.chat import ChatResponse, CheckpointRef, GenerationFields
+from api.services.adapters import find_checkpoint
 from core.errors import (
     AppError,
     ChatCapacity,
@@ -25,11 +26,10 @@ from core.errors import (
     JobNotFound,
     ModelNotFound,
     ModelUnavailable,
-    NotFound,
     PromptTooLong,
 )
 from core.jobs import PROMOTED, adapter_id
-from core.models import Adapter, Checkpoint, Job
+from core.models import Adapter, Job
 from core.settings import Settings
 from trainer.serving.adapters import AdapterError, AdapterSpec
 from trainer.serving.engine import Engine, Request
@@ -46,10 +46,6 @@ logger = logging.getLogger(__name__)
 _TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}  # a chat needs no answer to train on
 _TURN_ROLES = ("user", "observation")
 DEFAULT_MAX_NEW_TOKENS = 1024
-
-
-class CheckpointNotFound(NotFound):
-    code = "checkpoint_not_found"
 
 
 @dataclass(frozen=True)
@@ -95,16 +91,7 @@ class ChatService:
             job = session.get(Job, model.job)
             if job is None or job.tenant_id != tenant:
                 raise JobNotFound(f"job {model.job} not found", param="model.job")
-            checkpoint = session.exec(
-                select(Checkpoint).where(
-                    Checkpoint.job_id == job.id, Checkpoint.step == model.checkpoint
-                )
-            ).first()
-            if checkpoint is None:
-                raise CheckpointNotFound(
-                    f"job {job.id} has no checkpoint at step {model.checkpoint}",
-                    param="model.checkpoint",
-                )
+            checkpoint = find_checkpoint(session, job, model.checkpoint, param="model.checkpoint")
             name = adapter_id(job, checkpoint.step)  # what promoting it would name it
             return self._target(name, job.model, job.method, Path(checkpoint.path))
         if model in self.settings.models:
