@@ -7,44 +7,38 @@ What it does, in one run:
    ``--hidden-size`` ... shrink it) in bf16 directly on the device, and saves it once, with the tiny
    GLM-4 tokenizer (``trainer.tiny.build_tokenizer()``; its ids are < 2014, so any vocab works),
    to ``WORK/model-L<layers>``; a separate, smaller one for ZeRO-3 (``--sft-layers``);
-2. writes a synthetic AdvertiseGen-like dataset (prompt ``类型#裙*版型#宽松*...`` of 21-46 tokens,
-   answer 110 +- 30 tokens under that tokenizer): ``train.jsonl`` and a small ``dev.jsonl``;
+2. writes two synthetic datasets (``train_bench_setup.py``; ``python bench/train_bench_setup.py
+   DIR`` writes them alone): ``adgen``, AdvertiseGen-like (prompt ``类型#裙*版型#宽松*...`` of
+   21-46 tokens, answer 110 +- 30 tokens under that tokenizer), and ``chat``, multi-turn chats
+   of 2,048-4,096 tokens;
 3. runs ``trainer.finetune.main`` for each method in a fresh process (``torchrun`` for ZeRO-3),
    with configs derived from the upstream ones (configs/lora.yaml, ptuning_v2.yaml, sft.yaml +
    ds_zero_3.json): only ``max_steps``, ``logging_steps``, eval off, no test-set prediction and a
-   single save at the end are changed, so the upstream settings ARE the baseline;
+   single save at the end are changed for the upstream methods, so the upstream settings ARE
+   the baseline; the ``*_fast`` / ``*_lean`` methods add glmft's switches
+   (``train_bench_setup.METHODS`` says what each changes);
 4. records per method: peak ``torch.cuda.max_memory_allocated`` (read in the trainer process, on
-   every rank), steady-state non-pad tokens/s and step time (median of the ``step`` events after
-   warm-up), loss first -> last (must be finite), model FLOP utilisation, and for ZeRO-3 that the
-   saved checkpoint reloads in a NEW process (``AutoModelForCausalLM.from_pretrained``, one
-   forward pass, finite loss);
-5. prints a table and writes JSON to ``$OUT`` (when set) and
-   ``bench/results/train_bench_<device>[_<tag>].json``.
+   every rank) next to the trainer's own estimate (``trainer.memory``), steady-state non-pad
+   tokens/s and step time (median of the ``step`` events after warm-up), loss first -> last
+   (must be finite), model FLOP utilisation, time from ``started`` to the first logged step,
+   a two-step profile (GPU busy share, kernel time by kind) of the ``--profile`` methods, and for
+   ZeRO-3 that the saved checkpoint reloads in a NEW process;
+5. compares lora_fast's logged losses with lora_bs16's (same batches: packing and the chunked
+   loss must not change the loss), checks the issue's targets, prints tables and writes JSON to
+   ``$OUT`` (when set) and ``bench/results/train_bench_<device>[_<tag>].json``.
 
-Methods (``--methods``, comma-separated):
+Run on a GPU box (one GPU for LoRA / P-Tuning v2, two for ZeRO-3)::
 
-==============  ==================================================================================
-``lora``        configs/lora.yaml as is: batch 1, lr 5e-4, r=8 on q/k/v (the upstream baseline)
-``lora_bs4``    the same with batch 4
-``lora_fast``   the same with glmft's ``packing: true`` and ``chunked_loss: true``, batch
-                ``--fast-batch`` (16) conversations packed into one padding-free row
-``ptuning_v2``  configs/ptuning_v2.yaml: 512 virtual tokens, 2 heads, token_dim 256, batch 4
-``sft_zero3``   configs/sft.yaml + configs/ds_zero_3.json on ``--gpus`` GPUs (torchrun), a
-                ``--sft-layers``-layer model (the 40-layer states do not fit 2x80 GB)
-==============  ==================================================================================
-
-Run on a GPU box (single GPU for LoRA / P-Tuning v2, two GPUs for ZeRO-3)::
-
-    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py \
-        --methods lora,lora_bs4,lora_fast,ptuning_v2
-    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --methods sft_zero3 --gpus 2 \
-        --sft-layers 12
+    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py        # the single-GPU methods
+    TORCH_CUDA_ARCH_LIST=9.0 python bench/train_bench.py --gpus 2 \
+        --methods sft_zero3,sft_zero3_fast,sft_offload,sft_offload_fast
 
 CPU smoke test (tiny shape)::
 
-    python bench/train_bench.py --device cpu --layers 2 --hidden-size 64 --heads 4 \
-        --intermediate-size 128 --vocab-size 2048 --virtual-tokens 16 --max-steps 10 \
-        --dataloader-workers 0 --methods lora,ptuning_v2,sft_zero3 --gpus 2
+    python bench/train_bench.py --device cpu --layers 2 --sft-layers 2 --hidden-size 64 \
+        --heads 4 --intermediate-size 128 --vocab-size 2048 --virtual-tokens 16 --max-steps 10 \
+        --sft-steps 10 --offload-steps 4 --chat-rows 20 --train-rows 200 --dataloader-workers 0 \
+        --lean-budget-gib 0.001 --gpus 2 --methods lora,lora_bs16,lora_fast,lora_lean,...
 """
 
 from __future__ import annotations
@@ -69,13 +63,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from train_bench_process import reload_check, run_process, worker  # noqa: E402
 from train_bench_report import (  # noqa: E402
+    checks_table,
     device_info,
+    loss_parity,
     peak_tflops_for,
     slug,
     summarize,
     table,
+    target_checks,
 )
-from train_bench_setup import build_model, matmul_params, method_config, write_data  # noqa: E402
+from train_bench_setup import (  # noqa: E402
+    METHODS,
+    SFT_METHODS,
+    build_model,
+    matmul_params,
+    method_config,
+    write_data,
+)
 
 # performance.md anchors (H100 80GB HBM3, upstream pipeline, AdvertiseGen-like data).
 ANCHORS = {
@@ -110,12 +114,12 @@ def run_method(
     method: str,
     args: argparse.Namespace,
     work: Path,
-    data_dir: Path,
+    data: dict[str, Any],
     model: dict[str, Any],
     deadline: float,
     peak_tflops: float | None,
-    avg_seq: float,
 ) -> dict[str, Any]:
+    data_dir = Path(data["path"])
     out_dir = work / "runs" / method
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -136,11 +140,13 @@ def run_method(
     env = dict(os.environ)
     if args.no_cudnn_sdp:
         env["GLMFT_BENCH_DISABLE_CUDNN_SDP"] = "1"
-    if method != "sft_zero3" and args.gpu_count > 1 and "CUDA_VISIBLE_DEVICES" not in env:
+    if args.profile_step and world == 1 and method in args.profile:
+        env["GLMFT_BENCH_PROFILE_STEP"] = str(args.profile_step)
+    if method not in SFT_METHODS and args.gpu_count > 1 and "CUDA_VISIBLE_DEVICES" not in env:
         # a plain `python -m trainer.finetune` on a multi-GPU host gets HF Trainer's
         # nn.DataParallel over every visible GPU (n_gpu x the batch): pin one GPU
         env["CUDA_VISIBLE_DEVICES"] = "0"
-    if method == "sft_zero3":
+    if method in SFT_METHODS:
         world = args.gpus
         cmd = [
             sys.executable,
@@ -167,6 +173,8 @@ def run_method(
     timeout = min(args.method_timeout, deadline - time.monotonic())
     record: dict[str, Any] = {
         "method": method,
+        "what": METHODS[method]["what"],
+        "data": data["kind"],
         "world_size": world,
         "command": " ".join(["python -m trainer.finetune", *trainer_args])
         if world == 1
@@ -202,11 +210,9 @@ def run_method(
 
     n = matmul_params(model)
     # LoRA / prefix: forward 2N + input-gradient backward 2N; full SFT adds the weight grads (2N).
-    factor = 6 if method == "sft_zero3" else 4
-    ctx = (
-        avg_seq / 2 + (config.get("peft_config") or {}).get("num_virtual_tokens", 0)
-        if method == "ptuning_v2"
-        else avg_seq / 2
+    factor = 6 if method in SFT_METHODS else 4
+    ctx = data["sequence_tokens_mean"] / 2 + (config.get("peft_config") or {}).get(
+        "num_virtual_tokens", 0
     )
     attn = (factor // 2) * 2 * 2 * model["layers"] * ctx * model["heads"] * model["head_dim"]
     flops_per_token = factor * n + attn
@@ -214,11 +220,18 @@ def run_method(
         summarize(read_events(out_dir), args.warmup_windows, world, flops_per_token, peak_tflops)
     )
     record["flops_per_token"] = flops_per_token
+    plan = record.pop("memory_plan", None)
+    if plan:
+        record["memory_plan"] = plan
+        record["gradient_checkpointing"] = plan.get("gradient_checkpointing")
+    profile = out_dir / "profile.json"
+    if profile.is_file():
+        record["profile"] = json.loads(profile.read_text())
     if rc != 0:
         record["log_tail"] = (work / f"{method}.log").read_text(encoding="utf-8", errors="replace")[
             -4000:
         ]
-    if method == "sft_zero3" and record.get("checkpoint") and rc == 0:
+    if method in SFT_METHODS and record.get("checkpoint") and rc == 0:
         timeout = min(args.method_timeout, deadline - time.monotonic())
         reload_result = out_dir / "reload.json"
         print(f"   reload check of {record['checkpoint']} in a new process", flush=True)
@@ -250,11 +263,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--methods",
-        default="lora,lora_bs4,lora_fast,ptuning_v2",
-        help="comma-separated: lora, lora_bs4, lora_fast, ptuning_v2, sft_zero3",
+        default="lora,lora_bs16,lora_fast,lora_lean,ptuning_v2,ptuning_fast,chat_lora,chat_fast",
+        help="comma-separated: " + ", ".join(METHODS),
     )
     p.add_argument(
-        "--fast-batch", type=int, default=16, help="conversations per packed row (lora_fast)"
+        "--fast-batch", type=int, default=16, help="conversations per step of the fast methods"
+    )
+    p.add_argument("--lean-batch", type=int, default=8, help="conversations per step of lora_lean")
+    p.add_argument(
+        "--lean-budget-gib",
+        type=float,
+        default=18.6,
+        help="lora_lean's memory_budget_gib (18.6 GiB = 20 GB)",
+    )
+    p.add_argument(
+        "--budget-gib", type=float, default=60.0, help="memory_budget_gib of sft_offload_fast"
+    )
+    p.add_argument(
+        "--profile",
+        default="lora_fast,lora_lean,chat_fast,ptuning_fast",
+        help="single-GPU methods to profile for two steps (torch.profiler)",
+    )
+    p.add_argument(
+        "--profile-step", type=int, default=20, help="first profiled step (0: no profiling)"
     )
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument(
@@ -264,7 +295,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="scratch dir for models, data, runs (the 40-layer model is 18.8 GB)",
     )
     p.add_argument("--layers", type=int, default=40, help="layers of the LoRA/P-Tuning model")
-    p.add_argument("--sft-layers", type=int, default=12, help="layers of the ZeRO-3 model")
+    p.add_argument(
+        "--sft-layers",
+        type=int,
+        default=12,
+        help="layers of the sft_zero3* model (sft_offload* train the --layers model)",
+    )
     p.add_argument("--hidden-size", type=int, help="override GlmConfig's 4096 (CPU smoke tests)")
     p.add_argument("--heads", type=int, help="override GlmConfig's 32 attention heads")
     p.add_argument("--intermediate-size", type=int, help="override GlmConfig's 13696")
@@ -277,6 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=2, help="ranks for sft_zero3")
     p.add_argument("--max-steps", type=int, default=60)
     p.add_argument("--sft-steps", type=int, default=40)
+    p.add_argument("--offload-steps", type=int, default=10, help="max_steps of sft_offload*")
     p.add_argument("--logging-steps", type=int, default=5)
     p.add_argument(
         "--warmup-windows",
@@ -290,6 +327,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="override the configs' dataloader_num_workers (upstream 16)",
     )
     p.add_argument("--train-rows", type=int, default=2000)
+    p.add_argument("--chat-rows", type=int, default=400)
     p.add_argument("--dev-rows", type=int, default=16)
     p.add_argument("--method-timeout", type=float, default=240.0, help="seconds per method")
     p.add_argument(
@@ -326,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     deadline = t_start + args.deadline
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - {"lora", "lora_bs4", "lora_fast", "ptuning_v2", "sft_zero3"}
+    unknown = set(methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown methods: {sorted(unknown)}")
     import torch
@@ -335,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda but no GPU is visible (use --device cpu)")
     info = device_info(args)
     args.gpu_count = info["gpu_count"]
+    args.profile = {m.strip() for m in args.profile.split(",")}
     print(json.dumps(info), flush=True)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -342,20 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
-    data_dir = work / "data"
-    data = write_data(data_dir, tokenizer, args.train_rows, args.dev_rows)
-    print("data:", json.dumps(data), flush=True)
+    datasets: dict[str, dict[str, Any]] = {}
+    for kind in sorted({METHODS[m]["data"] for m in methods}):
+        rows = args.chat_rows if kind == "chat" else args.train_rows
+        datasets[kind] = write_data(work / "data" / kind, tokenizer, kind, rows, args.dev_rows)
+        print(f"data {kind}:", json.dumps(datasets[kind]), flush=True)
 
     models: dict[int, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     peak = peak_tflops_for(info["device"]) if args.device == "cuda" else None
     for method in methods:
-        layers = args.sft_layers if method == "sft_zero3" else args.layers
+        layers = args.sft_layers if method.startswith("sft_zero3") else args.layers
         if layers not in models:
             print(f"\n== building a {layers}-layer GLM-4-shaped model", flush=True)
             models[layers] = build_model(args, layers, work / f"model-L{layers}")
             print("model:", json.dumps(models[layers]), flush=True)
-        if method == "sft_zero3" and args.device == "cuda" and info["gpu_count"] < args.gpus:
+        if method in SFT_METHODS and args.device == "cuda" and info["gpu_count"] < args.gpus:
             results.append(
                 {
                     "method": method,
@@ -367,24 +408,27 @@ def main(argv: list[str] | None = None) -> int:
             method,
             args,
             work,
-            data_dir,
+            datasets[METHODS[method]["data"]],
             models[layers],
             deadline,
             peak,
-            data["sequence_tokens_mean"],
         )
         results.append(record)
         print(table([record]), flush=True)
         if not args.keep and record.get("checkpoint"):
             shutil.rmtree(Path(record["checkpoint"]), ignore_errors=True)
 
+    parity = loss_parity(results, "lora_fast", "lora_bs16")
+    checks = target_checks(results)
     report = {
         "benchmark": "train_bench",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "bench/train_bench.py", *argv]),
         "environment": info,
-        "data": data,
+        "data": datasets,
         "models": list(models.values()),
+        "loss_parity": parity,
+        "targets": checks,
         "anchors": ANCHORS,
         "results": results,
         "wall_s": round(time.monotonic() - t_start, 1),
@@ -397,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / name).write_text(text, encoding="utf-8")
     print("\n" + table(results))
+    if checks:
+        print("\n" + checks_table(checks))
+    if parity:
+        print(
+            f"\nloss parity {parity['runs'][0]} vs {parity['runs'][1]}: max relative "
+            f"difference {parity['max_relative_difference']:.4f} "
+            f"over steps {parity['logged_steps']}"
+        )
     print(f"\nwrote {args.results_dir / name}" + (f" and {args.out / name}" if args.out else ""))
     ok = all(
         r.get("skipped")

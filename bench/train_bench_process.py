@@ -32,6 +32,9 @@ def worker(argv: list[str]) -> int:
 
     from trainer.finetune import main
 
+    profile_step = int(os.environ.get("GLMFT_BENCH_PROFILE_STEP", "0"))
+    if profile_step:
+        _add_profiler(profile_step, result.parent / "profile.json")
     if os.environ.get("GLMFT_BENCH_DISABLE_CUDNN_SDP") == "1":
         # pytorch/pytorch#196678: cuDNN SDPA backward NaN with a mask on H100/H200 (torch 2.11+)
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -45,6 +48,85 @@ def worker(argv: list[str]) -> int:
         record["max_memory_reserved"] = torch.cuda.max_memory_reserved()
     Path(f"{result}.rank{rank}.json").write_text(json.dumps(record))
     return rc
+
+
+def _add_profiler(first_step: int, path: Path) -> None:
+    """Profile training steps ``first_step + 1`` and ``+ 2`` of the trainer built next: GPU busy
+    time against wall time (how launch-bound the step is) and the top kernels."""
+    import torch
+    from transformers import TrainerCallback
+
+    from trainer import finetune
+
+    class ProfileCallback(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.prof: Any = None
+            self.t0 = 0.0
+
+        def on_step_begin(self, _args: Any, state: Any, _control: Any, **_kw: Any) -> None:
+            if state.global_step == first_step and self.prof is None:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    torch.cuda.synchronize()
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, _args: Any, state: Any, _control: Any, **_kw: Any) -> None:
+            if self.prof is None or state.global_step != first_step + 2:
+                return
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = (time.perf_counter() - self.t0) / 2
+            self.prof.__exit__(None, None, None)
+            path.write_text(json.dumps(_profile_summary(self.prof, wall), indent=1))
+            self.prof = None
+
+    original = finetune.GlmSeq2SeqTrainer.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.add_callback(ProfileCallback())
+
+    finetune.GlmSeq2SeqTrainer.__init__ = init  # type: ignore[method-assign]
+
+
+_KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "mem_eff")),  # before cutlass matmuls
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "sm90")),
+    ("cross-entropy", ("log_softmax", "nll_loss", "softmax")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+)
+
+
+def _profile_summary(prof: Any, wall_s: float) -> dict[str, Any]:
+    """Per step: wall time, GPU kernel time (busy share), kernel time by kind, top kernels."""
+    from torch.autograd import DeviceType
+
+    kernels: dict[str, float] = {}
+    for evt in prof.events():
+        if evt.device_type == DeviceType.CUDA:
+            kernels[evt.name] = kernels.get(evt.name, 0.0) + evt.device_time / 1e3 / 2
+    busy = sum(kernels.values())
+    kinds: dict[str, float] = {}
+    for name, ms in kernels.items():
+        lower = name.lower()
+        kind = next((k for k, keys in _KERNEL_KINDS if any(x in lower for x in keys)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    cpu_ops = sorted(
+        ((e.key, e.self_cpu_time_total / 1e3 / 2) for e in prof.key_averages()),
+        key=lambda kv: -kv[1],
+    )[:10]
+    return {
+        "wall_ms_per_step": round(wall_s * 1e3, 1),
+        "gpu_kernel_ms_per_step": round(busy, 1),
+        "gpu_busy": round(busy / (wall_s * 1e3), 3) if wall_s else None,
+        "kernel_ms_by_kind": {k: round(v, 1) for k, v in sorted(kinds.items())},
+        "top_kernels_ms": [[name[:90], round(ms, 2)] for name, ms in top],
+        "top_cpu_self_ms": [[name[:60], round(ms, 2)] for name, ms in cpu_ops],
+    }
 
 
 def reload_check(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ def summarize(
     if started:
         out["trainable_params"] = started.get("trainable_params")
         out["total_params"] = started.get("total_params")
+        out["memory_plan"] = started.get("memory")
     if ckpt:
         out["checkpoint"] = ckpt.get("path")
         out["checkpoint_bytes"] = ckpt.get("bytes")
@@ -109,6 +110,7 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         info["cudnn"] = torch.backends.cudnn.version()
         info["cudnn_sdpa_nan_check"] = cudnn_sdpa_check()
+        info["packed_attention_check"] = packed_attention_check()
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             info["driver"] = (
                 subprocess.run(
@@ -125,6 +127,61 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
         info["device"] = "cpu"
         info["gpu_count"] = 0
     return info
+
+
+def packed_attention_check() -> dict[str, Any]:
+    """trainer.attention's varlen path against causal SDPA run on each conversation alone
+    (GLM-4 shapes: 32 query heads, 2 KV heads, head_dim 128; three conversations in a row):
+    the largest absolute difference of outputs and of query gradients, in bf16."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from trainer.attention import packed_attention, packed_attention_available
+
+    if not packed_attention_available():
+        return {"available": False}
+    try:
+        lengths = [300, 1000, 77]
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        total = sum(lengths)
+
+        def rand(heads: int) -> Any:
+            return torch.randn(
+                (1, heads, total, 128), device="cuda", dtype=torch.bfloat16, generator=gen
+            ).requires_grad_()
+
+        q, k, v = rand(32), rand(2), rand(2)
+        bounds = torch.tensor([0, 300, 1300, 1377], device="cuda", dtype=torch.int32)
+        out, _ = packed_attention(
+            torch.nn.Module(),
+            q,
+            k,
+            v,
+            None,
+            scaling=128**-0.5,
+            cu_seq_lens_q=bounds,
+            max_length_q=max(lengths),
+        )
+        grad = torch.randn_like(out)
+        (gq,) = torch.autograd.grad(out, q, grad)
+        refs, ref_grads, start = [], [], 0
+        for n in lengths:
+            piece = slice(start, start + n)
+            qs = q[:, :, piece].detach().requires_grad_()
+            ks = k[:, :, piece].repeat_interleave(16, dim=1)
+            vs = v[:, :, piece].repeat_interleave(16, dim=1)
+            ref = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(1, 2)
+            (rq,) = torch.autograd.grad(ref, qs, grad[:, piece])
+            refs.append(ref)
+            ref_grads.append(rq)
+            start += n
+        return {
+            "available": True,
+            "max_abs_diff_out": float((out - torch.cat(refs, 1)).abs().max()),
+            "max_abs_diff_grad_q": float((gq - torch.cat(ref_grads, 2)).abs().max()),
+        }
+    except Exception as exc:  # a diagnostic, never fatal
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def cudnn_sdpa_check() -> dict[str, Any]:
@@ -192,30 +249,144 @@ def fmt(v: Any, spec: str = "") -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| method | GPUs | layers | batch | step (s) | non-pad tokens/s | per GPU | MFU | "
-        "peak alloc (GiB) | loss first -> last | status |"
+        "| method | data | GPUs | layers | batch | checkpointing | step (s) | non-pad tokens/s | "
+        "per GPU | MFU | peak alloc (GiB) | planned (GiB) | first step (s) | loss first -> last "
+        "| status |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 15]
     for r in results:
         if r.get("skipped"):
-            lines.append(f"| {r['method']} | | | | | | | | | | skipped: {r['skipped']} |")
+            lines.append(f"| {r['method']} |" + " |" * 13 + f" skipped: {r['skipped']} |")
             continue
-        batch = r["config"]["training_args"]["per_device_train_batch_size"]
+        ta = r["config"]["training_args"]
+        batch = ta["per_device_train_batch_size"]
+        if ta.get("gradient_accumulation_steps", 1) > 1:
+            batch = f"{batch} x {ta['gradient_accumulation_steps']}"
         status = r.get("status") or f"rc {r.get('rc')}"
         if r.get("first_nonfinite_window_step") is not None:
             status += f", NaN grads by step {r['first_nonfinite_window_step']}"
-        if r.get("cudnn_sdp") is False:
-            status += ", cuDNN SDPA off"
         if "reload" in r:
             status += ", reload " + ("ok" if r["reload"].get("ok") else "FAILED")
             if r["reload"].get("loss") is not None:
                 status += f" (loss {r['reload']['loss']:.2f})"
         loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if "loss_first" in r else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        plan = r.get("memory_plan") or {}
+        checkpointing = {True: "on", False: "off", None: "-"}[r.get("gradient_checkpointing")]
         lines.append(
-            f"| {r['method']} | {r['world_size']} | {r['model']['layers']} | {batch} | "
+            f"| {r['method']} | {r.get('data', '-')} | {r['world_size']} | "
+            f"{r['model']['layers']} | {batch} | {checkpointing} | "
             f"{fmt(r.get('step_s'), '.3f')} | {fmt(r.get('tokens_per_second'), ',.0f')} | "
             f"{fmt(r.get('tokens_per_second_per_gpu'), ',.0f')} | {mfu} | "
-            f"{fmt(r.get('peak_allocated_gib'))} | {loss} | {status} |"
+            f"{fmt(r.get('peak_allocated_gib'))} | {fmt(plan.get('estimate_gib'))} | "
+            f"{fmt(r.get('first_step_after_start_s'))} | {loss} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def loss_parity(results: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """Step-by-step logged losses of two runs that saw the same batches (same seed and batch
+    size): the largest relative difference."""
+    runs = {r["method"]: r for r in results if r.get("steps")}
+    if a not in runs or b not in runs:
+        return None
+    la = {s["step"]: s["loss"] for s in runs[a]["steps"]}
+    lb = {s["step"]: s["loss"] for s in runs[b]["steps"]}
+    common = sorted(set(la) & set(lb))
+    pairs = [
+        (la[k], lb[k]) for k in common if isinstance(la[k], float) and isinstance(lb[k], float)
+    ]
+    if not pairs:
+        return None
+    rel = [abs(x - y) / max(abs(y), 1e-9) for x, y in pairs]
+    return {
+        "runs": [a, b],
+        "logged_steps": common,
+        "max_relative_difference": max(rel),
+        "last": {a: pairs[-1][0], b: pairs[-1][1]},
+    }
+
+
+GIB_PER_GB = 1e9 / 2**30
+
+
+def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each against what this run measured (missing runs are left out)."""
+    runs = {r["method"]: r for r in results if r.get("status") == "succeeded"}
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: Any, target: Any, ok: bool, unit: str) -> None:
+        checks.append({"target": name, "measured": value, "goal": target, "met": ok, "unit": unit})
+
+    def tps(method: str) -> float | None:
+        return runs[method].get("tokens_per_second_per_gpu") if method in runs else None
+
+    if tps("lora_fast") is not None:
+        check(
+            "LoRA, AdvertiseGen-like",
+            round(tps("lora_fast")),
+            10_000,
+            tps("lora_fast") >= 10_000,
+            "tokens/s",
+        )
+        peak = runs["lora_fast"].get("peak_allocated_gib")
+        if peak is not None:
+            check(
+                "LoRA fast setting memory",
+                peak,
+                round(40 * GIB_PER_GB, 2),
+                peak <= 40 * GIB_PER_GB,
+                "GiB",
+            )
+        if tps("lora") is not None:
+            speedup = tps("lora_fast") / tps("lora")
+            check(
+                "LoRA speed-up over the upstream pipeline",
+                round(speedup, 1),
+                25,
+                speedup >= 25,
+                "x",
+            )
+    if tps("chat_fast") is not None:
+        check(
+            "LoRA, packed 2-4k chat",
+            round(tps("chat_fast")),
+            12_000,
+            tps("chat_fast") >= 12_000,
+            "tokens/s",
+        )
+    if tps("lora_lean") is not None:
+        peak = runs["lora_lean"].get("peak_allocated_gib")
+        check(
+            "memory-lean LoRA speed",
+            round(tps("lora_lean")),
+            5_000,
+            tps("lora_lean") >= 5_000,
+            "tokens/s",
+        )
+        if peak is not None:
+            check(
+                "memory-lean LoRA peak (20 GB)",
+                peak,
+                round(20 * GIB_PER_GB, 2),
+                peak <= 20 * GIB_PER_GB,
+                "GiB",
+            )
+    if tps("ptuning_fast") is not None and tps("lora_fast") is not None:
+        ratio = tps("ptuning_fast") / tps("lora_fast")
+        check("P-Tuning v2 / LoRA tokens/s", round(ratio, 3), 0.9, ratio >= 0.9, "ratio")
+    for method in ("sft_zero3_fast", "sft_offload_fast"):
+        if method in runs and runs[method].get("mfu") is not None:
+            mfu = runs[method]["mfu"]
+            check(f"{method} MFU (target is for 4 GPUs)", round(100 * mfu, 1), 40, mfu >= 0.4, "%")
+    return checks
+
+
+def checks_table(checks: list[dict[str, Any]]) -> str:
+    lines = ["| target | measured | goal | met |", "|---|---|---|---|"]
+    for c in checks:
+        lines.append(
+            f"| {c['target']} | {c['measured']} {c['unit']} | {c['goal']} {c['unit']} | "
+            f"{'yes' if c['met'] else 'no'} |"
         )
     return "\n".join(lines)

@@ -85,10 +85,55 @@ def make_rows(tokenizer: Any, n: int, seed: int) -> tuple[list[dict[str, Any]], 
     return rows, stats
 
 
-def write_data(data_dir: Path, tokenizer: Any, train_rows: int, dev_rows: int) -> dict[str, Any]:
+def make_chat_rows(
+    tokenizer: Any, n: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Long multi-turn chats of 2,048-4,096 tokens under ``tokenizer``: a system prompt, then
+    user/assistant turns of 60-600 tokens until the conversation's target length."""
+    rng = random.Random(seed)
+    rows, totals, turns = [], [], []
+    ratio = 1.2
+    for _ in range(n):
+        target = rng.randint(2048, 4096)
+        messages: list[dict[str, str]] = [{"role": "system", "content": "你是一个服装文案助手。"}]
+        total = _ntok(tokenizer, messages[0]["content"]) + 4
+        while total < target - 64:
+            role = "user" if messages[-1]["role"] != "user" else "assistant"
+            want = min(rng.randint(60, 600), target - total)
+            chars = max(8, round(want / ratio))
+            text = "".join(rng.choice(_CHARS) for _ in range(chars)) + "。"
+            got = _ntok(tokenizer, text)
+            ratio = 0.9 * ratio + 0.1 * (got / (chars + 1))
+            messages.append({"role": role, "content": text})
+            total += got + 2  # the role token and its newline
+        if messages[-1]["role"] != "assistant":
+            messages.append({"role": "assistant", "content": "好的。"})
+        rows.append({"messages": messages})
+        totals.append(total)
+        turns.append(len(messages) - 1)
+    stats = {
+        "rows": n,
+        "conversation_tokens_mean": statistics.mean(totals),
+        "conversation_tokens_min": min(totals),
+        "conversation_tokens_max": max(totals),
+        "turns_mean": statistics.mean(turns),
+    }
+    return rows, stats
+
+
+DATASETS = {"adgen": make_rows, "chat": make_chat_rows}
+# Lengths the chat configs train with: whole 2-4k conversations, no truncation.
+CHAT_LENGTHS = {"max_input_length": 4096, "max_output_length": 1024}
+
+
+def write_data(
+    data_dir: Path, tokenizer: Any, kind: str, train_rows: int, dev_rows: int
+) -> dict[str, Any]:
+    """``data_dir/{train,dev}.jsonl`` of the ``kind`` dataset, and its token statistics."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    train, stats = make_rows(tokenizer, train_rows, seed=1)
-    dev, _ = make_rows(tokenizer, dev_rows, seed=2)
+    make = DATASETS[kind]
+    train, stats = make(tokenizer, train_rows, 1)
+    dev, _ = make(tokenizer, dev_rows, 2)
     for name, rows in (("train.jsonl", train), ("dev.jsonl", dev)):
         with (data_dir / name).open("w", encoding="utf-8") as fh:
             for row in rows:
@@ -97,14 +142,19 @@ def write_data(data_dir: Path, tokenizer: Any, train_rows: int, dev_rows: int) -
     from trainer.template import SpecialTokens, encode_train
 
     special = SpecialTokens.from_tokenizer(tokenizer)
-    lengths = [
-        len(
-            encode_train(tokenizer, special, r["messages"], combine=True, max_length=1025).input_ids
-        )
+    max_length = 8192 if kind == "chat" else 1025
+    examples = [
+        encode_train(tokenizer, special, r["messages"], combine=True, max_length=max_length)
         for r in train[:200]
     ]
+    lengths = [len(e.input_ids) for e in examples]
+    stats["kind"] = kind
     stats["sequence_tokens_mean"] = statistics.mean(lengths)
     stats["sequence_tokens_max"] = max(lengths)
+    stats["target_tokens_mean"] = statistics.mean(
+        sum(1 for label in e.labels if label >= 0) for e in examples
+    )
+    stats["path"] = str(data_dir)
     return stats
 
 
@@ -203,22 +253,102 @@ def matmul_params(info: dict[str, Any]) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+# What each method changes in the upstream config it starts from. ``glmft`` keys are glmft's own
+# switches; ``batch`` is per_device_train_batch_size (None: the upstream value).
+METHODS: dict[str, dict[str, Any]] = {
+    "lora": {"source": "lora.yaml", "data": "adgen", "what": "upstream lora.yaml, batch 1"},
+    "lora_bs16": {
+        "source": "lora.yaml",
+        "data": "adgen",
+        "batch": 16,
+        "what": "upstream collator (left padding), batch 16: lora_fast's loss reference",
+    },
+    "lora_fast": {
+        "source": "lora.yaml",
+        "data": "adgen",
+        "batch": "fast",
+        "glmft": {"packing": True, "chunked_loss": True},
+        "what": "packing + chunked loss, no checkpointing",
+    },
+    "lora_lean": {
+        "source": "lora.yaml",
+        "data": "adgen",
+        "batch": "lean",
+        "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "lean"},
+        "what": "packing + chunked loss, checkpointing chosen by memory_budget_gib",
+    },
+    "chat_lora": {
+        "source": "lora.yaml",
+        "data": "chat",
+        "what": "upstream lora.yaml, batch 1, lengths raised to 4096+1024",
+    },
+    "chat_fast": {
+        "source": "lora.yaml",
+        "data": "chat",
+        "batch": 2,
+        "glmft": {"packing": True, "chunked_loss": True},
+        "what": "2 chats packed per row + chunked loss, no checkpointing",
+    },
+    "ptuning_v2": {
+        "source": "ptuning_v2.yaml",
+        "data": "adgen",
+        "what": "upstream ptuning_v2.yaml, batch 4",
+    },
+    "ptuning_fast": {
+        "source": "ptuning_v2.yaml",
+        "data": "adgen",
+        "batch": "fast",
+        "glmft": {"chunked_loss": True},
+        "training_args": {"train_sampling_strategy": "group_by_length"},
+        "what": "batches of similar lengths (little padding) + chunked loss",
+    },
+    "sft_zero3": {
+        "source": "sft.yaml",
+        "data": "adgen",
+        "zero3": "ds_zero_3.json",
+        "what": "upstream sft.yaml + ds_zero_3.json, batch 1",
+    },
+    "sft_zero3_fast": {
+        "source": "sft.yaml",
+        "data": "adgen",
+        "zero3": "ds_zero_3.json",
+        "batch": "fast",
+        "glmft": {"packing": True, "chunked_loss": True},
+        "what": "packing + chunked loss under ZeRO-3",
+    },
+    "sft_offload": {
+        "source": "sft.yaml",
+        "data": "adgen",
+        "zero3": "ds_zero_3_offload.json",
+        "what": "upstream sft.yaml, ZeRO-3 with the optimizer offloaded to CPU, batch 1",
+    },
+    "sft_offload_fast": {
+        "source": "sft.yaml",
+        "data": "adgen",
+        "zero3": "ds_zero_3_offload.json",
+        "batch": "fast",
+        "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "budget"},
+        "training_args": {"gradient_accumulation_steps": 4},
+        "what": "packing + chunked loss, 4 packed rows per CPU Adam step",
+    },
+}
+SFT_METHODS = {name for name, m in METHODS.items() if "zero3" in m}
+
+
 def method_config(
     method: str, args: argparse.Namespace, model: dict[str, Any], out_dir: Path
 ) -> dict[str, Any]:
     from trainer.config import load_yaml
 
-    source = {
-        "lora": "lora.yaml",
-        "lora_bs4": "lora.yaml",
-        "lora_fast": "lora.yaml",
-        "ptuning_v2": "ptuning_v2.yaml",
-        "sft_zero3": "sft.yaml",
-    }[method]
-    config = load_yaml((REPO / "configs" / source).read_text(encoding="utf-8"))
+    spec = METHODS[method]
+    config = load_yaml((REPO / "configs" / spec["source"]).read_text(encoding="utf-8"))
     config["data_config"]["test_file"] = None  # no generation over the test set at the end
+    if spec["data"] == "chat":
+        config.update(CHAT_LENGTHS)
     ta = config["training_args"]
-    steps = args.sft_steps if method == "sft_zero3" else args.max_steps
+    steps = args.max_steps
+    if method in SFT_METHODS:
+        steps = args.offload_steps if "offload" in method else args.sft_steps
     ta.update(
         {
             "output_dir": str(out_dir),
@@ -232,21 +362,52 @@ def method_config(
     )
     if args.dataloader_workers is not None:
         ta["dataloader_num_workers"] = args.dataloader_workers
-    if method == "lora_bs4":
-        ta["per_device_train_batch_size"] = 4
-    if method == "lora_fast":  # glmft's switches: no padding, no full logits, bigger batches
-        ta["per_device_train_batch_size"] = args.fast_batch
-        config["packing"] = True
-        config["chunked_loss"] = True
-    if method == "ptuning_v2":
+    batch = spec.get("batch")
+    if batch is not None:
+        named = {"fast": args.fast_batch, "lean": args.lean_batch}
+        ta["per_device_train_batch_size"] = named.get(batch, batch)
+    ta.update(spec.get("training_args", {}))
+    for key, value in spec.get("glmft", {}).items():
+        if value == "lean":
+            value = args.lean_budget_gib
+        elif value == "budget":
+            value = args.budget_gib
+        config[key] = value
+    if (config.get("peft_config") or {}).get("peft_type") == "PREFIX_TUNING":
         peft = config["peft_config"]
         # upstream 2 / 256 are glm-4-9b's KV groups / 2 x head_dim; follow the model if shrunk
         peft["num_attention_heads"] = model["kv_heads"]
         peft["token_dim"] = model["kv_heads"] * model["head_dim"]
         if args.virtual_tokens:
             peft["num_virtual_tokens"] = args.virtual_tokens
-    if method == "sft_zero3":
-        ta["deepspeed"] = str(REPO / "configs" / "ds_zero_3.json")
-        # the 3.7 B model's fp32 Adam states are ~44 GB: keep the end-of-run save to the weights
+    if "zero3" in spec:
+        ta["deepspeed"] = str(REPO / "configs" / spec["zero3"])
+        # the fp32 Adam states would add 12 bytes a parameter: keep the save to the weights
         ta["save_only_model"] = True
+        if "offload" in method:  # ~7 s a step: log often enough for a steady-state median
+            ta["logging_steps"] = 2
+        if method == "sft_offload":  # the fast variant's save and reload are checked instead
+            ta["save_strategy"] = "no"
     return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/train_bench_setup.py DIR [--train-rows N] [--chat-rows N]``: write the
+    bench's two datasets to ``DIR/adgen`` and ``DIR/chat`` and print their statistics."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--train-rows", type=int, default=2000)
+    parser.add_argument("--chat-rows", type=int, default=400)
+    parser.add_argument("--dev-rows", type=int, default=16)
+    args = parser.parse_args(argv)
+    from trainer.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    for kind, rows in (("adgen", args.train_rows), ("chat", args.chat_rows)):
+        stats = write_data(args.dir / kind, tokenizer, kind, rows, args.dev_rows)
+        print(json.dumps(stats, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -73,6 +73,9 @@ class FinetuningConfig(BaseModel):
     # glmft: compute the loss without the full (tokens x 151k) logits: only target positions, a
     # chunk at a time, recomputed in the backward pass (same loss, far less memory)
     chunked_loss: bool = False
+    # glmft: the GPU memory (GiB) a rank may use; gradient checkpointing is turned on only when
+    # the estimated peak of the largest batch would not fit without it (trainer.memory)
+    memory_budget_gib: float | None = None
 
     @property
     def method(self) -> Method:
@@ -131,6 +134,7 @@ def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
                     "would share it; set packing: false",
                 )
             )
+        issues += _check_memory_budget(config)
         if config.peft_config is not None and "peft_type" in config.peft_config:
             config.peft_config["peft_type"] = str(config.peft_config["peft_type"]).upper()
     if issues or config is None:
@@ -154,6 +158,23 @@ def _check_lengths(config: FinetuningConfig) -> list[ConfigIssue]:
         for key in ("max_input_length", "max_output_length")
         if getattr(config, key) <= 0
     ]
+
+
+def _check_memory_budget(config: FinetuningConfig) -> list[ConfigIssue]:
+    budget = config.memory_budget_gib
+    if budget is None:
+        return []
+    if budget <= 0:
+        return [ConfigIssue("memory_budget_gib", "must be positive")]
+    if {"gradient_checkpointing", "activation_checkpointing"} & set(config.training_args):
+        return [
+            ConfigIssue(
+                "memory_budget_gib",
+                "chooses gradient checkpointing itself; remove training_args."
+                "gradient_checkpointing (activation_checkpointing) or the budget",
+            )
+        ]
+    return []
 
 
 def _check_fields(values: dict[str, Any], table: str, prefix: str) -> list[ConfigIssue]:

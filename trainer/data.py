@@ -158,7 +158,8 @@ class PackingCollator:
     """Padding-free training batches: the batch's conversations concatenated into one row with
     ``position_ids`` restarting at 0 for each, and no attention mask, from which transformers
     builds a causal mask that stays inside each conversation (``find_packed_sequence_indices``;
-    only without a KV cache, as training runs: ``use_cache=False``).
+    only without a KV cache, as training runs: ``use_cache=False``); on a GPU the boundaries
+    also go to :mod:`trainer.attention`'s variable-length kernel, which needs no mask.
 
     Labels need no separator: a conversation's first label is always -100 (the shift of
     :func:`trainer.template.encode_train`), so no token learns to predict the next
@@ -170,10 +171,15 @@ class PackingCollator:
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         if "labels" not in features[0] or "output_ids" in features[0]:
             return LeftPadCollator(self.pad_id)(features)
+        lengths = [len(f["input_ids"]) for f in features]
+        bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
         return {
             "input_ids": torch.tensor([[t for f in features for t in f["input_ids"]]]),
             "labels": torch.tensor([[t for f in features for t in f["labels"]]]),
-            "position_ids": torch.tensor(
-                [[i for f in features for i in range(len(f["input_ids"]))]]
-            ),
+            "position_ids": torch.tensor([[i for n in lengths for i in range(n)]]),
+            # conversation boundaries for trainer.attention's variable-length kernel (GPU)
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
         }

@@ -12,6 +12,7 @@ scratch. Progress goes to ``events.jsonl`` in the output directory. Exit codes: 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ import transformers
 from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
 from trainer import __version__
+from trainer.attention import register_packed_attention
 from trainer.callbacks import EventCallback, TrainingDivergedError, strip_prefix
 from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
 from trainer.config import (
@@ -47,7 +49,8 @@ from trainer.data import train_dataset as build_train_dataset
 from trainer.datafiles import data_sha256
 from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
 from trainer.events import EventLog
-from trainer.loss import chunked_causal_lm_loss
+from trainer.loss import CHUNK_TOKENS, chunked_causal_lm_loss
+from trainer.memory import MemoryPlan, plan_memory
 from trainer.metrics import score_texts
 from trainer.modeling import (
     UnsupportedModelError,
@@ -55,6 +58,7 @@ from trainer.modeling import (
     check_model_dir,
     compute_dtype,
     configure_cuda_kernels,
+    keep_embeddings_on_host,
     load_model,
     load_tokenizer,
 )
@@ -93,9 +97,16 @@ class GlmSeq2SeqTrainer(Seq2SeqTrainer):
     ``chunked_loss`` the training loss never materialises the full logits
     (:func:`trainer.loss.chunked_causal_lm_loss`)."""
 
-    def __init__(self, *args: Any, chunked_loss: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        chunked_loss: bool = False,
+        loss_chunk_tokens: int = CHUNK_TOKENS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.chunked_loss = chunked_loss
+        self.loss_chunk_tokens = loss_chunk_tokens
 
     def compute_loss(
         self,
@@ -106,7 +117,7 @@ class GlmSeq2SeqTrainer(Seq2SeqTrainer):
     ) -> Any:
         if not (self.chunked_loss and model.training and not return_outputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = chunked_causal_lm_loss(model, inputs, num_items_in_batch)
+        loss = chunked_causal_lm_loss(model, inputs, num_items_in_batch, self.loss_chunk_tokens)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as transformers scales its own loss
         return loss
@@ -167,8 +178,15 @@ def build_training_args(
     output_dir: Path,
     has_eval: bool,
     generation: GenerationConfig,
+    *,
+    gradient_checkpointing: bool | None = None,
 ) -> Seq2SeqTrainingArguments:
+    """HF's arguments from the config's ``training_args`` and glmft's fixed choices;
+    ``gradient_checkpointing`` (the memory plan's) replaces the config's own."""
     values = config.hf_training_args()
+    if gradient_checkpointing is not None:
+        values.pop("gradient_checkpointing", None)  # deprecated alias of activation_checkpointing
+        values["activation_checkpointing"] = gradient_checkpointing
     values["output_dir"] = str(output_dir)
     on_gpu = torch.cuda.is_available()
     values["use_cpu"] = not on_gpu  # without it CPU ranks train separate copies, silently
@@ -255,6 +273,34 @@ def build_datasets(
     )
 
 
+def memory_plan(
+    config: FinetuningConfig,
+    run: RunArgs,
+    model_config: dict[str, Any],
+    train_data: FeatureDataset,
+) -> MemoryPlan:
+    """Estimated peak per rank; takes the measures a ``memory_budget_gib`` needs."""
+    ta = config.training_args
+    deepspeed = None
+    if ta.get("deepspeed"):
+        path = resolve_config_path(str(ta["deepspeed"]), run.config_path)
+        deepspeed = json.loads(path.read_text(encoding="utf-8"))
+    given = ta.get("activation_checkpointing", ta.get("gradient_checkpointing"))
+    return plan_memory(
+        model_config,
+        config.peft_config,
+        lengths=[len(f["input_ids"]) for f in train_data.features],
+        batch_size=int(ta.get("per_device_train_batch_size", 8)),  # HF's default
+        packing=config.packing,
+        chunked_loss=config.chunked_loss,
+        dtype_bytes=compute_dtype().itemsize,
+        budget_gib=config.memory_budget_gib,
+        gradient_checkpointing=None if given is None else bool(given),
+        deepspeed=deepspeed,
+        world_size=DistInfo.from_env().world_size,
+    )
+
+
 def checkpoint_metadata(
     run_args: RunArgs, config: FinetuningConfig, files: dict[str, Path]
 ) -> dict[str, Any]:
@@ -271,7 +317,7 @@ def checkpoint_metadata(
 
 
 def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
-    check_model_dir(run_args.model_dir)
+    model_config = check_model_dir(run_args.model_dir)
     configure_cuda_kernels()
     files = split_files(run_args.data_dir, config.data_config)
     tokenizer = load_tokenizer(run_args.model_dir)
@@ -283,16 +329,35 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         eos_token_id=special.eos_ids,
         do_sample=False,
     )
-    args = build_training_args(config, run_args, output_dir, has_eval, generation)
-    generate = bool(args.predict_with_generate)
+    generate = bool(config.training_args.get("predict_with_generate", False))
     train_data, val_data = build_datasets(
         tokenizer, special, config, files, with_eval=has_eval, generate=generate
     )
+    memory = memory_plan(config, run_args, model_config, train_data)
+    args = build_training_args(
+        config,
+        run_args,
+        output_dir,
+        has_eval,
+        generation,
+        gradient_checkpointing=memory.gradient_checkpointing,
+    )
+    if memory.over_budget:
+        logger.warning(
+            "estimated peak %.1f GiB is over memory_budget_gib even with gradient "
+            "checkpointing; lower per_device_train_batch_size or the lengths",
+            memory.estimate / 2**30,
+        )
     resume_from = resolve_resume(run_args.resume, output_dir)
     set_seed(args.seed)  # before the adapter's random init: a run repeats with its seed
-    model = attach_method(load_model(run_args.model_dir, dtype=compute_dtype()), config)
+    attention = register_packed_attention() if config.packing else None
+    model = load_model(run_args.model_dir, dtype=compute_dtype(), attn_implementation=attention)
+    if memory.host_embeddings:
+        keep_embeddings_on_host(model)
+    model = attach_method(model, config, gradient_checkpointing=memory.gradient_checkpointing)
     trainer = GlmSeq2SeqTrainer(
         chunked_loss=config.chunked_loss,
+        loss_chunk_tokens=memory.loss_chunk_tokens,
         model=model,
         args=args,
         data_collator=(
@@ -317,6 +382,8 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         total_params=total,
         device=str(args.device),
         train_conversations=len(train_data),
+        memory=memory.as_event(),
+        attention=attention or model.config._attn_implementation,
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if "test" in files and generate:

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from trainer.template import IGNORE_INDEX
 
-CHUNK_TOKENS = 4096
+CHUNK_TOKENS = 1024
 
 
 def chunked_causal_lm_loss(
@@ -27,16 +27,25 @@ def chunked_causal_lm_loss(
 ) -> torch.Tensor:
     """The loss of ``model`` on ``inputs`` (with ``labels``), without materialising all logits.
 
-    The model runs with ``logits_to_keep=1`` (one position of logits) and returns its final
-    hidden states; the output head then runs on the target positions only, ``chunk_tokens`` at a
-    time under activation checkpointing. Works through PEFT wrappers (LoRA, P-Tuning v2) and on
-    a ZeRO-3 partitioned head (it is called as a module, so its parameters are gathered).
+    The model runs with ``logits_to_keep=1`` (one position of logits) and its final hidden
+    states are taken from the decoder's last norm; the output head then runs on the target
+    positions only, ``chunk_tokens`` at a time under activation checkpointing. Works through
+    PEFT wrappers (LoRA, P-Tuning v2) and on a ZeRO-3 partitioned head (it is called as a
+    module, so its parameters are gathered).
     """
     labels = inputs["labels"]
     forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    outputs = model(**forward_inputs, logits_to_keep=1, output_hidden_states=True, use_cache=False)
-    hidden = outputs.hidden_states[-1]  # after the final norm
+    captured: list[torch.Tensor] = []
+    # The final norm's output, captured by a hook rather than through output_hidden_states:
+    # accelerate's mixed precision converts every output of the wrapped forward to float32.
+    norm = _final_norm(model)
+    handle = norm.register_forward_hook(lambda _module, _args, out: captured.append(out))
+    try:
+        model(**forward_inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
     head = model.get_output_embeddings()
+    hidden = captured[-1]
     targets = labels[:, 1:].reshape(-1).to(hidden.device)
     states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     keep = targets != IGNORE_INDEX
@@ -51,6 +60,15 @@ def chunked_causal_lm_loss(
     if isinstance(count, torch.Tensor):
         count = count.to(total.device)
     return total / count
+
+
+def _final_norm(model: Any) -> torch.nn.Module:
+    """The decoder's final norm, through DeepSpeed/DDP (``.module``) and PEFT wrappers."""
+    core = getattr(model, "module", model)
+    if hasattr(core, "get_base_model"):
+        core = core.get_base_model()
+    norm: torch.nn.Module = core.get_decoder().norm
+    return norm
 
 
 def _cross_entropy_sum(head: Any, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

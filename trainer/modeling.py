@@ -65,11 +65,55 @@ def load_tokenizer(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(model_dir, padding_side="left")
 
 
-def load_model(model_dir: Path, *, dtype: torch.dtype, use_cache: bool = False) -> PreTrainedModel:
+def load_model(
+    model_dir: Path,
+    *,
+    dtype: torch.dtype,
+    use_cache: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, use_cache=use_cache
+        model_dir, dtype=dtype, use_cache=use_cache, **options
     )
     return model
+
+
+class HostEmbedding(torch.nn.Module):
+    """A frozen input embedding kept in host memory: the lookup runs on the CPU and only the
+    looked-up rows travel to the GPU. For adapter training it frees ``vocab x hidden`` GPU memory
+    (1.16 GiB for GLM-4's 151,552 x 4,096 in bf16) for one small copy a step.
+
+    The table is a plain attribute, not a parameter or buffer, so ``model.to(device)`` leaves it
+    where it is; ``_device`` (an empty buffer) follows the model and says where rows go.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        super().__init__()
+        self.table = embedding.weight.detach().to("cpu")
+        self.padding_idx = embedding.padding_idx
+        self.register_buffer("_device", torch.empty(0, dtype=self.table.dtype), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:  # what callers of get_input_embeddings().weight expect
+        return self.table
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.embedding(input_ids.to("cpu"), self.table, self.padding_idx)
+        if self._device.device.type == "cuda":
+            rows = rows.pin_memory()
+        return rows.to(self._device.device, non_blocking=True)
+
+
+def keep_embeddings_on_host(model: PreTrainedModel) -> bool:
+    """Swap the input embedding of ``model`` (before an adapter is attached: the table must
+    stay frozen) for a :class:`HostEmbedding`; False, and nothing changed, when it is tied to
+    the output head."""
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding) or model.config.tie_word_embeddings:
+        return False
+    model.set_input_embeddings(HostEmbedding(embedding))
+    return True
 
 
 def check_prefix_shape(peft: dict[str, Any], model_config: Any) -> None:
@@ -102,7 +146,9 @@ def check_prefix_shape(peft: dict[str, Any], model_config: Any) -> None:
         raise ConfigError(issues)
 
 
-def attach_method(model: PreTrainedModel, config: FinetuningConfig) -> PreTrainedModel:
+def attach_method(
+    model: PreTrainedModel, config: FinetuningConfig, *, gradient_checkpointing: bool = False
+) -> PreTrainedModel:
     """Wrap ``model`` for the config's method; full SFT returns it unchanged."""
     if config.peft_config is None:
         return model
@@ -111,7 +157,7 @@ def attach_method(model: PreTrainedModel, config: FinetuningConfig) -> PreTraine
         check_prefix_shape(peft, model.config)
     peft.setdefault("task_type", "CAUSAL_LM")
     wrapped = get_peft_model(model, get_peft_config(peft))
-    if config.training_args.get("gradient_checkpointing"):
+    if gradient_checkpointing:  # checkpointed layers need an input that requires grad
         model.enable_input_require_grads()
     trainable, total = wrapped.get_nb_trainable_parameters()
     logger.info(

@@ -20,7 +20,11 @@ from trainer.config import ConfigError, ConfigIssue, load_yaml, parse_config
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: DeepSpeed configs a job may name; the worker resolves them inside its own install.
-SHIPPED_DEEPSPEED = ("configs/ds_zero_2.json", "configs/ds_zero_3.json")
+SHIPPED_DEEPSPEED = (
+    "configs/ds_zero_2.json",
+    "configs/ds_zero_3.json",
+    "configs/ds_zero_3_offload.json",
+)
 #: training_args that are paths: relative, inside the job directory, if set at all.
 PATH_ARGS = ("output_dir", "logging_dir")
 _FORBIDDEN_ARGS = {

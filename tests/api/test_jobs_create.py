@@ -90,6 +90,7 @@ def test_method_conflicting_with_the_config(client: TestClient) -> None:
     [
         ("configs/ds_zero_3.json", True),
         ("ds_zero_2.json", True),
+        ("configs/ds_zero_3_offload.json", True),
         ("/etc/ds_zero_3.json", False),
         ("../configs/ds_zero_3.json", False),
         ("configs/my_ds.json", False),

@@ -49,3 +49,29 @@ def test_chunked_loss_matches_the_model_loss_and_gradients(
     assert plain_grads.keys() == chunked_grads.keys() and plain_grads
     for name, grad in plain_grads.items():
         torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_under_mixed_precision_output_conversion(
+    tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    """HF Trainer's bf16 mode wraps the model's forward in accelerate's float32 conversion of
+    every output; the chunked loss must still feed the bf16 head bf16 states (on the GPU run it
+    failed with "expected mat1 and mat2 to have the same dtype")."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    special = SpecialTokens.from_tokenizer(tiny_tokenizer)
+    batch = PackingCollator(special.endoftext)(train_features(tiny_tokenizer))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, LORA)
+    model.train()
+    reference = float(model(**batch, use_cache=False).loss)
+    model.forward = convert_outputs_to_fp32(model.forward)  # what accelerate does for bf16
+    loss = chunked_causal_lm_loss(model, dict(batch), chunk_tokens=7)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(reference, rel=2e-2)  # bf16 logits against bf16 logits
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in model.parameters()
+        if p.requires_grad
+    )

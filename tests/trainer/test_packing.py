@@ -63,15 +63,19 @@ def test_packed_logits_equal_each_conversations_own(
 def test_packed_and_chunked_loss_training_follow_the_plain_loss(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
+    """Plain, packed, packed + chunked loss, and packed + chunked under a budget so small that
+    the memory plan takes every measure (host embeddings, checkpointing, 128-token chunks):
+    the same loss curve on a fixed seed."""
     data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
-    variants = [(False, False), (True, False), (True, True)]
+    variants = [(False, False, None), (True, False, None), (True, True, None), (True, True, 1e-4)]
 
-    def train(variant: tuple[bool, bool]) -> dict[int, float]:
-        packing, chunked = variant
+    def train(variant: tuple[bool, bool, float | None]) -> list[dict[str, Any]]:
+        packing, chunked, budget = variant
         config = tiny_config(
             "lora",
             packing=packing,
             chunked_loss=chunked,
+            memory_budget_gib=budget,
             training_args={
                 "max_steps": 6,
                 "logging_steps": 1,
@@ -82,19 +86,25 @@ def test_packed_and_chunked_loss_training_follow_the_plain_loss(
         )
         config["data_config"] = {**config["data_config"], "val_file": None}
         config["peft_config"] = {**config["peft_config"], "lora_dropout": 0.0}
-        output = tmp_path / f"out-{packing}-{chunked}"
+        output = tmp_path / f"out-{packing}-{chunked}-{budget}"
         proc, events = run_finetune(data, tiny_model_dir, config, output)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return losses(events)
+        return events
 
-    with ThreadPoolExecutor(len(variants)) as pool:  # three trainer processes at once
-        curves = dict(zip(variants, pool.map(train, variants), strict=True))
-    plain = curves[False, False]
+    with ThreadPoolExecutor(len(variants)) as pool:  # the trainer processes at once
+        runs = dict(zip(variants, pool.map(train, variants), strict=True))
+    plain = losses(runs[variants[0]])
     assert len(plain) == 6
-    for variant in ((True, False), (True, True)):
-        assert curves[variant].keys() == plain.keys()
+    for variant in variants[1:]:
+        curve = losses(runs[variant])
+        assert curve.keys() == plain.keys()
         for step, loss in plain.items():
-            assert curves[variant][step] == pytest.approx(loss, rel=1e-3), (variant, step, curves)
+            assert curve[step] == pytest.approx(loss, rel=1e-3), (variant, step, curve, plain)
+    plans = {v: next(e for e in runs[v] if e["event"] == "started")["memory"] for v in variants}
+    assert plans[variants[0]]["gradient_checkpointing"] is False
+    lean = plans[variants[-1]]
+    assert lean["host_embeddings"] and lean["gradient_checkpointing"], lean
+    assert lean["loss_chunk_tokens"] == 128 and lean["over_budget"], lean
 
 
 def test_packing_is_refused_for_p_tuning_v2() -> None:

@@ -123,9 +123,7 @@ class Engine:
         self._thread.start()
 
     @classmethod
-    def open(
-        cls, model_dir: Path, *, tokenizer_dir: Path | None = None, **limits: Any
-    ) -> Engine:
+    def open(cls, model_dir: Path, *, tokenizer_dir: Path | None = None, **limits: Any) -> Engine:
         """An engine for a model directory (on the GPU when there is one, in bf16).
 
         Args:
