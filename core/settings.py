@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     def artifacts(self) -> Path:
         return self.artifact_root or self.home / "artifacts"
 
+    @property
+    def feature_cache(self) -> Path:
+        """Pre-tokenised datasets the trainer reuses across jobs (trainer.datacache)."""
+        return self.artifacts / "feature-cache"
+
 
 @lru_cache
 def get_settings() -> Settings:

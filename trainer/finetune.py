@@ -12,7 +12,6 @@ scratch. Progress goes to ``events.jsonl`` in the output directory. Exit codes: 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -46,11 +45,12 @@ from trainer.data import (
     split_files,
 )
 from trainer.data import train_dataset as build_train_dataset
+from trainer.datacache import cache_key, cached_features
 from trainer.datafiles import data_sha256
 from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
 from trainer.events import EventLog
 from trainer.loss import CHUNK_TOKENS, chunked_causal_lm_loss
-from trainer.memory import MemoryPlan, plan_memory
+from trainer.memory import plan_for_config
 from trainer.metrics import score_texts
 from trainer.modeling import (
     UnsupportedModelError,
@@ -90,6 +90,7 @@ class RunArgs:
     resume: Resume
     output_dir: Path | None
     base_model_name: str | None
+    feature_cache: Path | None = None
 
 
 class GlmSeq2SeqTrainer(Seq2SeqTrainer):
@@ -164,12 +165,25 @@ def parse_args(argv: Sequence[str] | None) -> RunArgs:
         "--base-model-name",
         help="registry name recorded in checkpoints (default: the model dir name)",
     )
+    parser.add_argument(
+        "--feature-cache",
+        type=Path,
+        help="directory of pre-tokenised datasets reused across runs (default: none)",
+    )
     ns = parser.parse_args(argv)
     try:
         resume = Resume.parse(ns.resume)
     except ValueError as exc:
         parser.error(str(exc))
-    return RunArgs(ns.data_dir, ns.model_dir, ns.config, resume, ns.output_dir, ns.base_model_name)
+    return RunArgs(
+        ns.data_dir,
+        ns.model_dir,
+        ns.config,
+        resume,
+        ns.output_dir,
+        ns.base_model_name,
+        ns.feature_cache,
+    )
 
 
 def build_training_args(
@@ -248,19 +262,37 @@ def build_datasets(
     *,
     with_eval: bool,
     generate: bool,
+    cache: tuple[Path, Path] | None = None,
 ) -> tuple[FeatureDataset, FeatureDataset | None]:
-    """Train features, and eval features: prompts/targets for generation, else loss features."""
+    """Train features, and eval features: prompts/targets for generation, else loss features.
+
+    ``cache`` is ``(feature cache dir, tokenizer dir)``: the train features are then read from,
+    or stored in, the pre-tokenised cache (:mod:`trainer.datacache`).
+    """
     lengths = {
         "max_input_length": config.max_input_length,
         "max_output_length": config.max_output_length,
     }
-    train = build_train_dataset(
-        tokenizer,
-        special,
-        load_conversations(files["train"]),
-        combine=config.combine,
-        max_length=config.max_length,
-    )
+
+    def tokenize_train() -> list[dict[str, list[int]]]:
+        return build_train_dataset(
+            tokenizer,
+            special,
+            load_conversations(files["train"]),
+            combine=config.combine,
+            max_length=config.max_length,
+        ).features
+
+    if cache is None:
+        train = FeatureDataset(tokenize_train())
+    else:
+        cache_dir, tokenizer_dir = cache
+        key = cache_key(
+            files["train"], tokenizer_dir, combine=config.combine, max_length=config.max_length
+        )
+        features, hit = cached_features(cache_dir, key, tokenize_train)
+        logger.info("train features %s the cache (%s)", "from" if hit else "added to", key)
+        train = FeatureDataset(features)
     if not with_eval:
         return train, None
     val_conversations = load_conversations(files["validation"])
@@ -270,34 +302,6 @@ def build_datasets(
         )
     return train, build_train_dataset(
         tokenizer, special, val_conversations, combine=config.combine, max_length=config.max_length
-    )
-
-
-def memory_plan(
-    config: FinetuningConfig,
-    run: RunArgs,
-    model_config: dict[str, Any],
-    train_data: FeatureDataset,
-) -> MemoryPlan:
-    """Estimated peak per rank; takes the measures a ``memory_budget_gib`` needs."""
-    ta = config.training_args
-    deepspeed = None
-    if ta.get("deepspeed"):
-        path = resolve_config_path(str(ta["deepspeed"]), run.config_path)
-        deepspeed = json.loads(path.read_text(encoding="utf-8"))
-    given = ta.get("activation_checkpointing", ta.get("gradient_checkpointing"))
-    return plan_memory(
-        model_config,
-        config.peft_config,
-        lengths=[len(f["input_ids"]) for f in train_data.features],
-        batch_size=int(ta.get("per_device_train_batch_size", 8)),  # HF's default
-        packing=config.packing,
-        chunked_loss=config.chunked_loss,
-        dtype_bytes=compute_dtype().itemsize,
-        budget_gib=config.memory_budget_gib,
-        gradient_checkpointing=None if given is None else bool(given),
-        deepspeed=deepspeed,
-        world_size=DistInfo.from_env().world_size,
     )
 
 
@@ -331,9 +335,22 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     )
     generate = bool(config.training_args.get("predict_with_generate", False))
     train_data, val_data = build_datasets(
-        tokenizer, special, config, files, with_eval=has_eval, generate=generate
+        tokenizer,
+        special,
+        config,
+        files,
+        with_eval=has_eval,
+        generate=generate,
+        cache=(run_args.feature_cache, run_args.model_dir) if run_args.feature_cache else None,
     )
-    memory = memory_plan(config, run_args, model_config, train_data)
+    memory = plan_for_config(
+        config,
+        model_config,
+        [len(f["input_ids"]) for f in train_data.features],
+        config_path=run_args.config_path,
+        dtype_bytes=compute_dtype().itemsize,
+        world_size=DistInfo.from_env().world_size,
+    )
     args = build_training_args(
         config,
         run_args,

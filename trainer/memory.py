@@ -19,9 +19,12 @@ SDPA attention; ``bench/train_bench.py`` prints it next to the measured peak for
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from trainer.config import FinetuningConfig, resolve_config_path
 from trainer.loss import CHUNK_TOKENS
 
 GIB = 2**30
@@ -290,3 +293,34 @@ def _fit(
         chunk //= 2
         plan = replace(plan, loss_chunk_tokens=chunk, loss_tokens=min(plan.tokens_per_step, chunk))
     return plan
+
+
+def plan_for_config(
+    config: FinetuningConfig,
+    model_config: dict[str, Any],
+    lengths: list[int],
+    *,
+    config_path: Path | None,
+    dtype_bytes: int,
+    world_size: int,
+) -> MemoryPlan:
+    """:func:`plan_memory` for a run of ``config`` over training rows of ``lengths`` tokens."""
+    ta = config.training_args
+    deepspeed = None
+    if ta.get("deepspeed"):
+        path = resolve_config_path(str(ta["deepspeed"]), config_path)
+        deepspeed = json.loads(path.read_text(encoding="utf-8"))
+    given = ta.get("activation_checkpointing", ta.get("gradient_checkpointing"))
+    return plan_memory(
+        model_config,
+        config.peft_config,
+        lengths=lengths,
+        batch_size=int(ta.get("per_device_train_batch_size", 8)),  # HF's default
+        packing=config.packing,
+        chunked_loss=config.chunked_loss,
+        dtype_bytes=dtype_bytes,
+        budget_gib=config.memory_budget_gib,
+        gradient_checkpointing=None if given is None else bool(given),
+        deepspeed=deepspeed,
+        world_size=world_size,
+    )

@@ -126,11 +126,13 @@ def build_trainer_command(
     output_dir: Path,
     resume: str,
     base_model_name: str,
+    feature_cache: Path | None = None,
     python: str = sys.executable,
 ) -> list[str]:
     """The trainer's command line: one process, or ``torch.distributed.run`` with ``nproc`` ranks.
 
     ``resume`` is the demo's positional argument (``yes``, a step ``N``, ``no``); empty omits it.
+    ``feature_cache`` is where the trainer keeps pre-tokenised datasets between jobs.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
@@ -149,7 +151,10 @@ def build_trainer_command(
     args = [str(data_dir), str(model_dir), str(config)]
     if resume:
         args.append(resume)
-    return [*launcher, *args, "--output-dir", str(output_dir), "--base-model-name", base_model_name]
+    args += ["--output-dir", str(output_dir), "--base-model-name", base_model_name]
+    if feature_cache is not None:
+        args += ["--feature-cache", str(feature_cache)]
+    return [*launcher, *args]
 
 
 class TrainerProcess:

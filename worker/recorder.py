@@ -13,9 +13,7 @@ from core.models import Checkpoint, Job, JobEvent, Metric
 _STEP_METRICS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
 
 
-def record_events(
-    session: Session, job: Job, events: list[dict[str, Any]], *, offset: int
-) -> None:
+def record_events(session: Session, job: Job, events: list[dict[str, Any]], *, offset: int) -> None:
     """Store ``events`` (parsed ``events.jsonl`` lines) for ``job`` and, in the same commit,
     ``offset``: the end of the last of them in the file, where a later attempt resumes reading."""
     progress: dict[str, Any] = {"events_offset": offset}

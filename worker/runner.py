@@ -112,6 +112,7 @@ class Runner:
             output_dir=directory.output,
             resume=_resume_argument(session, job),
             base_model_name=job.model,
+            feature_cache=self.settings.feature_cache,
         )
         events_file = directory.output / "events.jsonl"
         # from where the last attempt's recording stopped: what a dead worker left unread is
@@ -218,4 +219,3 @@ def _resume_argument(session: Session, job: Job) -> str:
         return str(job.resume_from_step)
     has_checkpoint = session.exec(select(Checkpoint.id).where(Checkpoint.job_id == job.id)).first()
     return "yes" if has_checkpoint is not None or job.attempt > 1 else "no"
-

@@ -52,6 +52,7 @@ def run_finetune(
     *,
     nproc: int | None = None,
     timeout: int = 600,
+    extra_args: list[str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     config_path = output_dir.parent / f"{output_dir.name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def run_finetune(
     args = [str(data_dir), str(model_dir), str(config_path)]
     if resume:
         args.append(resume)
-    args += ["--output-dir", str(output_dir)]
+    args += ["--output-dir", str(output_dir), *(extra_args or [])]
     if nproc:
         launcher = [
             sys.executable,

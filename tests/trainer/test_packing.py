@@ -33,8 +33,7 @@ def train_features(tokenizer: Any) -> list[dict[str, list[int]]]:
     return [
         {"input_ids": e.input_ids, "labels": e.labels}
         for e in (
-            encode_train(tokenizer, special, c, combine=True, max_length=128)
-            for c in CONVERSATIONS
+            encode_train(tokenizer, special, c, combine=True, max_length=128) for c in CONVERSATIONS
         )
     ]
 

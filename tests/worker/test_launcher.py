@@ -52,11 +52,12 @@ def test_single_process_command() -> None:
         output_dir=Path("/o"),
         resume="yes",
         base_model_name="glm-4-9b-chat",
+        feature_cache=Path("/cache"),
         python="py",
     )
     assert command == [
         "py", "-m", "trainer.finetune", "/d", "/m", "/c.yaml", "yes",
-        "--output-dir", "/o", "--base-model-name", "glm-4-9b-chat",
+        "--output-dir", "/o", "--base-model-name", "glm-4-9b-chat", "--feature-cache", "/cache",
     ]  # fmt: skip
 
 
