@@ -361,8 +361,8 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     )
     if memory.over_budget:
         logger.warning(
-            "estimated peak %.1f GiB is over memory_budget_gib even with gradient "
-            "checkpointing; lower per_device_train_batch_size or the lengths",
+            "estimated peak %.1f GiB of the largest batch is over memory_budget_gib even with "
+            "every memory measure; lower per_device_train_batch_size or the lengths",
             memory.estimate / 2**30,
         )
     resume_from = resolve_resume(run_args.resume, output_dir)

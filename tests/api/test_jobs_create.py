@@ -79,6 +79,17 @@ def test_unknown_config_key_names_the_override(client: TestClient) -> None:
     assert error["details"]["issues"][0]["key"] == "training_args.learning_rat"
 
 
+def test_speed_switches_are_accepted_and_a_bad_budget_named(client: TestClient) -> None:
+    ds = dataset_id(client)
+    switches = {"packing": True, "chunked_loss": True, "memory_budget_gib": 20}
+    response = create_job(client, ds, overrides=switches)
+    assert response.status_code == 201, response.text
+    assert {k: response.json()["config"][k] for k in switches} == switches
+    response = create_job(client, ds, overrides={"memory_budget_gib": -1})
+    error = assert_error(response, 422, "invalid_config", "overrides.memory_budget_gib")
+    assert "must be positive" in error["message"]
+
+
 def test_method_conflicting_with_the_config(client: TestClient) -> None:
     response = create_job(client, dataset_id(client), method="ptuning_v2", config="tiny/lora")
     error = assert_error(response, 422, "invalid_config", "method")
