@@ -1,5 +1,6 @@
 """Peak GPU memory of a training step, estimated from the model's config and the dataset before
-any GPU time is spent, and the gradient-checkpointing choice it drives (``memory_budget_gib``).
+any GPU time is spent, and the measures a ``memory_budget_gib`` takes to fit it: the input
+embedding in host memory, gradient checkpointing, smaller loss chunks.
 
 The estimate counts what ``torch.cuda.max_memory_allocated`` sees on one rank:
 
@@ -30,7 +31,6 @@ from trainer.loss import CHUNK_TOKENS
 GIB = 2**30
 _ADAM_FP32_BYTES = 16  # fp32 param + grad + two AdamW moments, per trainable adapter parameter
 _LOSS_BYTES = 12  # bf16 logits + float32 copy + log-softmax + their gradients, per logit
-_MODULE_SHAPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
