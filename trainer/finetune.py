@@ -49,8 +49,8 @@ from trainer.datacache import cache_key, cached_features
 from trainer.datafiles import data_sha256
 from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
 from trainer.events import EventLog
-from trainer.loss import CHUNK_TOKENS, chunked_causal_lm_loss
-from trainer.memory import plan_for_config
+from trainer.loss import chunked_causal_lm_loss
+from trainer.memory import CHUNK_TOKENS, plan_for_config
 from trainer.metrics import score_texts
 from trainer.modeling import (
     UnsupportedModelError,

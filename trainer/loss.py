@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch.utils.checkpoint import checkpoint
 
+from trainer.memory import CHUNK_TOKENS
 from trainer.template import IGNORE_INDEX
-
-CHUNK_TOKENS = 1024
 
 
 def chunked_causal_lm_loss(

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import FinetuningConfig, resolve_config_path
-from trainer.loss import CHUNK_TOKENS
 
 GIB = 2**30
+# Target positions whose logits the chunked loss computes at once, unless the plan shrinks it.
+CHUNK_TOKENS = 1024
 _ADAM_FP32_BYTES = 16  # fp32 param + grad + two AdamW moments, per trainable adapter parameter
 _LOSS_BYTES = 12  # bf16 logits + float32 copy + log-softmax + their gradients, per logit
 
