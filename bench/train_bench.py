@@ -81,6 +81,8 @@ from train_bench_setup import (  # noqa: E402
     write_data,
 )
 
+from worker.launcher import threads_per_rank  # noqa: E402
+
 # performance.md anchors (H100 80GB HBM3, upstream pipeline, AdvertiseGen-like data).
 ANCHORS = {
     "lora": {
@@ -161,6 +163,7 @@ def run_method(
             *trainer_args,
         ]
         env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(world)))  # CPU Adam
     else:
         cmd = [
             sys.executable,
@@ -277,7 +280,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="lora_lean's memory_budget_gib (18.6 GiB = 20 GB)",
     )
     p.add_argument(
-        "--budget-gib", type=float, default=60.0, help="memory_budget_gib of sft_offload_fast"
+        "--sft-batch",
+        type=int,
+        default=192,
+        help="conversations per packed row of sft_zero3_fast / sft_offload_fast (~30k tokens)",
+    )
+    p.add_argument(
+        "--sft-budget-gib",
+        type=float,
+        default=56.0,
+        help="memory_budget_gib of the fast ZeRO-3 methods (56 GiB = 60 GB, the 4x H100 limit)",
     )
     p.add_argument(
         "--profile",

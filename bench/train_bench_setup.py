@@ -312,9 +312,9 @@ METHODS: dict[str, dict[str, Any]] = {
         "source": "sft.yaml",
         "data": "adgen",
         "zero3": "ds_zero_3.json",
-        "batch": "fast",
-        "glmft": {"packing": True, "chunked_loss": True},
-        "what": "packing + chunked loss under ZeRO-3",
+        "batch": "sft",
+        "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "sft"},
+        "what": "packing + chunked loss under ZeRO-3, ~30k tokens a step, checkpointing by budget",
     },
     "sft_offload": {
         "source": "sft.yaml",
@@ -326,10 +326,10 @@ METHODS: dict[str, dict[str, Any]] = {
         "source": "sft.yaml",
         "data": "adgen",
         "zero3": "ds_zero_3_offload.json",
-        "batch": "fast",
-        "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "budget"},
+        "batch": "sft",
+        "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "sft"},
         "training_args": {"gradient_accumulation_steps": 4},
-        "what": "packing + chunked loss, 4 packed rows per CPU Adam step",
+        "what": "sft_zero3_fast's rows, 4 per CPU Adam step",
     },
 }
 SFT_METHODS = {name for name, m in METHODS.items() if "zero3" in m}
@@ -364,14 +364,14 @@ def method_config(
         ta["dataloader_num_workers"] = args.dataloader_workers
     batch = spec.get("batch")
     if batch is not None:
-        named = {"fast": args.fast_batch, "lean": args.lean_batch}
+        named = {"fast": args.fast_batch, "lean": args.lean_batch, "sft": args.sft_batch}
         ta["per_device_train_batch_size"] = named.get(batch, batch)
     ta.update(spec.get("training_args", {}))
     for key, value in spec.get("glmft", {}).items():
         if value == "lean":
             value = args.lean_budget_gib
-        elif value == "budget":
-            value = args.budget_gib
+        elif value == "sft":
+            value = args.sft_budget_gib
         config[key] = value
     if (config.get("peft_config") or {}).get("peft_type") == "PREFIX_TUNING":
         peft = config["peft_config"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch.utils.checkpoint import checkpoint
 
@@ -50,8 +51,9 @@ def chunked_causal_lm_loss(
     keep = targets != IGNORE_INDEX
     states, targets = states[keep], targets[keep]
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
+    chunks = _chunks_on_every_rank(-(-targets.numel() // chunk_tokens), head, hidden.device)
+    for start in range(0, chunks * chunk_tokens, chunk_tokens):
+        piece = slice(start, start + chunk_tokens)  # empty past this rank's targets
         total = total + checkpoint(
             _cross_entropy_sum, head, states[piece], targets[piece], use_reentrant=False
         )
@@ -59,6 +61,18 @@ def chunked_causal_lm_loss(
     if isinstance(count, torch.Tensor):
         count = count.to(total.device)
     return total / count
+
+
+def _chunks_on_every_rank(chunks: int, head: torch.nn.Module, device: torch.device) -> int:
+    """The most chunks any rank has. Under ZeRO-3 every call of the partitioned head gathers its
+    weight, a collective: ranks with fewer target tokens run empty chunks so that all ranks call
+    it equally often (else their collectives mismatch and the run aborts)."""
+    partitioned = any(hasattr(p, "ds_id") for p in head.parameters())
+    if not (partitioned and dist.is_available() and dist.is_initialized()):
+        return chunks
+    most = torch.tensor(chunks, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item())
 
 
 def _final_norm(model: Any) -> torch.nn.Module:

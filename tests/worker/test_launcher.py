@@ -15,7 +15,13 @@ from ruamel.yaml import YAML
 from tests.trainer.finetune_helpers import tiny_config, write_data
 from trainer.events import EVENTS_FILE
 from worker.events_tail import EventTail
-from worker.launcher import LOG_FILE, TrainerProcess, build_trainer_command, pid_alive
+from worker.launcher import (
+    LOG_FILE,
+    TrainerProcess,
+    build_trainer_command,
+    pid_alive,
+    threads_per_rank,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE = {
@@ -104,6 +110,27 @@ def test_gpus_pin_cuda_visible_devices_and_output_goes_to_the_log(
     again = TrainerProcess([sys.executable, "-c", "raise SystemExit(3)"], job_dir=tmp_path, gpus=[])
     assert again.wait(30) == 3
     assert f"CVD=[{visible}] extra" in (tmp_path / LOG_FILE).read_text()  # appended, kept
+
+
+def test_ranks_share_the_host_cores_unless_omp_num_threads_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun would give every rank OMP_NUM_THREADS=1, starving DeepSpeed's CPU Adam."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    code = "import os; print('OMP=' + os.environ.get('OMP_NUM_THREADS', 'unset'))"
+    for gpus, expected in (([0, 1], threads_per_rank(2)), ([0], "unset")):
+        proc = TrainerProcess([sys.executable, "-c", code], job_dir=tmp_path / str(gpus), gpus=gpus)
+        assert proc.wait(30) == 0
+        assert f"OMP={expected}" in (tmp_path / str(gpus) / LOG_FILE).read_text()
+    pinned = TrainerProcess(
+        [sys.executable, "-c", code],
+        job_dir=tmp_path / "pinned",
+        gpus=[0, 1],
+        env={"OMP_NUM_THREADS": "3"},
+    )
+    assert pinned.wait(30) == 0
+    assert "OMP=3" in (tmp_path / "pinned" / LOG_FILE).read_text()
+    assert threads_per_rank(10_000) == 1
 
 
 def test_wait_times_out_with_none(tmp_path: Path) -> None:
