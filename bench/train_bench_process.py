@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def worker(argv: list[str]) -> int:
     rc = main(trainer_argv)
     rank = int(os.environ.get("RANK", "0"))
     record: dict[str, Any] = {"rank": rank, "rc": rc, "wall_s": round(time.time() - t0, 2)}
+    # host memory high-water mark (KiB on Linux): CPU Adam's states live here under offload
+    record["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if torch.cuda.is_available():
         record["device"] = torch.cuda.get_device_name()
         record["max_memory_allocated"] = torch.cuda.max_memory_allocated()

@@ -328,8 +328,7 @@ METHODS: dict[str, dict[str, Any]] = {
         "zero3": "ds_zero_3_offload.json",
         "batch": "sft",
         "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "sft"},
-        "training_args": {"gradient_accumulation_steps": 4},
-        "what": "sft_zero3_fast's rows, 4 per CPU Adam step",
+        "what": "sft_zero3_fast's rows, one per CPU Adam step",
     },
 }
 SFT_METHODS = {name for name, m in METHODS.items() if "zero3" in m}
