@@ -270,6 +270,13 @@ METHODS: dict[str, dict[str, Any]] = {
         "glmft": {"packing": True, "chunked_loss": True},
         "what": "packing + chunked loss, no checkpointing",
     },
+    "lora_compile": {
+        "source": "lora.yaml",
+        "data": "adgen",
+        "batch": "fast",
+        "glmft": {"packing": True, "chunked_loss": True, "compile": True},
+        "what": "lora_fast + compiled decoder layers",
+    },
     "lora_lean": {
         "source": "lora.yaml",
         "data": "adgen",
@@ -288,6 +295,13 @@ METHODS: dict[str, dict[str, Any]] = {
         "batch": 2,
         "glmft": {"packing": True, "chunked_loss": True},
         "what": "2 chats packed per row + chunked loss, no checkpointing",
+    },
+    "chat_compile": {
+        "source": "lora.yaml",
+        "data": "chat",
+        "batch": 2,
+        "glmft": {"packing": True, "chunked_loss": True, "compile": True},
+        "what": "chat_fast + compiled decoder layers",
     },
     "ptuning_v2": {
         "source": "ptuning_v2.yaml",

@@ -14,7 +14,6 @@ transformers' own SDPA function, so the registered implementation is safe to loa
 from __future__ import annotations
 
 import inspect
-from functools import cache
 from typing import Any
 
 import torch
@@ -25,7 +24,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "glmft_packed"
 
 
-@cache
 def _varlen_kernel() -> tuple[Any, frozenset[str]] | None:
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -34,8 +32,13 @@ def _varlen_kernel() -> tuple[Any, frozenset[str]] | None:
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
+# Looked up once, at import: ``compile: true`` (trainer.compile) traces the forward, and dynamo
+# would re-trace a lookup there (an import, ``inspect.signature``) and warn about its cache.
+_VARLEN = _varlen_kernel()
+
+
 def packed_attention_available() -> bool:
-    return torch.cuda.is_available() and _varlen_kernel() is not None
+    return torch.cuda.is_available() and _VARLEN is not None
 
 
 def register_packed_attention() -> str | None:
@@ -61,7 +64,7 @@ def packed_attention(
     """``query`` ``(1, heads, tokens, dim)``, ``key``/``value`` ``(1, kv_heads, tokens, dim)``;
     returns ``(1, tokens, heads, dim)`` as transformers' attention functions do."""
     bounds = kwargs.get("cu_seq_lens_q")
-    kernel = _varlen_kernel()
+    kernel = _VARLEN
     if bounds is None or kernel is None or query.shape[0] != 1 or dropout or not query.is_cuda:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainer.checkpoints import directory_bytes, write_metadata
+from trainer.compile import compile_stats
 from trainer.events import EventLog
 
 
@@ -103,6 +104,21 @@ class EventCallback(TrainerCallback):
             path=str(checkpoint.resolve()),
             bytes=directory_bytes(checkpoint),
         )
+
+
+class CompileReport(TrainerCallback):
+    """With ``compile: true``: a ``compile`` event when training ends, the compiled ``layers``
+    and :func:`trainer.compile.compile_stats` (rank 0 only)."""
+
+    def __init__(self, events: EventLog, layers: int) -> None:
+        self.events = events
+        self.layers = layers
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.is_world_process_zero:
+            self.events.emit("compile", layers=self.layers, **compile_stats())
 
 
 def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:

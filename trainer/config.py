@@ -25,6 +25,13 @@ _PEFT_TABLES = {"LORA": "lora", "PREFIX_TUNING": "prefix_tuning"}
 _METHODS: dict[str | None, Method] = {None: "sft", "LORA": "lora", "PREFIX_TUNING": "ptuning_v2"}
 # Keys the trainer owns: setting them in a config would break the run's contract with the worker.
 _RESERVED_TRAINING_ARGS = frozenset({"use_cpu", "report_to", "local_rank"})
+# HF's own whole-model compile: each of these turns it on.
+_HF_COMPILE_ARGS = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
+#: ``compile: true`` under ZeRO-3, refused by the API (shipped configs) and by the trainer.
+COMPILE_WITH_ZERO3 = (
+    "not with DeepSpeed ZeRO-3: its parameter-gathering hooks split every layer into "
+    "per-module graphs; use ZeRO-2 (ds_zero_2.json) or set compile: false"
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,13 @@ class FinetuningConfig(BaseModel):
     # glmft: compute the loss without the full (tokens x 151k) logits: only target positions, a
     # chunk at a time, recomputed in the backward pass (same loss, far less memory)
     chunked_loss: bool = False
-    # glmft: the GPU memory (GiB) a rank may use; gradient checkpointing is turned on only when
-    # the estimated peak of the largest batch would not fit without it (trainer.memory)
+    # glmft: the GPU memory (GiB) a rank may use; host embeddings, gradient checkpointing,
+    # smaller loss chunks, then micro-batches are taken only when the estimated peak of the
+    # largest batch would not fit without them (trainer.memory)
     memory_budget_gib: float | None = None
+    # glmft: torch.compile each decoder layer's training forward (trainer.compile): inductor fuses
+    # the elementwise work around the matrix products; one graph serves every layer (same loss)
+    compile: bool = False
 
     @property
     def method(self) -> Method:
@@ -91,6 +102,15 @@ class FinetuningConfig(BaseModel):
     def generation_config(self) -> dict[str, Any]:
         value = self.training_args.get("generation_config") or {"max_new_tokens": 512}
         return dict(value)
+
+    @property
+    def batch_size(self) -> int:
+        """Conversations per device and step (HF's default 8 when unset)."""
+        return int(self.training_args.get("per_device_train_batch_size", 8))
+
+    @property
+    def accumulation_steps(self) -> int:
+        return int(self.training_args.get("gradient_accumulation_steps", 1))
 
     def hf_training_args(self) -> dict[str, Any]:
         """``training_args`` without the keys that are not TrainingArguments fields."""
@@ -135,6 +155,7 @@ def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
                 )
             )
         issues += _check_memory_budget(config)
+        issues += _check_compile(config)
         if config.peft_config is not None and "peft_type" in config.peft_config:
             config.peft_config["peft_type"] = str(config.peft_config["peft_type"]).upper()
     if issues or config is None:
@@ -172,6 +193,30 @@ def _check_memory_budget(config: FinetuningConfig) -> list[ConfigIssue]:
                 "memory_budget_gib",
                 "chooses gradient checkpointing itself; remove training_args."
                 "gradient_checkpointing (activation_checkpointing) or the budget",
+            )
+        ]
+    return []
+
+
+def _check_compile(config: FinetuningConfig) -> list[ConfigIssue]:
+    if not config.compile:
+        return []
+    peft_type = (config.peft_config or {}).get("peft_type")
+    if str(peft_type).upper() == "PREFIX_TUNING":
+        return [
+            ConfigIssue(
+                "compile",
+                "not with P-Tuning v2: its prefix reaches each layer through the KV cache, so "
+                "torch.compile would build one graph per layer (40 compiles for GLM-4-9B, and "
+                "past its recompile limit the rest run uncompiled); set compile: false",
+            )
+        ]
+    if any(config.training_args.get(k) for k in _HF_COMPILE_ARGS):
+        return [
+            ConfigIssue(
+                "compile",
+                "compiles the decoder layers; training_args.torch_compile compiles the whole "
+                "model on top: set only one of them",
             )
         ]
     return []

@@ -5,11 +5,15 @@ writes. Every line is one object with ``event`` and ``time`` plus:
 
 ==============  ===============================================================================
 ``started``     ``method``, ``world_size``, ``max_steps``, ``resume_from``, ``trainable_params``,
-                ``total_params``, ``device``
+                ``total_params``, ``device``, ``train_conversations``, ``memory``, ``attention``,
+                ``compiled_layers`` (0 without ``compile: true``)
 ``step``        ``step``, ``loss``, ``learning_rate``, ``grad_norm``, ``epoch``,
                 ``tokens_per_second`` (non-pad input tokens, all ranks)
 ``eval``        ``step``, ``metrics`` (``rouge-1``, ``rouge-2``, ``rouge-l``, ``bleu-4``, ...)
 ``checkpoint``  ``step``, ``path``, ``bytes``
+``compile``     at the end of training with ``compile: true``: ``layers``, ``frames`` (dynamo's
+                compiled frames: more than one is a recompile), ``graphs``, ``graph_breaks``,
+                ``seconds`` spent compiling
 ``status``      ``status`` = ``succeeded`` or ``failed``; on failure ``code`` and ``message``
 ==============  ===============================================================================
 """

@@ -26,8 +26,9 @@ from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArgume
 
 from trainer import __version__
 from trainer.attention import register_packed_attention
-from trainer.callbacks import EventCallback, TrainingDivergedError, strip_prefix
+from trainer.callbacks import CompileReport, EventCallback, TrainingDivergedError, strip_prefix
 from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
+from trainer.compile import check_compile_supported, compile_decoder_layers
 from trainer.config import (
     ConfigError,
     ConfigIssue,
@@ -194,13 +195,18 @@ def build_training_args(
     generation: GenerationConfig,
     *,
     gradient_checkpointing: bool | None = None,
+    micro_batches: int = 1,
 ) -> Seq2SeqTrainingArguments:
-    """HF's arguments from the config's ``training_args`` and glmft's fixed choices;
-    ``gradient_checkpointing`` (the memory plan's) replaces the config's own."""
+    """HF's arguments from the config's ``training_args`` and glmft's fixed choices; the memory
+    plan's ``gradient_checkpointing`` replaces the config's own, and its ``micro_batches`` split
+    each batch into as many gradient-accumulation steps."""
     values = config.hf_training_args()
     if gradient_checkpointing is not None:
         values.pop("gradient_checkpointing", None)  # deprecated alias of activation_checkpointing
         values["activation_checkpointing"] = gradient_checkpointing
+    if micro_batches > 1:
+        values["per_device_train_batch_size"] = config.batch_size // micro_batches
+        values["gradient_accumulation_steps"] = config.accumulation_steps * micro_batches
     values["output_dir"] = str(output_dir)
     on_gpu = torch.cuda.is_available()
     values["use_cpu"] = not on_gpu  # without it CPU ranks train separate copies, silently
@@ -358,7 +364,10 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         has_eval,
         generation,
         gradient_checkpointing=memory.gradient_checkpointing,
+        micro_batches=memory.micro_batches,
     )
+    if config.compile:
+        check_compile_supported(args)
     if memory.over_budget:
         logger.warning(
             "estimated peak %.1f GiB of the largest batch is over memory_budget_gib even with "
@@ -372,6 +381,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     if memory.host_embeddings:
         keep_embeddings_on_host(model)
     model = attach_method(model, config, gradient_checkpointing=memory.gradient_checkpointing)
+    compiled = compile_decoder_layers(model) if config.compile else 0
     trainer = GlmSeq2SeqTrainer(
         chunked_loss=config.chunked_loss,
         loss_chunk_tokens=memory.loss_chunk_tokens,
@@ -386,7 +396,8 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         eval_dataset=val_data,
         processing_class=tokenizer if config.method == "sft" else None,
         compute_metrics=make_compute_metrics(tokenizer) if generate else None,
-        callbacks=[EventCallback(events, checkpoint_metadata(run_args, config, files))],
+        callbacks=[EventCallback(events, checkpoint_metadata(run_args, config, files))]
+        + ([CompileReport(events, compiled)] if compiled else []),
     )
     trainable, total = _parameter_counts(model)
     events.emit(
@@ -401,6 +412,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         train_conversations=len(train_data),
         memory=memory.as_event(),
         attention=attention or model.config._attn_implementation,
+        compiled_layers=compiled,
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if "test" in files and generate:

@@ -1,6 +1,7 @@
 """Peak GPU memory of a training step, estimated from the model's config and the dataset before
 any GPU time is spent, and the measures a ``memory_budget_gib`` takes to fit it: the input
-embedding in host memory, gradient checkpointing, smaller loss chunks.
+embedding in host memory, gradient checkpointing, smaller loss chunks, then the batch split into
+gradient-accumulation micro-batches (same conversations per optimizer step).
 
 The estimate counts what ``torch.cuda.max_memory_allocated`` sees on one rank:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,7 @@ class MemoryPlan:
     gradient_checkpointing: bool = False
     host_embeddings: bool = False
     loss_chunk_tokens: int = CHUNK_TOKENS
+    micro_batches: int = 1  # the batch runs as this many accumulation steps
 
     def total(
         self, *, checkpointed: bool, host_embeddings: bool, loss_tokens: int | None = None
@@ -173,6 +176,7 @@ class MemoryPlan:
             "gradient_checkpointing": self.gradient_checkpointing,
             "host_embeddings": self.host_embeddings,
             "loss_chunk_tokens": self.loss_chunk_tokens,
+            "micro_batches": self.micro_batches,
             "estimate_gib": gib(self.estimate),
             "budget_gib": None if self.budget_bytes is None else gib(self.budget_bytes),
             "over_budget": self.over_budget,
@@ -228,7 +232,48 @@ def plan_memory(
     world_size: int = 1,
 ) -> MemoryPlan:
     """Estimate one rank's peak. With ``budget_gib`` and no explicit ``gradient_checkpointing``,
-    take the measures the step needs to fit it (:func:`_fit`); else none, as upstream."""
+    take the measures the step needs to fit it (:func:`_fit`); if they are not enough, split the
+    batch into the fewest micro-batches that fit (a divisor of ``batch_size``; one conversation
+    each at most). Without a budget, no measures, as upstream."""
+    plan_batch = partial(
+        _plan_batch,
+        model_config,
+        peft,
+        lengths=lengths,
+        packing=packing,
+        chunked_loss=chunked_loss,
+        dtype_bytes=dtype_bytes,
+        budget_gib=budget_gib,
+        gradient_checkpointing=gradient_checkpointing,
+        deepspeed=deepspeed,
+        world_size=world_size,
+    )
+    plan = plan_batch(batch_size=batch_size)
+    if not plan.over_budget or gradient_checkpointing is not None:
+        return plan
+    for parts in range(2, batch_size + 1):
+        if batch_size % parts == 0:
+            plan = replace(plan_batch(batch_size=batch_size // parts), micro_batches=parts)
+            if not plan.over_budget:
+                break
+    return plan
+
+
+def _plan_batch(
+    model_config: dict[str, Any],
+    peft: dict[str, Any] | None,
+    *,
+    lengths: list[int],
+    batch_size: int,
+    packing: bool,
+    chunked_loss: bool,
+    dtype_bytes: int,
+    budget_gib: float | None,
+    gradient_checkpointing: bool | None,
+    deepspeed: dict[str, Any] | None,
+    world_size: int,
+) -> MemoryPlan:
+    """:func:`plan_memory` for one (micro-)batch of ``batch_size`` conversations."""
     shape = ModelShape.from_config(model_config)
     zero = ZeroSetup.from_deepspeed(deepspeed)
     world = max(1, world_size)
@@ -316,7 +361,7 @@ def plan_for_config(
         model_config,
         config.peft_config,
         lengths=lengths,
-        batch_size=int(ta.get("per_device_train_batch_size", 8)),  # HF's default
+        batch_size=config.batch_size,
         packing=config.packing,
         chunked_loss=config.chunked_loss,
         dtype_bytes=dtype_bytes,

@@ -9,6 +9,7 @@ dumped to a dict) with ``data_config`` naming the job's dataset files. Every ref
 from __future__ import annotations
 
 import copy
+import json
 import posixpath
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidConfig
-from trainer.config import ConfigError, ConfigIssue, load_yaml, parse_config
+from trainer.config import (
+    COMPILE_WITH_ZERO3,
+    ConfigError,
+    ConfigIssue,
+    load_yaml,
+    parse_config,
+)
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: DeepSpeed configs a job may name; the worker resolves them inside its own install.
@@ -207,6 +214,11 @@ def resolve_config(
                 f"(peft_config.peft_type: {peft})",
             )
         )
+    deepspeed = parsed.training_args.get("deepspeed")
+    if parsed.compile and deepspeed in SHIPPED_DEEPSPEED:
+        ds = json.loads((CONFIGS_DIR / posixpath.basename(str(deepspeed))).read_text())
+        if ds.get("zero_optimization", {}).get("stage") == 3:
+            issues.append(ConfigIssue("compile", COMPILE_WITH_ZERO3))
     if issues:
         raise _refuse(issues, overrides)
     max_steps = parsed.training_args.get("max_steps")

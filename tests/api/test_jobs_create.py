@@ -81,13 +81,22 @@ def test_unknown_config_key_names_the_override(client: TestClient) -> None:
 
 def test_speed_switches_are_accepted_and_a_bad_budget_named(client: TestClient) -> None:
     ds = dataset_id(client)
-    switches = {"packing": True, "chunked_loss": True, "memory_budget_gib": 20}
+    switches = {"packing": True, "chunked_loss": True, "memory_budget_gib": 20, "compile": True}
     response = create_job(client, ds, overrides=switches)
     assert response.status_code == 201, response.text
     assert {k: response.json()["config"][k] for k in switches} == switches
     response = create_job(client, ds, overrides={"memory_budget_gib": -1})
     error = assert_error(response, 422, "invalid_config", "overrides.memory_budget_gib")
     assert "must be positive" in error["message"]
+
+
+def test_compile_under_zero3_is_refused_at_submission(client: TestClient) -> None:
+    overrides = {"compile": True, "training_args.deepspeed": "configs/ds_zero_3.json"}
+    response = create_job(client, dataset_id(client), overrides=overrides)
+    error = assert_error(response, 422, "invalid_config", "overrides.compile")
+    assert "ZeRO-3" in error["message"]
+    overrides["training_args.deepspeed"] = "configs/ds_zero_2.json"
+    assert create_job(client, dataset_id(client), overrides=overrides).status_code == 201
 
 
 def test_method_conflicting_with_the_config(client: TestClient) -> None:

@@ -1,8 +1,9 @@
 """The memory plan: its estimates against peaks measured on GPUs, the measures a budget takes,
-the config rules, and that its checkpointing choice reaches HF's arguments."""
+the config rules, and that its checkpointing and micro-batch choices reach HF's arguments."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, GlmConfig
 
-from tests.trainer.finetune_helpers import tiny_config
+from tests.trainer.finetune_helpers import losses, run_finetune, tiny_config, write_data
+from tests.trainer.test_packing import CONVERSATIONS
 from trainer.checkpoints import Resume
 from trainer.config import ConfigError, parse_config
 from trainer.finetune import RunArgs, build_training_args
@@ -155,3 +157,67 @@ def test_host_embedding_gives_the_same_loss_and_leaves_the_table_out_of_the_mode
     assert embedding.table.dtype == torch.float32 and embedding.table.device.type == "cpu"
     model.to(torch.float32)
     torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, before)
+
+
+def test_p_tuning_at_the_demo_settings_fits_22_gb_in_micro_batches() -> None:
+    """ptuning_v2.yaml (batch 4, 512 virtual tokens) on AdvertiseGen-like rows peaked at 26.21
+    GiB on an H200; P-Tuning cannot be checkpointed, so a 22 GB budget splits the batch."""
+    demo: dict[str, Any] = {"peft": PREFIX, "lengths": [265] * 4, "chunked_loss": True}
+    assert plan(**demo).estimate / GIB == pytest.approx(26.21, rel=0.05)
+    fitted = plan(**demo, budget_gib=22e9 / GIB)
+    assert fitted.micro_batches == 2 and not fitted.over_budget
+    assert fitted.host_embeddings and not fitted.gradient_checkpointing
+    assert fitted.tokens_per_step == 2 * 265
+    # only when the other measures are not enough: a roomier budget keeps the batch whole
+    assert plan(**demo, budget_gib=26.0).micro_batches == 1
+
+
+def test_micro_batches_reach_hf_arguments(tmp_path: Path) -> None:
+    config = parse_config(
+        tiny_config(
+            "lora",
+            training_args={"per_device_train_batch_size": 8, "gradient_accumulation_steps": 3},
+        )
+    )
+    run = RunArgs(tmp_path, tmp_path, tmp_path / "c.yaml", Resume.parse("no"), tmp_path, None)
+    args = build_training_args(config, run, tmp_path, False, GenerationConfig(), micro_batches=4)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 12)
+
+
+def test_p_tuning_split_into_micro_batches_follows_the_whole_batch_loss(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A budget too small for the batch: one conversation per accumulation step, and the loss
+    curve of the whole batch (normalised over the batch's target tokens). Not to the last digit:
+    the whole batch is left-padded, which moves each row's RoPE positions against the prefix
+    keys (about 3e-4 at step 1); LoRA, without a prefix, splits exactly."""
+    data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
+
+    def train(budget: float | None) -> tuple[str, list[dict[str, Any]]]:
+        config = tiny_config(
+            "ptuning_v2",
+            chunked_loss=True,
+            memory_budget_gib=budget,
+            training_args={
+                "max_steps": 4,
+                "logging_steps": 1,
+                "eval_strategy": "no",
+                "save_strategy": "no",
+                "per_device_train_batch_size": 4,
+            },
+        )
+        config["data_config"] = {**config["data_config"], "val_file": None}
+        proc, events = run_finetune(data, tiny_model_dir, config, tmp_path / f"out-{budget}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr, events
+
+    with ThreadPoolExecutor(2) as pool:
+        (_, whole), (log, split) = pool.map(train, [None, 1e-4])
+    plan_event = next(e for e in split if e["event"] == "started")["memory"]
+    assert plan_event["micro_batches"] == 4 and plan_event["over_budget"], plan_event
+    assert "Gradient Accumulation steps = 4" in log, log[-3000:]
+    assert "Instantaneous batch size per device = 1" in log
+    reference, curve = losses(whole), losses(split)
+    assert len(reference) == 4 and curve.keys() == reference.keys()
+    for step, loss in reference.items():
+        assert curve[step] == pytest.approx(loss, rel=3e-3), (step, curve, reference)

@@ -1,0 +1,115 @@
+"""Regional compilation (``compile: true``): each decoder layer's training forward runs through
+``torch.compile``, so inductor fuses the elementwise work around the matrix products (LoRA
+dropout and scaling, RMSNorm, RoPE, SwiGLU, residual adds, dtype casts) and launches fewer kernels.
+
+Only the decoder layers are compiled, not the model. They share their code, so one compiled graph
+serves every layer: the first layer's input is made to require grad like the others', and
+nothing a layer reads in training differs between layers. Shapes are dynamic from the start
+(``dynamic=True``), so a packed batch whose length changes every step reuses the graph; so does
+the varlen attention of packed rows on a GPU (a torch custom op: no graph break). Gradient
+checkpointing wraps the compiled forward, as transformers wraps the eager one. Evaluation and
+generation (``model.eval()``, no grad) and any call with a KV cache run the eager forward.
+P-Tuning v2 (its prefix is a KV cache indexed by layer: one graph per layer) and DeepSpeed ZeRO-3
+(hooks on every submodule: graphs per module) are config errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from functools import partial
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from trainer.config import COMPILE_WITH_ZERO3, ConfigError, ConfigIssue
+
+logger = logging.getLogger(__name__)
+
+
+def check_compile_supported(args: TrainingArguments) -> None:
+    """Refuse ``compile: true`` under DeepSpeed ZeRO-3, before the model is loaded.
+
+    ZeRO-3 gathers each submodule's parameters in hooks that dynamo cannot trace: every layer
+    breaks into per-module graphs that recompile per module (87 compiles, 33 graph breaks for the
+    2-layer tiny model on CPU), so a real model runs past the recompile limit, mostly uncompiled.
+    """
+    ds_config = getattr(args, "hf_deepspeed_config", None)
+    if ds_config is not None and ds_config.is_zero3():
+        raise ConfigError([ConfigIssue("compile", COMPILE_WITH_ZERO3)])
+
+
+def decoder_layers(model: Any) -> torch.nn.ModuleList:
+    """The decoder's layers, through DeepSpeed/DDP (``.module``) and PEFT wrappers."""
+    layers = getattr(_base_model(model).get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise TypeError(f"{type(_base_model(model)).__name__} has no decoder layers to compile")
+    return layers
+
+
+class CompiledForward:
+    """A decoder layer's ``forward``: compiled while it trains with grad and no KV cache, eager
+    otherwise.
+
+    Gradient checkpointing stays outside the compiled graph: transformers' wrapper
+    (``GradientCheckpointingLayer``) checkpoints the layer's own forward, so that forward is
+    what is compiled, and it is checkpointed here as the wrapper would. The recomputation runs
+    the same graph with the same random state (the dropout masks repeat). Inside the graph, as a
+    higher-order op, torch 2.11's partitioner failed on an H200 for a checkpointed layer with
+    LoRA dropout ("Node add_607 was invalid, but is output").
+    """
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer = layer
+        self.eager = layer.forward
+        inner = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
+        self.compiled = torch.compile(types.MethodType(inner, layer), dynamic=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        layer = self.layer
+        training = layer.training and torch.is_grad_enabled()
+        if not training or kwargs.get("past_key_values") is not None:
+            return self.eager(*args, **kwargs)
+        if getattr(layer, "gradient_checkpointing", False):
+            return layer._gradient_checkpointing_func(partial(self.compiled, **kwargs), *args)
+        return self.compiled(*args, **kwargs)
+
+
+def compile_decoder_layers(model: Any) -> int:
+    """Compile ``model``'s decoder layers in place (on their first training call, so after the
+    Trainer has turned on gradient checkpointing); returns how many."""
+    layers = decoder_layers(model)
+    # As for gradient checkpointing: the embedding's output requires grad, so the first layer
+    # runs the same graph as the others (else it is a second compile of the whole layer).
+    base = _base_model(model)
+    if not getattr(base, "_require_grads_hooks", None):
+        base.enable_input_require_grads()
+    for layer in layers:
+        if not isinstance(layer.forward, CompiledForward):
+            layer.forward = CompiledForward(layer)
+    logger.info("compiling %d decoder layers with torch.compile (dynamic shapes)", len(layers))
+    return len(layers)
+
+
+def compile_stats() -> dict[str, Any]:
+    """What dynamo compiled in this process: ``frames`` (each recompile is one more),
+    ``graphs``, ``graph_breaks``, and ``seconds`` spent compiling (forward and backward)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = sum(
+        sum(times)
+        for key, times in compilation_time_metrics.items()
+        if key in ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+    )
+    return {
+        "frames": counters["frames"]["ok"],
+        "graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _base_model(model: Any) -> Any:
+    core = getattr(model, "module", model)
+    return core.get_base_model() if hasattr(core, "get_base_model") else core
