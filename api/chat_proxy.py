@@ -71,4 +71,3 @@ class ChatProxyMiddleware:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
-

@@ -60,18 +60,14 @@ def list_adapters(
     return ListOf(data=[_public(service, a) for a in visible_adapters(session, tenant)])
 
 
-@router.get(
-    "/adapters/{adapter_id}", response_model=AdapterPublic, responses=error_responses(404)
-)
+@router.get("/adapters/{adapter_id}", response_model=AdapterPublic, responses=error_responses(404))
 def get_adapter(
     adapter_id: AdapterIdPath, request: Request, session: SessionDep, tenant: TenantDep
 ) -> AdapterPublic:
     return _public(chat_service(request), _adapter(session, tenant, adapter_id))
 
 
-@router.delete(
-    "/adapters/{adapter_id}", status_code=204, responses=error_responses(404, 409)
-)
+@router.delete("/adapters/{adapter_id}", status_code=204, responses=error_responses(404, 409))
 async def delete_adapter(
     adapter_id: AdapterIdPath, request: Request, session: SessionDep, tenant: TenantDep
 ) -> Response:

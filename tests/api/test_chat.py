@@ -305,9 +305,7 @@ def test_the_openai_package_completes_and_streams_with_an_adapter(
     assert missing.value.code == "model_not_found"
 
 
-def test_a_front_api_routes_chat_to_a_replica(
-    service: Service, tmp_path: Path
-) -> None:
+def test_a_front_api_routes_chat_to_a_replica(service: Service, tmp_path: Path) -> None:
     replica = service.base
     home = tmp_path / "front"
     store = service.store
