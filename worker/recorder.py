@@ -93,4 +93,9 @@ def _summary(event: dict[str, Any]) -> str:
         return f"trainer {event.get('status')}{detail}"
     if kind == "eval":
         return f"{event.get('split', 'validation')} metrics at step {event.get('step')}"
+    if kind == "compile":
+        return (
+            f"compiled {event.get('layers')} decoder layers in {event.get('seconds')} s "
+            f"({event.get('frames')} compiled frames, {event.get('graph_breaks')} graph breaks)"
+        )
     return str(kind)

@@ -63,3 +63,17 @@ def test_a_new_attempt_records_what_a_dead_worker_left_unread(
         steps = [c.step for c in session.exec(select(Checkpoint)).all()]
     assert kinds == ["started", "step", "step", "checkpoint"]
     assert job.step == 4 and steps == [4] and job.events_offset == events.stat().st_size
+
+
+def test_the_compile_report_is_summarised(engine: Engine, tmp_path: Path) -> None:
+    """A compiled run's first step waits for the compile: the event says how long it took."""
+    stats = {"layers": 40, "frames": 1, "graphs": 1, "graph_breaks": 0, "seconds": 68.2}
+    with Session(engine) as session:
+        job = _job(session)
+        record_events(session, job, [{"event": "compile", **stats}], offset=1)
+        event = session.exec(select(JobEvent).where(JobEvent.kind == "compile")).one()
+        assert (
+            event.message
+            == "compiled 40 decoder layers in 68.2 s (1 compiled frames, 0 graph breaks)"
+        )
+        assert event.data["seconds"] == 68.2
