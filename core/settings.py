@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         """Pre-tokenised datasets the trainer reuses across jobs (trainer.datacache)."""
         return self.artifacts / "feature-cache"
 
+    @property
+    def compile_cache(self) -> Path:
+        """torch.compile's kernels, reused across jobs (``compile: true``, trainer.compile)."""
+        return self.artifacts / "compile-cache"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -23,7 +23,7 @@ from core.settings import Settings
 from worker import jobdir
 from worker.events_tail import EventTail
 from worker.gpus import GpuLeases
-from worker.launcher import TrainerProcess, build_trainer_command
+from worker.launcher import TrainerProcess, build_trainer_command, compile_cache_env
 from worker.recorder import record_events
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,12 @@ class Runner:
         # from where the last attempt's recording stopped: what a dead worker left unread is
         # stored now, and nothing twice
         tail = EventTail(events_file, offset=job.events_offset)
-        process = TrainerProcess(command, job_dir=directory.root, gpus=gpus)
+        process = TrainerProcess(
+            command,
+            job_dir=directory.root,
+            gpus=gpus,
+            env=compile_cache_env(self.settings.compile_cache),
+        )
         if gpus:  # the trainer's pid keeps the lease alive should this worker die first
             self.leases.attach(job.id, process.pid)
         return self._supervise(session, job, process, tail)

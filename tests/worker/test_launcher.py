@@ -19,6 +19,7 @@ from worker.launcher import (
     LOG_FILE,
     TrainerProcess,
     build_trainer_command,
+    compile_cache_env,
     pid_alive,
     threads_per_rank,
 )
@@ -276,3 +277,14 @@ def test_trainer_dies_with_a_sigkilled_worker(tmp_path: Path) -> None:
     while pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(child)
+
+
+def test_compile_cache_is_shared_by_jobs_unless_the_worker_sets_its_own(tmp_path: Path) -> None:
+    env = compile_cache_env(tmp_path / "cc", environ={})
+    assert env == {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cc" / "inductor"),
+        "TRITON_CACHE_DIR": str(tmp_path / "cc" / "triton"),
+    }
+    assert compile_cache_env(tmp_path, environ={"TRITON_CACHE_DIR": "/mine"}).keys() == {
+        "TORCHINDUCTOR_CACHE_DIR"
+    }
