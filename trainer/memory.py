@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -230,50 +229,37 @@ def plan_memory(
     gradient_checkpointing: bool | None = None,
     deepspeed: dict[str, Any] | None = None,
     world_size: int = 1,
+    split_batch: bool = True,
 ) -> MemoryPlan:
     """Estimate one rank's peak. With ``budget_gib`` and no explicit ``gradient_checkpointing``,
-    take the measures the step needs to fit it (:func:`_fit`); if they are not enough, split the
-    batch into the fewest micro-batches that fit (a divisor of ``batch_size``; one conversation
-    each at most). Without a budget, no measures, as upstream."""
-    plan_batch = partial(
-        _plan_batch,
-        model_config,
-        peft,
-        lengths=lengths,
-        packing=packing,
-        chunked_loss=chunked_loss,
-        dtype_bytes=dtype_bytes,
-        budget_gib=budget_gib,
-        gradient_checkpointing=gradient_checkpointing,
-        deepspeed=deepspeed,
-        world_size=world_size,
-    )
-    plan = plan_batch(batch_size=batch_size)
-    if not plan.over_budget or gradient_checkpointing is not None:
+    take the measures the step needs to fit it (:func:`_fit`); if they are not enough and
+    ``split_batch``, split the batch into the fewest micro-batches that fit (a divisor of
+    ``batch_size``; one conversation each at most). Without a budget, no measures, as upstream."""
+    if split_batch:
+
+        def plan_batch(size: int) -> MemoryPlan:
+            return plan_memory(
+                model_config,
+                peft,
+                lengths=lengths,
+                batch_size=size,
+                packing=packing,
+                chunked_loss=chunked_loss,
+                dtype_bytes=dtype_bytes,
+                budget_gib=budget_gib,
+                gradient_checkpointing=gradient_checkpointing,
+                deepspeed=deepspeed,
+                world_size=world_size,
+                split_batch=False,
+            )
+
+        plan = plan_batch(batch_size)
+        if plan.over_budget and gradient_checkpointing is None:
+            for parts in (p for p in range(2, batch_size + 1) if batch_size % p == 0):
+                plan = replace(plan_batch(batch_size // parts), micro_batches=parts)
+                if not plan.over_budget:
+                    break
         return plan
-    for parts in range(2, batch_size + 1):
-        if batch_size % parts == 0:
-            plan = replace(plan_batch(batch_size=batch_size // parts), micro_batches=parts)
-            if not plan.over_budget:
-                break
-    return plan
-
-
-def _plan_batch(
-    model_config: dict[str, Any],
-    peft: dict[str, Any] | None,
-    *,
-    lengths: list[int],
-    batch_size: int,
-    packing: bool,
-    chunked_loss: bool,
-    dtype_bytes: int,
-    budget_gib: float | None,
-    gradient_checkpointing: bool | None,
-    deepspeed: dict[str, Any] | None,
-    world_size: int,
-) -> MemoryPlan:
-    """:func:`plan_memory` for one (micro-)batch of ``batch_size`` conversations."""
     shape = ModelShape.from_config(model_config)
     zero = ZeroSetup.from_deepspeed(deepspeed)
     world = max(1, world_size)

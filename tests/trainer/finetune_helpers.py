@@ -114,3 +114,13 @@ def glmft_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> SimpleNa
     code = main(list(args))
     out, err = capsys.readouterr()
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+def assert_same_gradients(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Two runs' parameter gradients (``name: grad``): the same parameters, values within float32
+    noise."""
+    import torch
+
+    assert got.keys() == want.keys() and want
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name], grad, atol=1e-5, rtol=1e-4, msg=name)

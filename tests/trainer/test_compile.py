@@ -18,7 +18,14 @@ from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, Seq2SeqTrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from tests.trainer.finetune_helpers import REPO, losses, run_finetune, tiny_config, write_data
+from tests.trainer.finetune_helpers import (
+    REPO,
+    assert_same_gradients,
+    losses,
+    run_finetune,
+    tiny_config,
+    write_data,
+)
 from tests.trainer.test_packing import CONVERSATIONS, train_features
 from trainer.compile import (
     CompiledForward,
@@ -90,9 +97,7 @@ def test_compiled_layers_match_eager_and_compile_once_for_every_length(
     assert compile_stats()["frames"] == 1  # the eager run compiled nothing
     for (loss, grads), (eager_loss, eager_grads) in zip(compiled, eager, strict=True):
         assert loss == pytest.approx(eager_loss, rel=1e-5)
-        assert grads.keys() == eager_grads.keys() and grads
-        for name, grad in eager_grads.items():
-            torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        assert_same_gradients(grads, eager_grads)
 
 
 def test_compiled_training_follows_the_eager_loss_curve(
