@@ -316,6 +316,14 @@ METHODS: dict[str, dict[str, Any]] = {
         "training_args": {"train_sampling_strategy": "group_by_length"},
         "what": "batches of similar lengths (little padding) + chunked loss",
     },
+    "ptuning_compile": {
+        "source": "ptuning_v2.yaml",
+        "data": "adgen",
+        "batch": "fast",
+        "glmft": {"chunked_loss": True, "compile": True},
+        "training_args": {"train_sampling_strategy": "group_by_length"},
+        "what": "ptuning_fast + compiled decoder layers",
+    },
     "sft_zero3": {
         "source": "sft.yaml",
         "data": "adgen",

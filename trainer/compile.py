@@ -8,9 +8,10 @@ nothing a layer reads in training differs between layers. Shapes are dynamic fro
 (``dynamic=True``), so a packed batch whose length changes every step reuses the graph; so does
 the varlen attention of packed rows on a GPU (a torch custom op: no graph break). Gradient
 checkpointing wraps the compiled forward, as transformers wraps the eager one. Evaluation and
-generation (``model.eval()``, no grad) and any call with a KV cache run the eager forward.
-P-Tuning v2 (its prefix is a KV cache indexed by layer: one graph per layer) and DeepSpeed ZeRO-3
-(hooks on every submodule: graphs per module) are config errors.
+generation (``model.eval()``, no grad) run the eager forward. P-Tuning v2's prefix, a KV cache
+indexed by layer, reaches each compiled layer as that layer's slice (:class:`LayerPrefix`), so
+it shares the graph too. DeepSpeed ZeRO-3 (hooks on every submodule: graphs per module) is a
+config error.
 """
 
 from __future__ import annotations
@@ -68,12 +69,47 @@ class CompiledForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         layer = self.layer
-        training = layer.training and torch.is_grad_enabled()
-        if not training or kwargs.get("past_key_values") is not None:
+        if not (layer.training and torch.is_grad_enabled()):
             return self.eager(*args, **kwargs)
+        cache = kwargs.get("past_key_values")
+        if cache is not None:
+            prefix = LayerPrefix.of(cache, layer)
+            if prefix is None:  # a KV cache that is not a training prefix
+                return self.eager(*args, **kwargs)
+            kwargs = {**kwargs, "past_key_values": prefix}
         if getattr(layer, "gradient_checkpointing", False):
             return layer._gradient_checkpointing_func(partial(self.compiled, **kwargs), *args)
         return self.compiled(*args, **kwargs)
+
+
+class LayerPrefix:
+    """One layer's P-Tuning v2 prefix in place of the whole KV cache, for the compiled layer.
+
+    The cache's ``update(keys, values, layer_idx)`` indexes its layers by the attention's
+    ``layer_idx``, a constant dynamo specialises on: one graph per layer. This stand-in holds
+    the layer's prefix and ignores the index, so all layers share one graph. It returns the
+    prefix followed by the new keys and values, as the cache does, but does not grow: a training
+    forward never reads the cache back.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+
+    @classmethod
+    def of(cls, cache: Any, layer: torch.nn.Module) -> LayerPrefix | None:
+        index = getattr(getattr(layer, "self_attn", None), "layer_idx", None)
+        layers = getattr(cache, "layers", None)
+        if index is None or not isinstance(layers, list) or index >= len(layers):
+            return None
+        keys, values = getattr(layers[index], "keys", None), getattr(layers[index], "values", None)
+        if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)):
+            return None
+        return cls(keys, values)
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, *_layer_idx: Any, **_options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
 
 
 def compile_decoder_layers(model: Any) -> int:

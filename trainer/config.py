@@ -201,16 +201,6 @@ def _check_memory_budget(config: FinetuningConfig) -> list[ConfigIssue]:
 def _check_compile(config: FinetuningConfig) -> list[ConfigIssue]:
     if not config.compile:
         return []
-    peft_type = (config.peft_config or {}).get("peft_type")
-    if str(peft_type).upper() == "PREFIX_TUNING":
-        return [
-            ConfigIssue(
-                "compile",
-                "not with P-Tuning v2: its prefix reaches each layer through the KV cache, so "
-                "torch.compile would build one graph per layer (40 compiles for GLM-4-9B, and "
-                "past its recompile limit the rest run uncompiled); set compile: false",
-            )
-        ]
     if any(config.training_args.get(k) for k in _HF_COMPILE_ARGS):
         return [
             ConfigIssue(

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, Seq2SeqTrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -100,6 +100,41 @@ def test_compiled_layers_match_eager_and_compile_once_for_every_length(
         assert_same_gradients(grads, eager_grads)
 
 
+def test_p_tuning_prefix_shares_one_graph_and_matches_eager(
+    tiny_model_dir: Path, fresh_dynamo: None
+) -> None:
+    """The prefix reaches each layer through a KV cache indexed by layer; compiled, all layers
+    still share one graph, and the loss and the prefix encoder's gradient equal eager's."""
+
+    def train(compiled: bool) -> list[tuple[float, dict[str, torch.Tensor]]]:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        prefix = PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=8, num_attention_heads=2, token_dim=32
+        )
+        model = get_peft_model(base, prefix)
+        model.train()
+        if compiled:
+            compile_decoder_layers(model)
+        results = []
+        for step, length in enumerate((20, 27, 33)):
+            torch.manual_seed(step)
+            ids = torch.randint(10, 500, (2, length))
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results.append((loss.item(), grads))
+            model.zero_grad()
+        return results
+
+    compiled = train(True)
+    stats = compile_stats()
+    assert stats["frames"] == 1 and stats["graph_breaks"] == 0, stats
+    for (loss, grads), (eager_loss, eager_grads) in zip(compiled, train(False), strict=True):
+        assert loss == pytest.approx(eager_loss, rel=1e-5)
+        assert_same_gradients(grads, eager_grads)
+
+
 def test_compiled_training_follows_the_eager_loss_curve(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -167,8 +202,7 @@ def test_compiled_training_follows_the_eager_loss_curve(
 def test_compile_is_refused_where_it_cannot_serve() -> None:
     assert parse_config(tiny_config("lora", compile=True)).compile
     assert parse_config(tiny_config("sft", compile=True)).compile
-    with pytest.raises(ConfigError, match="compile: not with P-Tuning v2"):
-        parse_config(tiny_config("ptuning_v2", compile=True))
+    assert parse_config(tiny_config("ptuning_v2", compile=True)).compile
     for key, value in (("torch_compile", True), ("torch_compile_mode", "max-autotune")):
         with pytest.raises(ConfigError, match=r"compile: .*training_args\.torch_compile"):
             parse_config(tiny_config("lora", compile=True, training_args={key: value}))
