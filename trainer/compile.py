@@ -9,9 +9,9 @@ nothing a layer reads in training differs between layers. Shapes are dynamic fro
 the varlen attention of packed rows on a GPU (a torch custom op: no graph break). Gradient
 checkpointing wraps the compiled forward, as transformers wraps the eager one. Evaluation and
 generation (``model.eval()``, no grad) run the eager forward. P-Tuning v2's prefix, a KV cache
-indexed by layer, reaches each compiled layer as that layer's slice (:class:`LayerPrefix`), so
-it shares the graph too. DeepSpeed ZeRO-3 (hooks on every submodule: graphs per module) is a
-config error.
+indexed by layer, reaches each compiled layer as that layer's own slice
+(:class:`trainer.prefix.LayerPrefix`), so it shares the graph too. DeepSpeed ZeRO-3 (hooks on
+every submodule: graphs per module) is a config error.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import torch
 from transformers import TrainingArguments
 
 from trainer.config import COMPILE_WITH_ZERO3, ConfigError, ConfigIssue
+from trainer.modeling import base_model, decoder_layers
+from trainer.prefix import LayerPrefix
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +41,6 @@ def check_compile_supported(args: TrainingArguments) -> None:
     ds_config = getattr(args, "hf_deepspeed_config", None)
     if ds_config is not None and ds_config.is_zero3():
         raise ConfigError([ConfigIssue("compile", COMPILE_WITH_ZERO3)])
-
-
-def decoder_layers(model: Any) -> torch.nn.ModuleList:
-    """The decoder's layers, through DeepSpeed/DDP (``.module``) and PEFT wrappers."""
-    layers = getattr(_base_model(model).get_decoder(), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-        raise TypeError(f"{type(_base_model(model)).__name__} has no decoder layers to compile")
-    return layers
 
 
 class CompiledForward:
@@ -82,43 +76,13 @@ class CompiledForward:
         return self.compiled(*args, **kwargs)
 
 
-class LayerPrefix:
-    """One layer's P-Tuning v2 prefix in place of the whole KV cache, for the compiled layer.
-
-    The cache's ``update(keys, values, layer_idx)`` indexes its layers by the attention's
-    ``layer_idx``, a constant dynamo specialises on: one graph per layer. This stand-in holds
-    the layer's prefix and ignores the index, so all layers share one graph. It returns the
-    prefix followed by the new keys and values, as the cache does, but does not grow: a training
-    forward never reads the cache back.
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.keys, self.values = keys, values
-
-    @classmethod
-    def of(cls, cache: Any, layer: torch.nn.Module) -> LayerPrefix | None:
-        index = getattr(getattr(layer, "self_attn", None), "layer_idx", None)
-        layers = getattr(cache, "layers", None)
-        if index is None or not isinstance(layers, list) or index >= len(layers):
-            return None
-        keys, values = getattr(layers[index], "keys", None), getattr(layers[index], "values", None)
-        if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)):
-            return None
-        return cls(keys, values)
-
-    def update(
-        self, keys: torch.Tensor, values: torch.Tensor, *_layer_idx: Any, **_options: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
-
-
 def compile_decoder_layers(model: Any) -> int:
     """Compile ``model``'s decoder layers in place (on their first training call, so after the
     Trainer has turned on gradient checkpointing); returns how many."""
     layers = decoder_layers(model)
     # As for gradient checkpointing: the embedding's output requires grad, so the first layer
     # runs the same graph as the others (else it is a second compile of the whole layer).
-    base = _base_model(model)
+    base = base_model(model)
     if not getattr(base, "_require_grads_hooks", None):
         base.enable_input_require_grads()
     for layer in layers:
@@ -144,8 +108,3 @@ def compile_stats() -> dict[str, Any]:
         "graph_breaks": sum(counters["graph_break"].values()),
         "seconds": round(seconds, 1),
     }
-
-
-def _base_model(model: Any) -> Any:
-    core = getattr(model, "module", model)
-    return core.get_base_model() if hasattr(core, "get_base_model") else core

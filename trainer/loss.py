@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch.utils.checkpoint import checkpoint
 
 from trainer.memory import CHUNK_TOKENS
+from trainer.modeling import base_model
 from trainer.template import IGNORE_INDEX
 
 
@@ -77,10 +78,7 @@ def _chunks_on_every_rank(chunks: int, head: torch.nn.Module, device: torch.devi
 
 def _final_norm(model: Any) -> torch.nn.Module:
     """The decoder's final norm, through DeepSpeed/DDP (``.module``) and PEFT wrappers."""
-    core = getattr(model, "module", model)
-    if hasattr(core, "get_base_model"):
-        core = core.get_base_model()
-    norm: torch.nn.Module = core.get_decoder().norm
+    norm: torch.nn.Module = base_model(model).get_decoder().norm
     return norm
 
 

@@ -279,13 +279,18 @@ def plan_memory(
         weights = 0 if zero.offload_params else weights // world
     lora_dropout = peft is not None and float(peft.get("lora_dropout", 0) or 0) > 0
     per_layer = shape.layer_activation_bytes(lora_dropout=lora_dropout, dtype_bytes=dtype_bytes)
-    prefix = 0
+    prefix_plain = prefix_checkpointed = 0
     if peft is not None and str(peft.get("peft_type", "")).upper() == "PREFIX_TUNING":
-        virtual = int(peft.get("num_virtual_tokens", 0))
-        # the prefix keys/values, repeated to the query heads inside SDPA
-        prefix = rows * virtual * shape.layers * 2 * shape.heads * shape.head_dim * dtype_bytes
-    plain = tokens * shape.layers * per_layer + prefix
-    checkpointed = tokens * (shape.layers * shape.hidden * dtype_bytes + 2 * per_layer) + prefix
+        # one layer's prefix keys/values, repeated to the query heads inside SDPA; kept for
+        # every layer, or with checkpointing for the layer being recomputed, next to the
+        # prefix encoder's output (the KV heads of every layer)
+        layer_prefix = rows * int(peft.get("num_virtual_tokens", 0)) * 2 * shape.head_dim
+        prefix_plain = layer_prefix * shape.layers * shape.heads * dtype_bytes
+        prefix_checkpointed = layer_prefix * (shape.layers * shape.kv_heads + shape.heads)
+        prefix_checkpointed *= dtype_bytes
+    plain = tokens * shape.layers * per_layer + prefix_plain
+    checkpointed = tokens * (shape.layers * shape.hidden * dtype_bytes + 2 * per_layer)
+    checkpointed += prefix_checkpointed
     plan = MemoryPlan(
         budget_bytes=None if budget_gib is None else int(budget_gib * GIB),
         weights=weights,
@@ -308,17 +313,14 @@ def _fit(
 ) -> MemoryPlan:
     """Take the cheapest measures, in order, until the plan fits its budget: the frozen input
     embedding to host memory (adapters only; one small copy a step), gradient checkpointing
-    (about a third more compute; never for P-Tuning v2, which PEFT forbids with it), then
+    (about a third more compute; P-Tuning v2 too, its prefix served by ``trainer.prefix``), then
     smaller loss chunks (down to 128 tokens)."""
     budget = plan.budget_bytes
-    if budget is None:
-        return plan
-    prefix = peft is not None and str(peft.get("peft_type", "")).upper() == "PREFIX_TUNING"
-    if plan.estimate <= budget:
+    if budget is None or plan.estimate <= budget:
         return plan
     if peft is not None and not shape.tied and plan.embedding:
         plan = replace(plan, host_embeddings=True)
-    if plan.estimate > budget and not prefix:
+    if plan.estimate > budget:
         plan = replace(plan, gradient_checkpointing=True)
     chunk = plan.loss_chunk_tokens
     while chunked_loss and plan.estimate > budget and chunk > 128:

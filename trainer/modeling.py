@@ -12,6 +12,7 @@ from peft import PeftModel, get_peft_config, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from trainer.config import ConfigError, ConfigIssue, FinetuningConfig
+from trainer.prefix import serve_prefix_by_layer
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,20 @@ def check_prefix_shape(peft: dict[str, Any], model_config: Any) -> None:
         raise ConfigError(issues)
 
 
+def base_model(model: Any) -> Any:
+    """The transformers model inside DeepSpeed/DDP (``.module``) and PEFT wrappers."""
+    core = getattr(model, "module", model)
+    return core.get_base_model() if hasattr(core, "get_base_model") else core
+
+
+def decoder_layers(model: Any) -> torch.nn.ModuleList:
+    """The decoder's layers, through DeepSpeed/DDP (``.module``) and PEFT wrappers."""
+    layers = getattr(base_model(model).get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise TypeError(f"{type(base_model(model)).__name__} has no decoder layers")
+    return layers
+
+
 def attach_method(
     model: PreTrainedModel, config: FinetuningConfig, *, gradient_checkpointing: bool = False
 ) -> PreTrainedModel:
@@ -157,6 +172,8 @@ def attach_method(
         check_prefix_shape(peft, model.config)
     peft.setdefault("task_type", "CAUSAL_LM")
     wrapped = get_peft_model(model, get_peft_config(peft))
+    if peft["peft_type"] == "PREFIX_TUNING":  # safe under checkpointing and torch.compile
+        serve_prefix_by_layer(decoder_layers(wrapped))
     if gradient_checkpointing:  # checkpointed layers need an input that requires grad
         model.enable_input_require_grads()
     trainable, total = wrapped.get_nb_trainable_parameters()
