@@ -282,6 +282,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="lora_lean's memory_budget_gib (18.6 GiB = 20 GB)",
     )
     p.add_argument(
+        "--ptuning-budget-gib",
+        type=float,
+        default=20.49,
+        help="ptuning_lean's memory_budget_gib (20.49 GiB = 22 GB)",
+    )
+    p.add_argument(
         "--sft-batch",
         type=int,
         default=192,

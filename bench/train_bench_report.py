@@ -366,6 +366,13 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             True,
             "ratio",
         ),
+        (
+            "P-Tuning v2 peak at the demo settings (22 GB)",
+            metric("ptuning_lean", "peak_allocated_gib"),
+            round(22 * GIB_PER_GB, 2),
+            False,
+            "GiB",
+        ),
     ]
     rows += [
         (f"{m} MFU (target is for 4 GPUs)", percent(metric(m, "mfu")), 40, True, "%")

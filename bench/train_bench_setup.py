@@ -316,6 +316,12 @@ METHODS: dict[str, dict[str, Any]] = {
         "training_args": {"train_sampling_strategy": "group_by_length"},
         "what": "batches of similar lengths (little padding) + chunked loss",
     },
+    "ptuning_lean": {
+        "source": "ptuning_v2.yaml",
+        "data": "adgen",
+        "glmft": {"chunked_loss": True, "memory_budget_gib": "ptuning"},
+        "what": "upstream ptuning_v2.yaml (batch 4) + chunked loss + memory_budget_gib (22 GB)",
+    },
     "ptuning_compile": {
         "source": "ptuning_v2.yaml",
         "data": "adgen",
@@ -393,6 +399,8 @@ def method_config(
             value = args.lean_budget_gib
         elif value == "sft":
             value = args.sft_budget_gib
+        elif value == "ptuning":
+            value = args.ptuning_budget_gib
         config[key] = value
     if (config.get("peft_config") or {}).get("peft_type") == "PREFIX_TUNING":
         peft = config["peft_config"]
