@@ -23,13 +23,12 @@ import torch
 
 
 class LayerPrefix:
-    """One layer's P-Tuning v2 prefix in place of the whole KV cache, for the compiled layer.
+    """One layer's P-Tuning v2 prefix in place of the whole KV cache, in training.
 
-    The cache's ``update(keys, values, layer_idx)`` indexes its layers by the attention's
-    ``layer_idx``, a constant dynamo specialises on: one graph per layer. This stand-in holds
-    the layer's prefix and ignores the index, so all layers share one graph. It returns the
-    prefix followed by the new keys and values, as the cache does, but does not grow: a training
-    forward never reads the cache back.
+    ``update`` returns the prefix followed by the new keys and values, as the cache does, but
+    does not grow (a training forward never reads the cache back), so a checkpointed layer may
+    run it again; and it ignores the layer index the cache is indexed by, so compiled layers
+    share one graph.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
