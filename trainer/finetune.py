@@ -62,6 +62,7 @@ from trainer.modeling import (
     keep_embeddings_on_host,
     load_model,
     load_tokenizer,
+    parameter_counts,
 )
 from trainer.template import IGNORE_INDEX, SpecialTokens
 
@@ -195,15 +196,23 @@ def build_training_args(
     generation: GenerationConfig,
     *,
     gradient_checkpointing: bool | None = None,
+    checkpoint_every: int = 1,
     micro_batches: int = 1,
 ) -> Seq2SeqTrainingArguments:
     """HF's arguments from the config's ``training_args`` and glmft's fixed choices; the memory
-    plan's ``gradient_checkpointing`` replaces the config's own, and its ``micro_batches`` split
-    each batch into as many gradient-accumulation steps."""
+    plan's ``gradient_checkpointing`` (of every ``checkpoint_every``-th layer) replaces the
+    config's own, and its ``micro_batches`` split each batch into gradient-accumulation steps."""
     values = config.hf_training_args()
     if gradient_checkpointing is not None:
         values.pop("gradient_checkpointing", None)  # deprecated alias of activation_checkpointing
         values["activation_checkpointing"] = gradient_checkpointing
+        if checkpoint_every > 1:
+            options = values.pop("gradient_checkpointing_kwargs", None) or {}
+            options = {**options, **(values.get("activation_checkpointing_kwargs") or {})}
+            values["activation_checkpointing_kwargs"] = {
+                **options,
+                "every_n_layers": checkpoint_every,
+            }
     if micro_batches > 1:
         values["per_device_train_batch_size"] = config.batch_size // micro_batches
         values["gradient_accumulation_steps"] = config.accumulation_steps * micro_batches
@@ -364,6 +373,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         has_eval,
         generation,
         gradient_checkpointing=memory.gradient_checkpointing,
+        checkpoint_every=memory.checkpoint_every,
         micro_batches=memory.micro_batches,
     )
     if config.compile:
@@ -399,7 +409,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         callbacks=[EventCallback(events, checkpoint_metadata(run_args, config, files))]
         + ([CompileReport(events, compiled)] if compiled else []),
     )
-    trainable, total = _parameter_counts(model)
+    trainable, total = parameter_counts(model)
     events.emit(
         "started",
         method=config.method,
@@ -431,18 +441,6 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
             split="test",
             metrics=strip_prefix(result.metrics or {}, "test_"),
         )
-
-
-def _parameter_counts(model: Any) -> tuple[int, int]:
-    if hasattr(model, "get_nb_trainable_parameters"):
-        trainable, total = model.get_nb_trainable_parameters()
-        return int(trainable), int(total)
-
-    def numel(p: Any) -> int:  # ZeRO-3 partitions parameters: ds_numel is the full size
-        return int(getattr(p, "ds_numel", 0) or p.numel())
-
-    total = sum(numel(p) for p in model.parameters())
-    return sum(numel(p) for p in model.parameters() if p.requires_grad), total
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,30 +135,46 @@ class MemoryPlan:
     weights: int
     embedding: int  # the input embedding's share of ``weights``
     training_state: int
-    activations_plain: int
-    activations_checkpointed: int
+    layers: int
+    # activations saved for the backward pass: by a decoder layer that keeps its own, by a
+    # checkpointed one (its input), for the recomputation of one layer, and once a step
+    layer_plain: int
+    layer_checkpointed: int
+    recompute: int
+    fixed: int
     loss_bytes_per_token: int
     loss_tokens: int  # tokens whose logits exist at once
     tokens_per_step: int
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 1  # with checkpointing: layers 0, n, 2n, ... (transformers' rule)
     host_embeddings: bool = False
     loss_chunk_tokens: int = CHUNK_TOKENS
     micro_batches: int = 1  # the batch runs as this many accumulation steps
 
+    @property
+    def checkpointed_layers(self) -> int:
+        if not self.gradient_checkpointing:
+            return 0
+        return -(-self.layers // self.checkpoint_every)
+
+    def activations(self, checkpointed_layers: int) -> int:
+        plain = (self.layers - checkpointed_layers) * self.layer_plain
+        checkpointed = checkpointed_layers * self.layer_checkpointed
+        return plain + checkpointed + (self.recompute if checkpointed_layers else 0) + self.fixed
+
     def total(
-        self, *, checkpointed: bool, host_embeddings: bool, loss_tokens: int | None = None
+        self, *, checkpointed_layers: int, host_embeddings: bool, loss_tokens: int | None = None
     ) -> int:
-        activations = self.activations_checkpointed if checkpointed else self.activations_plain
         weights = self.weights - (self.embedding if host_embeddings else 0)
         loss = (
             self.loss_tokens if loss_tokens is None else loss_tokens
         ) * self.loss_bytes_per_token
-        return weights + self.training_state + activations + loss
+        return weights + self.training_state + self.activations(checkpointed_layers) + loss
 
     @property
     def estimate(self) -> int:
         return self.total(
-            checkpointed=self.gradient_checkpointing, host_embeddings=self.host_embeddings
+            checkpointed_layers=self.checkpointed_layers, host_embeddings=self.host_embeddings
         )
 
     @property
@@ -173,13 +189,15 @@ class MemoryPlan:
 
         return {
             "gradient_checkpointing": self.gradient_checkpointing,
+            "checkpointed_layers": self.checkpointed_layers,
+            "checkpoint_every": self.checkpoint_every,
             "host_embeddings": self.host_embeddings,
             "loss_chunk_tokens": self.loss_chunk_tokens,
             "micro_batches": self.micro_batches,
             "estimate_gib": gib(self.estimate),
             "budget_gib": None if self.budget_bytes is None else gib(self.budget_bytes),
             "over_budget": self.over_budget,
-            "without_measures_gib": gib(self.total(checkpointed=False, host_embeddings=False)),
+            "without_measures_gib": gib(self.total(checkpointed_layers=0, host_embeddings=False)),
             "weights_gib": gib(self.weights),
             "training_state_gib": gib(self.training_state),
             "loss_gib": gib(self.loss_tokens * self.loss_bytes_per_token),
@@ -279,25 +297,23 @@ def plan_memory(
         weights = 0 if zero.offload_params else weights // world
     lora_dropout = peft is not None and float(peft.get("lora_dropout", 0) or 0) > 0
     per_layer = shape.layer_activation_bytes(lora_dropout=lora_dropout, dtype_bytes=dtype_bytes)
-    prefix_plain = prefix_checkpointed = 0
+    layer_prefix = prefix_output = 0
     if peft is not None and str(peft.get("peft_type", "")).upper() == "PREFIX_TUNING":
-        # one layer's prefix keys/values, repeated to the query heads inside SDPA; kept for
-        # every layer, or with checkpointing for the layer being recomputed, next to the
-        # prefix encoder's output (the KV heads of every layer)
-        layer_prefix = rows * int(peft.get("num_virtual_tokens", 0)) * 2 * shape.head_dim
-        prefix_plain = layer_prefix * shape.layers * shape.heads * dtype_bytes
-        prefix_checkpointed = layer_prefix * (shape.layers * shape.kv_heads + shape.heads)
-        prefix_checkpointed *= dtype_bytes
-    plain = tokens * shape.layers * per_layer + prefix_plain
-    checkpointed = tokens * (shape.layers * shape.hidden * dtype_bytes + 2 * per_layer)
-    checkpointed += prefix_checkpointed
+        # a layer's prefix keys/values repeated to the query heads inside SDPA (kept by a layer
+        # that is not checkpointed), and the prefix encoder's output (every layer's KV heads)
+        per_head = rows * int(peft.get("num_virtual_tokens", 0)) * 2 * shape.head_dim
+        layer_prefix = per_head * shape.heads * dtype_bytes
+        prefix_output = per_head * shape.layers * shape.kv_heads * dtype_bytes
     plan = MemoryPlan(
         budget_bytes=None if budget_gib is None else int(budget_gib * GIB),
         weights=weights,
         embedding=shape.vocab * shape.hidden * dtype_bytes if zero.stage < 3 else 0,
         training_state=state,
-        activations_plain=plain,
-        activations_checkpointed=checkpointed,
+        layers=shape.layers,
+        layer_plain=tokens * per_layer + layer_prefix,
+        layer_checkpointed=tokens * shape.hidden * dtype_bytes,
+        recompute=2 * tokens * per_layer + layer_prefix,
+        fixed=prefix_output,
         loss_bytes_per_token=shape.vocab * _LOSS_BYTES,
         loss_tokens=min(tokens, CHUNK_TOKENS) if chunked_loss else tokens,
         tokens_per_step=tokens,
@@ -312,16 +328,19 @@ def _fit(
     plan: MemoryPlan, peft: dict[str, Any] | None, shape: ModelShape, *, chunked_loss: bool
 ) -> MemoryPlan:
     """Take the cheapest measures, in order, until the plan fits its budget: the frozen input
-    embedding to host memory (adapters only; one small copy a step), gradient checkpointing
-    (about a third more compute; P-Tuning v2 too, its prefix served by ``trainer.prefix``), then
-    smaller loss chunks (down to 128 tokens)."""
+    embedding to host memory (adapters only; one small copy a step), gradient checkpointing of
+    as few layers as fit (each recomputes its forward pass: up to a third more compute; P-Tuning
+    v2 too, its prefix served by ``trainer.prefix``), then smaller loss chunks (down to 128)."""
     budget = plan.budget_bytes
     if budget is None or plan.estimate <= budget:
         return plan
     if peft is not None and not shape.tied and plan.embedding:
         plan = replace(plan, host_embeddings=True)
-    if plan.estimate > budget:
-        plan = replace(plan, gradient_checkpointing=True)
+    if plan.estimate > budget:  # as few checkpointed layers as fit: every n-th, n largest first
+        for every in range(plan.layers, 0, -1):
+            plan = replace(plan, gradient_checkpointing=True, checkpoint_every=every)
+            if plan.estimate <= budget:
+                break
     chunk = plan.loss_chunk_tokens
     while chunked_loss and plan.estimate > budget and chunk > 128:
         chunk //= 2

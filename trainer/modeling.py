@@ -188,3 +188,16 @@ def attach_method(
 
 def load_adapter(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
     return PeftModel.from_pretrained(base, adapter_dir)
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """``(trainable, total)`` parameters, the full sizes under ZeRO-3's partitioning."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+
+    def numel(p: Any) -> int:  # ZeRO-3 partitions parameters: ds_numel is the full size
+        return int(getattr(p, "ds_numel", 0) or p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    return sum(numel(p) for p in model.parameters() if p.requires_grad), total

@@ -15,9 +15,12 @@ from tests.trainer.finetune_helpers import losses, run_finetune, tiny_config, wr
 from tests.trainer.test_packing import CONVERSATIONS
 from trainer.checkpoints import Resume
 from trainer.config import ConfigError, parse_config
-from trainer.finetune import RunArgs, build_training_args
-from trainer.memory import GIB, largest_step_tokens, plan_memory
-from trainer.modeling import HostEmbedding, keep_embeddings_on_host
+from trainer.data import split_files
+from trainer.finetune import RunArgs, build_datasets, build_training_args
+from trainer.memory import GIB, largest_step_tokens, plan_for_config, plan_memory
+from trainer.modeling import HostEmbedding, check_model_dir, keep_embeddings_on_host
+from trainer.template import SpecialTokens
+from trainer.tiny import build_tiny_model
 
 GLM4_9B = GlmConfig().to_dict()  # transformers' defaults are glm-4-9b-chat's shape
 LORA = {
@@ -223,3 +226,100 @@ def test_p_tuning_split_into_micro_batches_follows_the_whole_batch_loss(
     assert len(reference) == 4 and curve.keys() == reference.keys()
     for step, loss in reference.items():
         assert curve[step] == pytest.approx(loss, rel=3e-3), (step, curve, reference)
+
+
+def test_checkpointing_takes_as_few_layers_as_fit() -> None:
+    """Between the plain and the fully checkpointed peak, every n-th layer is checkpointed
+    (transformers' ``every_n_layers``), n as large as fits: less recomputation."""
+    fast: dict[str, Any] = {"lengths": [155] * 32, "batch_size": 32, "packing": True}
+    fast["chunked_loss"] = True
+    plain = plan(**fast)
+    full = plan(**fast, gradient_checkpointing=True)
+    assert full.checkpointed_layers == 40 and plain.checkpointed_layers == 0
+    costs = [plain.total(checkpointed_layers=k, host_embeddings=True) for k in range(41)]
+    # each checkpointed layer saves memory, once one layer's recomputation is paid for
+    assert costs[1:] == sorted(costs[1:], reverse=True) and costs[1] > costs[0]
+    # room for half the layers' activations: every 2nd layer is checkpointed, not all 40
+    p = plan(**fast, budget_gib=costs[20] / GIB)
+    assert p.host_embeddings and p.gradient_checkpointing and not p.over_budget
+    assert (p.checkpoint_every, p.checkpointed_layers) == (2, 20)
+    assert p.as_event()["checkpointed_layers"] == 20
+    # a little less room: the next option, every layer
+    p = plan(**fast, budget_gib=(costs[20] - 1) / GIB)
+    assert (p.checkpoint_every, p.checkpointed_layers) == (1, 40)
+
+
+def test_partial_checkpointing_reaches_hf_arguments(tmp_path: Path) -> None:
+    config = parse_config(tiny_config("lora"))
+    run = RunArgs(tmp_path, tmp_path, tmp_path / "c.yaml", Resume.parse("no"), tmp_path, None)
+    args = build_training_args(
+        config,
+        run,
+        tmp_path,
+        False,
+        GenerationConfig(),
+        gradient_checkpointing=True,
+        checkpoint_every=4,
+    )
+    assert args.activation_checkpointing
+    assert args.activation_checkpointing_kwargs == {"every_n_layers": 4}
+    whole = build_training_args(
+        config, run, tmp_path, False, GenerationConfig(), gradient_checkpointing=True
+    )
+    assert not (whole.activation_checkpointing_kwargs or {}).get("every_n_layers")
+
+
+def test_a_budget_for_half_the_layers_checkpoints_half_and_trains_the_same(
+    tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    """The trainer with a budget that leaves room for half of an 8-layer model's activations:
+    the plan checkpoints every 2nd layer, and the loss curve is the plain one."""
+    tiny_model_dir = build_tiny_model(tmp_path / "model", layers=8)
+    data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
+    options: dict[str, Any] = {
+        "packing": True,
+        "chunked_loss": True,
+        "training_args": {
+            "max_steps": 4,
+            "logging_steps": 1,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "per_device_train_batch_size": 4,
+        },
+    }
+    config = tiny_config("lora", **options)
+    config["data_config"] = {**config["data_config"], "val_file": None}
+    # the plan the trainer will make, from the same features
+    parsed = parse_config(config)
+    special = SpecialTokens.from_tokenizer(tiny_tokenizer)
+    features, _ = build_datasets(
+        tiny_tokenizer,
+        special,
+        parsed,
+        split_files(data, parsed.data_config),
+        with_eval=False,
+        generate=False,
+    )
+    lengths = [len(f["input_ids"]) for f in features.features]
+    model_config = check_model_dir(tiny_model_dir)
+    full = plan_for_config(
+        parsed, model_config, lengths, config_path=None, dtype_bytes=4, world_size=1
+    )
+    half = full.total(checkpointed_layers=4, host_embeddings=True)
+    assert half < full.total(checkpointed_layers=0, host_embeddings=True)
+
+    def train(budget: float | None) -> list[dict[str, Any]]:
+        run_config = {**config, "memory_budget_gib": budget}
+        proc, events = run_finetune(data, tiny_model_dir, run_config, tmp_path / f"out-{budget}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return events
+
+    with ThreadPoolExecutor(2) as pool:
+        plain, partial = pool.map(train, [None, half / GIB])
+    memory = next(e for e in partial if e["event"] == "started")["memory"]
+    assert memory["checkpointed_layers"] == 4 and memory["checkpoint_every"] == 2, memory
+    assert not memory["over_budget"]
+    reference, curve = losses(plain), losses(partial)
+    assert len(reference) == 4 and curve.keys() == reference.keys()
+    for step, loss in reference.items():
+        assert curve[step] == pytest.approx(loss, rel=1e-3), (step, curve, reference)
