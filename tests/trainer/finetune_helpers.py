@@ -124,3 +124,20 @@ def assert_same_gradients(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got.keys() == want.keys() and want
     for name, grad in want.items():
         torch.testing.assert_close(got[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def steps_on_random_ids(model: Any, lengths: tuple[int, ...]) -> list[tuple[float, dict[str, Any]]]:
+    """Forward and backward on two rows of random ids of each length (seeded per step):
+    ``(loss, name: gradient)`` of each step."""
+    import torch
+
+    results = []
+    for step, length in enumerate(lengths):
+        torch.manual_seed(step)
+        ids = torch.randint(10, 500, (2, length))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads))
+        model.zero_grad()
+    return results

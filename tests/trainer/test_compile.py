@@ -23,6 +23,7 @@ from tests.trainer.finetune_helpers import (
     assert_same_gradients,
     losses,
     run_finetune,
+    steps_on_random_ids,
     tiny_config,
     write_data,
 )
@@ -116,16 +117,7 @@ def test_p_tuning_prefix_shares_one_graph_and_matches_eager(
         model.train()
         if compiled:
             compile_decoder_layers(model)
-        results = []
-        for step, length in enumerate((20, 27, 33)):
-            torch.manual_seed(step)
-            ids = torch.randint(10, 500, (2, length))
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-            results.append((loss.item(), grads))
-            model.zero_grad()
-        return results
+        return steps_on_random_ids(model, (20, 27, 33))
 
     compiled = train(True)
     stats = compile_stats()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.trainer.finetune_helpers import assert_same_gradients, tiny_config
+from tests.trainer.finetune_helpers import assert_same_gradients, steps_on_random_ids, tiny_config
 from trainer.config import parse_config
 from trainer.modeling import attach_method, decoder_layers
 from trainer.prefix import PrefixByLayer
@@ -24,16 +24,7 @@ def train(model_dir: Path, *, checkpointing: bool) -> list[tuple[float, dict[str
         model.gradient_checkpointing_enable({"use_reentrant": False})
         base.enable_input_require_grads()
     model.train()
-    results = []
-    for step, length in enumerate((12, 19)):
-        torch.manual_seed(step)
-        ids = torch.randint(10, 500, (2, length))
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((loss.item(), grads))
-        model.zero_grad()
-    return results
+    return steps_on_random_ids(model, (12, 19))
 
 
 def test_checkpointed_p_tuning_trains_as_without(tiny_model_dir: Path) -> None:
