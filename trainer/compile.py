@@ -9,9 +9,9 @@ nothing a layer reads in training differs between layers. Shapes are dynamic fro
 the varlen attention of packed rows on a GPU (a torch custom op: no graph break). Gradient
 checkpointing wraps the compiled forward, as transformers wraps the eager one. Evaluation and
 generation (``model.eval()``, no grad) run the eager forward. P-Tuning v2's prefix, a KV cache
-indexed by layer, reaches each compiled layer as that layer's own slice
-(:class:`trainer.prefix.LayerPrefix`), so it shares the graph too. DeepSpeed ZeRO-3 (hooks on
-every submodule: graphs per module) is a config error.
+indexed by layer, reaches each compiled layer as that layer's own slice, handed over outside the
+graph (:mod:`trainer.prefix`), so it shares the graph too. DeepSpeed ZeRO-3 (hooks on every
+submodule: graphs per module) is a config error.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from transformers import TrainingArguments
 
 from trainer.config import COMPILE_WITH_ZERO3, ConfigError, ConfigIssue
 from trainer.modeling import base_model, decoder_layers
-from trainer.prefix import LayerPrefix
+from trainer.prefix import LayerPrefix, PrefixByLayer
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +57,17 @@ class CompiledForward:
 
     def __init__(self, layer: torch.nn.Module) -> None:
         self.layer = layer
-        self.eager = layer.forward
+        self.eager = types.MethodType(type(layer).forward, layer)  # with transformers' wrapper
         inner = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
         self.compiled = torch.compile(types.MethodType(inner, layer), dynamic=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         layer = self.layer
-        if not (layer.training and torch.is_grad_enabled()):
-            return self.eager(*args, **kwargs)
         cache = kwargs.get("past_key_values")
-        if cache is not None:
-            prefix = LayerPrefix.of(cache, layer)
-            if prefix is None:  # a KV cache that is not a training prefix
-                return self.eager(*args, **kwargs)
-            kwargs = {**kwargs, "past_key_values": prefix}
+        # a real KV cache (P-Tuning v2's prefix arrives as a LayerPrefix: trainer.prefix)
+        kv_cache = cache is not None and not isinstance(cache, LayerPrefix)
+        if kv_cache or not (layer.training and torch.is_grad_enabled()):
+            return self.eager(*args, **kwargs)
         if getattr(layer, "gradient_checkpointing", False):
             return layer._gradient_checkpointing_func(partial(self.compiled, **kwargs), *args)
         return self.compiled(*args, **kwargs)
@@ -86,8 +83,10 @@ def compile_decoder_layers(model: Any) -> int:
     if not getattr(base, "_require_grads_hooks", None):
         base.enable_input_require_grads()
     for layer in layers:
-        if not isinstance(layer.forward, CompiledForward):
-            layer.forward = CompiledForward(layer)
+        # P-Tuning v2: inside trainer.prefix's PrefixByLayer, which hands the layer its prefix
+        holder = layer.forward if isinstance(layer.forward, PrefixByLayer) else layer
+        if not isinstance(holder.forward, CompiledForward):
+            holder.forward = CompiledForward(layer)
     logger.info("compiling %d decoder layers with torch.compile (dynamic shapes)", len(layers))
     return len(layers)
 

@@ -39,7 +39,7 @@ def chunked_causal_lm_loss(
     captured: list[torch.Tensor] = []
     # The final norm's output, captured by a hook rather than through output_hidden_states:
     # accelerate's mixed precision converts every output of the wrapped forward to float32.
-    norm = _final_norm(model)
+    norm = base_model(model).get_decoder().norm
     handle = norm.register_forward_hook(lambda _module, _args, out: captured.append(out))
     try:
         model(**forward_inputs, logits_to_keep=1, use_cache=False)
@@ -74,12 +74,6 @@ def _chunks_on_every_rank(chunks: int, head: torch.nn.Module, device: torch.devi
     most = torch.tensor(chunks, device=device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return int(most.item())
-
-
-def _final_norm(model: Any) -> torch.nn.Module:
-    """The decoder's final norm, through DeepSpeed/DDP (``.module``) and PEFT wrappers."""
-    norm: torch.nn.Module = base_model(model).get_decoder().norm
-    return norm
 
 
 def _cross_entropy_sum(head: Any, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

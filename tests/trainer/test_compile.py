@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
-from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, Seq2SeqTrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -36,6 +36,7 @@ from trainer.compile import (
 )
 from trainer.config import ConfigError, parse_config
 from trainer.data import PackingCollator
+from trainer.modeling import attach_method
 from trainer.template import SpecialTokens
 
 STEPS = 8
@@ -110,10 +111,7 @@ def test_p_tuning_prefix_shares_one_graph_and_matches_eager(
     def train(compiled: bool) -> list[tuple[float, dict[str, torch.Tensor]]]:
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        prefix = PrefixTuningConfig(
-            task_type="CAUSAL_LM", num_virtual_tokens=8, num_attention_heads=2, token_dim=32
-        )
-        model = get_peft_model(base, prefix)
+        model = attach_method(base, parse_config(tiny_config("ptuning_v2")))
         model.train()
         if compiled:
             compile_decoder_layers(model)
