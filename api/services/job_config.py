@@ -64,6 +64,13 @@ def _preset(name: str) -> Any:
     return load_yaml(presets()[name].read_text(encoding="utf-8"), f"preset {name}")
 
 
+@cache
+def _zero_stage(deepspeed: str) -> int:
+    """The ZeRO stage of a shipped DeepSpeed config (read once: they ship)."""
+    ds = json.loads((CONFIGS_DIR / posixpath.basename(deepspeed)).read_text(encoding="utf-8"))
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
 def _load_base(config: str | None, method: str) -> dict[str, Any]:
     name = config.strip() if config is not None else method
     known = presets()
@@ -215,10 +222,8 @@ def resolve_config(
             )
         )
     deepspeed = parsed.training_args.get("deepspeed")
-    if parsed.compile and deepspeed in SHIPPED_DEEPSPEED:
-        ds = json.loads((CONFIGS_DIR / posixpath.basename(str(deepspeed))).read_text())
-        if ds.get("zero_optimization", {}).get("stage") == 3:
-            issues.append(ConfigIssue("compile", COMPILE_WITH_ZERO3))
+    if parsed.compile and deepspeed in SHIPPED_DEEPSPEED and _zero_stage(deepspeed) == 3:
+        issues.append(ConfigIssue("compile", COMPILE_WITH_ZERO3))
     if issues:
         raise _refuse(issues, overrides)
     max_steps = parsed.training_args.get("max_steps")
