@@ -142,7 +142,7 @@ def run_method(
     env = dict(os.environ)
     if args.no_cudnn_sdp:
         env["GLMFT_BENCH_DISABLE_CUDNN_SDP"] = "1"
-    if args.profile_step and world == 1 and method in args.profile:
+    if args.profile_step and method in args.profile:
         env["GLMFT_BENCH_PROFILE_STEP"] = str(args.profile_step)
     if method not in SFT_METHODS and args.gpu_count > 1 and "CUDA_VISIBLE_DEVICES" not in env:
         # a plain `python -m trainer.finetune` on a multi-GPU host gets HF Trainer's
@@ -302,7 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         default="lora_fast,lora_lean,chat_fast,ptuning_fast",
-        help="single-GPU methods to profile for two steps (torch.profiler)",
+        help="methods to profile for two steps (torch.profiler; rank 0 of multi-GPU ones)",
     )
     p.add_argument(
         "--profile-step", type=int, default=20, help="first profiled step (0: no profiling)"

@@ -8,10 +8,10 @@ The result equals transformers' ``ForCausalLMLoss`` (the sum of token cross-entr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch.utils.checkpoint import checkpoint
 
@@ -31,8 +31,8 @@ def chunked_causal_lm_loss(
     The model runs with ``logits_to_keep=1`` (one position of logits) and its final hidden
     states are taken from the decoder's last norm; the output head then runs on the target
     positions only, ``chunk_tokens`` at a time under activation checkpointing. Works through
-    PEFT wrappers (LoRA, P-Tuning v2) and on a ZeRO-3 partitioned head (it is called as a
-    module, so its parameters are gathered).
+    PEFT wrappers (LoRA, P-Tuning v2) and on a ZeRO-3 partitioned head: the head module is
+    called once for all chunks, so its weight is gathered once a step, not once a chunk.
     """
     labels = inputs["labels"]
     forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
@@ -51,30 +51,66 @@ def chunked_causal_lm_loss(
     states = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     keep = targets != IGNORE_INDEX
     states, targets = states[keep], targets[keep]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    chunks = _chunks_on_every_rank(-(-targets.numel() // chunk_tokens), head, hidden.device)
-    for start in range(0, chunks * chunk_tokens, chunk_tokens):
-        piece = slice(start, start + chunk_tokens)  # empty past this rank's targets
-        total = total + checkpoint(
-            _cross_entropy_sum, head, states[piece], targets[piece], use_reentrant=False
-        )
+    total = _head_cross_entropy_sum(head, states, targets, chunk_tokens)
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     if isinstance(count, torch.Tensor):
         count = count.to(total.device)
     return total / count
 
 
-def _chunks_on_every_rank(chunks: int, head: torch.nn.Module, device: torch.device) -> int:
-    """The most chunks any rank has. Under ZeRO-3 every call of the partitioned head gathers its
-    weight, a collective: ranks with fewer target tokens run empty chunks so that all ranks call
-    it equally often (else their collectives mismatch and the run aborts)."""
-    partitioned = any(hasattr(p, "ds_id") for p in head.parameters())
-    if not (partitioned and dist.is_available() and dist.is_initialized()):
-        return chunks
-    most = torch.tensor(chunks, device=device)
-    dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    return int(most.item())
+def _head_cross_entropy_sum(
+    head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """The summed cross-entropy of ``head(states)`` against ``targets``, chunk by chunk.
+
+    A plain linear head runs every chunk inside one call of the head module. Module calls are
+    where DeepSpeed ZeRO-3 gathers a partitioned weight (and, in the backward pass, gathers it
+    again and reduce-scatters its gradient): one call per chunk cost three transfers of the
+    1.2 GB head per chunk, which made them most of a ZeRO-3 step. One call is also the same
+    number of collectives on every rank, whatever each rank's count of target tokens. Other
+    heads (a PEFT-wrapped one) are called once per chunk.
+    """
+
+    def chunks(
+        linear: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor
+    ) -> torch.Tensor:
+        total = states.new_zeros((), dtype=torch.float32)
+        # at least one chunk, empty when there are no targets, so the sum depends on the weight
+        for start in range(0, max(targets.numel(), 1), chunk_tokens):
+            piece = slice(start, start + chunk_tokens)
+            total = total + checkpoint(
+                _cross_entropy_sum, linear, states[piece], targets[piece], use_reentrant=False
+            )
+        return total
+
+    if type(head) is not torch.nn.Linear:
+        return chunks(head, states)
+    weight, bias = head.weight, head.bias
+    # the states the hooks hand to the forward (ZeRO-3 wraps them to release the weight after
+    # their gradient), not the ones passed in
+    return _call_as(
+        head, lambda hooked: chunks(lambda x: F.linear(x, weight, bias), hooked), states
+    )
 
 
-def _cross_entropy_sum(head: Any, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(states).float(), targets, reduction="sum")
+def _call_as(
+    module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """``forward(x)`` run as ``module(x)``: through the module's hooks (ZeRO-3's gather and
+    release), with ``forward`` in place of the module's own for this one call."""
+    own = module.__dict__.get("forward")  # accelerate may have set an instance forward
+    module.forward = forward
+    try:
+        result: torch.Tensor = module(x)
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+    return result
+
+
+def _cross_entropy_sum(
+    linear: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    return F.cross_entropy(linear(states).float(), targets, reduction="sum")

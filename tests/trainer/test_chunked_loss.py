@@ -74,3 +74,26 @@ def test_chunked_loss_under_mixed_precision_output_conversion(
         for p in model.parameters()
         if p.requires_grad
     )
+
+
+def test_chunked_loss_calls_the_head_module_once_for_all_chunks(
+    tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    """Each call of the output head module is, under ZeRO-3, a gather of the 1.2 GB head (and in
+    the backward pass another gather and a reduce-scatter): the chunks, and their recomputation
+    in the backward pass, must share one call, and the head's own forward must come back."""
+    special = SpecialTokens.from_tokenizer(tiny_tokenizer)
+    batch = PackingCollator(special.endoftext)(train_features(tiny_tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.train()
+    head = model.get_output_embeddings()
+    calls: list[int] = []
+    head.register_forward_pre_hook(lambda _module, args: calls.append(args[0].shape[0]))
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert targets > 3 * 7  # several chunks of 7
+    loss = chunked_causal_lm_loss(model, dict(batch), chunk_tokens=7)
+    loss.backward()
+    # the model's own one-position logits, then one call with every target position
+    assert calls == [batch["input_ids"].shape[0], targets]
+    assert "forward" not in head.__dict__
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
