@@ -344,6 +344,19 @@ METHODS: dict[str, dict[str, Any]] = {
         "glmft": {"packing": True, "chunked_loss": True, "memory_budget_gib": "sft"},
         "what": "packing + chunked loss under ZeRO-3, ~30k tokens a step, checkpointing by budget",
     },
+    "sft_zero3_compile": {
+        "source": "sft.yaml",
+        "data": "adgen",
+        "zero3": "ds_zero_3.json",
+        "batch": "sft",
+        "glmft": {
+            "packing": True,
+            "chunked_loss": True,
+            "memory_budget_gib": "sft",
+            "compile": True,
+        },
+        "what": "sft_zero3_fast + compiled RMSNorm, SwiGLU and RoPE (ZeRO-3's compile)",
+    },
     "sft_offload": {
         "source": "sft.yaml",
         "data": "adgen",

@@ -27,11 +27,6 @@ _METHODS: dict[str | None, Method] = {None: "sft", "LORA": "lora", "PREFIX_TUNIN
 _RESERVED_TRAINING_ARGS = frozenset({"use_cpu", "report_to", "local_rank"})
 # HF's own whole-model compile: each of these turns it on.
 _HF_COMPILE_ARGS = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
-#: ``compile: true`` under ZeRO-3, refused by the API (shipped configs) and by the trainer.
-COMPILE_WITH_ZERO3 = (
-    "not with DeepSpeed ZeRO-3: its parameter-gathering hooks split every layer into "
-    "per-module graphs; use ZeRO-2 (ds_zero_2.json) or set compile: false"
-)
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,8 @@ class FinetuningConfig(BaseModel):
     # largest batch would not fit without them (trainer.memory)
     memory_budget_gib: float | None = None
     # glmft: torch.compile each decoder layer's training forward (trainer.compile): inductor fuses
-    # the elementwise work around the matrix products; one graph serves every layer (same loss)
+    # the elementwise work around the matrix products; one graph serves every layer (same loss).
+    # Under DeepSpeed ZeRO-3, the layers' elementwise functions (RMSNorm, SwiGLU, RoPE) instead
     compile: bool = False
 
     @property

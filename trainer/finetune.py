@@ -28,7 +28,7 @@ from trainer import __version__
 from trainer.attention import register_packed_attention
 from trainer.callbacks import CompileReport, EventCallback, TrainingDivergedError, strip_prefix
 from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
-from trainer.compile import check_compile_supported, compile_decoder_layers
+from trainer.compile import compile_model
 from trainer.config import (
     ConfigError,
     ConfigIssue,
@@ -376,8 +376,6 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         checkpoint_every=memory.checkpoint_every,
         micro_batches=memory.micro_batches,
     )
-    if config.compile:
-        check_compile_supported(args)
     if memory.over_budget:
         logger.warning(
             "estimated peak %.1f GiB of the largest batch is over memory_budget_gib even with "
@@ -391,7 +389,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     if memory.host_embeddings:
         keep_embeddings_on_host(model)
     model = attach_method(model, config, gradient_checkpointing=memory.gradient_checkpointing)
-    compiled = compile_decoder_layers(model) if config.compile else 0
+    compiled = compile_model(model, args) if config.compile else 0
     trainer = GlmSeq2SeqTrainer(
         chunked_loss=config.chunked_loss,
         loss_chunk_tokens=memory.loss_chunk_tokens,

@@ -9,7 +9,6 @@ dumped to a dict) with ``data_config`` naming the job's dataset files. Every ref
 from __future__ import annotations
 
 import copy
-import json
 import posixpath
 from dataclasses import dataclass
 from functools import cache
@@ -18,7 +17,6 @@ from typing import Any
 
 from core.errors import InvalidConfig
 from trainer.config import (
-    COMPILE_WITH_ZERO3,
     ConfigError,
     ConfigIssue,
     load_yaml,
@@ -62,13 +60,6 @@ def presets() -> dict[str, Path]:
 def _preset(name: str) -> Any:
     """A parsed preset; YAML parsing was the largest cost of POST /jobs (docs/benchmarks.md)."""
     return load_yaml(presets()[name].read_text(encoding="utf-8"), f"preset {name}")
-
-
-@cache
-def _zero_stage(deepspeed: str) -> int:
-    """The ZeRO stage of a shipped DeepSpeed config (read once: they ship)."""
-    ds = json.loads((CONFIGS_DIR / posixpath.basename(deepspeed)).read_text(encoding="utf-8"))
-    return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
 def _load_base(config: str | None, method: str) -> dict[str, Any]:
@@ -221,9 +212,6 @@ def resolve_config(
                 f"(peft_config.peft_type: {peft})",
             )
         )
-    deepspeed = parsed.training_args.get("deepspeed")
-    if parsed.compile and deepspeed in SHIPPED_DEEPSPEED and _zero_stage(deepspeed) == 3:
-        issues.append(ConfigIssue("compile", COMPILE_WITH_ZERO3))
     if issues:
         raise _refuse(issues, overrides)
     max_steps = parsed.training_args.get("max_steps")

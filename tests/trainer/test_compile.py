@@ -15,11 +15,10 @@ import torch._dynamo
 import torch._inductor.config
 from peft import LoraConfig, get_peft_model
 from torch._dynamo.utils import counters
-from transformers import AutoModelForCausalLM, Seq2SeqTrainingArguments
-from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+from transformers import AutoModelForCausalLM
+from transformers.models.glm import modeling_glm
 
 from tests.trainer.finetune_helpers import (
-    REPO,
     assert_same_gradients,
     losses,
     run_finetune,
@@ -30,8 +29,8 @@ from tests.trainer.finetune_helpers import (
 from tests.trainer.test_packing import CONVERSATIONS, train_features
 from trainer.compile import (
     CompiledForward,
-    check_compile_supported,
     compile_decoder_layers,
+    compile_layer_functions,
     compile_stats,
 )
 from trainer.config import ConfigError, parse_config
@@ -198,18 +197,38 @@ def test_compile_is_refused_where_it_cannot_serve() -> None:
             parse_config(tiny_config("lora", compile=True, training_args={key: value}))
 
 
-def test_compile_is_refused_under_deepspeed_zero_3(tmp_path: Path) -> None:
-    def args(zero: str) -> Seq2SeqTrainingArguments:
-        return Seq2SeqTrainingArguments(
-            output_dir=str(tmp_path),
-            deepspeed=str(REPO / "configs" / zero),
-            use_cpu=True,
-            report_to="none",
-        )
+def test_under_zero3_the_layer_functions_compile_and_match_eager(
+    tiny_model_dir: Path, fresh_dynamo: None
+) -> None:
+    """What ``compile: true`` compiles under ZeRO-3 (full SFT, gradient checkpointing, three
+    lengths): RMSNorm, the SwiGLU gate and RoPE, one graph each for every layer and length, the
+    matrix-owning modules left to their hooks; the loss and every gradient equal eager's, and
+    without grad (evaluation) the eager functions run."""
+    rope = modeling_glm.apply_rotary_pos_emb
+
+    def train(compiled: bool) -> list[tuple[float, dict[str, torch.Tensor]]]:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        if compiled:
+            assert compile_layer_functions(model) == 2
+            layer = model.model.layers[0]  # ZeRO-3 gathers these modules' weights: not compiled
+            assert "forward" not in vars(layer.self_attn.q_proj)
+            assert "forward" not in vars(layer.mlp.gate_up_proj)
+        return steps_on_random_ids(model, (20, 27, 33))
 
     try:
-        check_compile_supported(args("ds_zero_2.json"))
-        with pytest.raises(ConfigError, match="compile: not with DeepSpeed ZeRO-3"):
-            check_compile_supported(args("ds_zero_3.json"))
+        compiled = train(True)
+        stats = compile_stats()
+        assert stats["frames"] == 3 and stats["graph_breaks"] == 0, stats
+        with torch.no_grad():
+            model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+            compile_layer_functions(model)
+            model(input_ids=torch.tensor([[5, 6, 7]]))
+        assert compile_stats()["frames"] == 3
     finally:
-        unset_hf_deepspeed_config()  # the args register themselves process-wide
+        modeling_glm.apply_rotary_pos_emb = rope  # a module global: the next tests run eager
+    for (loss, grads), (eager_loss, eager_grads) in zip(compiled, train(False), strict=True):
+        assert loss == pytest.approx(eager_loss, rel=1e-5)
+        assert_same_gradients(grads, eager_grads)

@@ -63,7 +63,7 @@ def test_deepspeed_zero_full_sft_on_two_ranks(
         "sft", training_args={**QUICK_ARGS, "deepspeed": str(REPO / "configs" / zero)}
     )
     if zero == "ds_zero_3.json":  # glmft's fast path; a tiny budget takes every memory measure
-        config.update(packing=True, chunked_loss=True, memory_budget_gib=1e-4)
+        config.update(packing=True, chunked_loss=True, memory_budget_gib=1e-4, compile=True)
         config["training_args"]["per_device_train_batch_size"] = 8  # several 128-token chunks
     proc, events = run_finetune(data_dir, tiny_model_dir, config, tmp_path / "out", nproc=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -71,6 +71,10 @@ def test_deepspeed_zero_full_sft_on_two_ranks(
     if zero == "ds_zero_3.json":
         plan = events[0]["memory"]
         assert plan["gradient_checkpointing"] and plan["loss_chunk_tokens"] == 128
+        # RMSNorm, SwiGLU and RoPE compiled around ZeRO-3's hooks: one graph each
+        report = next(e for e in events if e["event"] == "compile")
+        assert report["layers"] == 2 and report["graph_breaks"] == 0, report
+        assert report["frames"] <= 4, report
     steps = losses(events)
     assert steps[6] < steps[2]
     checkpoint = tmp_path / "out" / "checkpoint-6"
