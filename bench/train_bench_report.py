@@ -131,57 +131,66 @@ def device_info(args: argparse.Namespace) -> dict[str, Any]:
 
 def packed_attention_check() -> dict[str, Any]:
     """trainer.attention's varlen path against causal SDPA run on each conversation alone
-    (GLM-4 shapes: 32 query heads, 2 KV heads, head_dim 128; three conversations in a row):
-    the largest absolute difference of outputs and of query gradients, in bf16."""
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    from trainer.attention import packed_attention, packed_attention_available
+    (GLM-4 shapes: 32 query heads, 2 KV heads, head_dim 128; three conversations in a row), and
+    again with a 512-token P-Tuning v2 prefix ahead of each conversation's keys: the largest
+    absolute difference of outputs and of query gradients, in bf16."""
+    from trainer.attention import packed_attention_available
 
     if not packed_attention_available():
         return {"available": False}
     try:
-        lengths = [300, 1000, 77]
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        total = sum(lengths)
-
-        def rand(heads: int) -> Any:
-            return torch.randn(
-                (1, heads, total, 128), device="cuda", dtype=torch.bfloat16, generator=gen
-            ).requires_grad_()
-
-        q, k, v = rand(32), rand(2), rand(2)
-        bounds = torch.tensor([0, 300, 1300, 1377], device="cuda", dtype=torch.int32)
-        out, _ = packed_attention(
-            torch.nn.Module(),
-            q,
-            k,
-            v,
-            None,
-            scaling=128**-0.5,
-            cu_seq_lens_q=bounds,
-            max_length_q=max(lengths),
-        )
-        grad = torch.randn_like(out)
-        (gq,) = torch.autograd.grad(out, q, grad)
-        refs, ref_grads, start = [], [], 0
-        for n in lengths:
-            piece = slice(start, start + n)
-            qs = q[:, :, piece].detach().requires_grad_()
-            ks = k[:, :, piece].repeat_interleave(16, dim=1)
-            vs = v[:, :, piece].repeat_interleave(16, dim=1)
-            ref = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).transpose(1, 2)
-            (rq,) = torch.autograd.grad(ref, qs, grad[:, piece])
-            refs.append(ref)
-            ref_grads.append(rq)
-            start += n
-        return {
-            "available": True,
-            "max_abs_diff_out": float((out - torch.cat(refs, 1)).abs().max()),
-            "max_abs_diff_grad_q": float((gq - torch.cat(ref_grads, 2)).abs().max()),
-        }
+        plain, prefixed = _packed_attention_diffs(0), _packed_attention_diffs(512)
     except Exception as exc:  # a diagnostic, never fatal
         return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"available": True, **plain, **{f"prefix_{k}": v for k, v in prefixed.items()}}
+
+
+def _packed_attention_diffs(prefix: int) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from trainer.attention import packed_attention
+
+    lengths = [300, 1000, 77]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    total = sum(lengths)
+
+    def rand(heads: int, tokens: int) -> Any:
+        return torch.randn(
+            (1, heads, tokens, 128), device="cuda", dtype=torch.bfloat16, generator=gen
+        ).requires_grad_()
+
+    q, k, v = rand(32, total), rand(2, prefix + total), rand(2, prefix + total)
+    bounds = torch.tensor([0, 300, 1300, 1377], device="cuda", dtype=torch.int32)
+    out, _ = packed_attention(
+        torch.nn.Module(),
+        q,
+        k,
+        v,
+        None,
+        scaling=128**-0.5,
+        cu_seq_lens_q=bounds,
+        max_length_q=max(lengths),
+    )
+    grad = torch.randn_like(out)
+    (gq,) = torch.autograd.grad(out, q, grad)
+    refs, ref_grads, start = [], [], 0
+    for n in lengths:
+        piece = slice(start, start + n)
+        keys = slice(prefix + start, prefix + start + n)
+        qs = q[:, :, piece].detach().requires_grad_()
+        ks = torch.cat([k[:, :, :prefix], k[:, :, keys]], 2).repeat_interleave(16, dim=1)
+        vs = torch.cat([v[:, :, :prefix], v[:, :, keys]], 2).repeat_interleave(16, dim=1)
+        causal = torch.ones(n, prefix + n, dtype=torch.bool, device="cuda").tril(prefix)
+        ref = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=causal).transpose(1, 2)
+        (rq,) = torch.autograd.grad(ref, qs, grad[:, piece])
+        refs.append(ref)
+        ref_grads.append(rq)
+        start += n
+    return {
+        "max_abs_diff_out": float((out - torch.cat(refs, 1)).detach().abs().max()),
+        "max_abs_diff_grad_q": float((gq - torch.cat(ref_grads, 2)).abs().max()),
+    }
 
 
 def cudnn_sdpa_check() -> dict[str, Any]:
@@ -332,7 +341,7 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return next((m for m in methods if m in runs), methods[-1])
 
     lora, chat = fastest("lora_compile", "lora_fast"), fastest("chat_compile", "chat_fast")
-    ptuning = fastest("ptuning_compile", "ptuning_fast")
+    ptuning = fastest("ptuning_packed", "ptuning_compile", "ptuning_fast")
     # (target, measured, goal, at least (True) or at most (False), unit)
     rows: list[tuple[str, float | None, float, bool, str]] = [
         (f"LoRA, AdvertiseGen-like ({lora})", tps(lora), 10_000, True, "tokens/s"),

@@ -330,6 +330,13 @@ METHODS: dict[str, dict[str, Any]] = {
         "training_args": {"train_sampling_strategy": "group_by_length"},
         "what": "ptuning_fast + compiled decoder layers",
     },
+    "ptuning_packed": {
+        "source": "ptuning_v2.yaml",
+        "data": "adgen",
+        "batch": "fast",
+        "glmft": {"packing": True, "chunked_loss": True, "compile": True},
+        "what": "packed (each conversation attends to the prefix) + chunked loss + compiled layers",
+    },
     "sft_zero3": {
         "source": "sft.yaml",
         "data": "adgen",

@@ -7,8 +7,15 @@ that kernel took 808 of the 1,387 ms of a step over two packed 2-4k chats (docs/
 
 :class:`trainer.data.PackingCollator` adds the conversations' boundaries to each batch
 (``cu_seq_lens_q/k``, ``max_length_q/k``, the keyword arguments transformers forwards to the
-attention function). Everything else (padded batches, evaluation, generation, CPU) goes to
-transformers' own SDPA function, so the registered implementation is safe to load always.
+attention function). Everything else (padded batches, evaluation, generation, packed LoRA and full
+SFT on CPU) goes to transformers' own SDPA function, so the registered implementation is safe to
+load always.
+
+P-Tuning v2 packs too. Its trained prefix reaches a layer as keys and values ahead of the row's
+(:mod:`trainer.prefix`), and every conversation of the row attends to it: each conversation's
+keys become the prefix followed by its own (:func:`behind_prefix`), and causality is aligned to
+the last key, as FlashAttention aligns it when a sequence has more keys than queries. On CPU,
+where transformers' mask cannot express that, each conversation runs through SDPA alone.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -41,10 +49,11 @@ def packed_attention_available() -> bool:
     return torch.cuda.is_available() and _VARLEN is not None
 
 
-def register_packed_attention() -> str | None:
+def register_packed_attention(*, prefix: bool = False) -> str | None:
     """Register :func:`packed_attention` with transformers; its name, or None where the
-    variable-length kernel cannot run (no GPU, an older torch)."""
-    if not packed_attention_available():
+    variable-length kernel cannot run (no GPU, an older torch) and transformers' own packed
+    mask serves; with ``prefix`` (P-Tuning v2) always, as that mask cannot."""
+    if not (packed_attention_available() or prefix):
         return None
     AttentionInterface.register(NAME, packed_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
@@ -61,19 +70,27 @@ def packed_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """``query`` ``(1, heads, tokens, dim)``, ``key``/``value`` ``(1, kv_heads, tokens, dim)``;
-    returns ``(1, tokens, heads, dim)`` as transformers' attention functions do."""
+    """``query`` ``(1, heads, tokens, dim)``, ``key``/``value`` ``(1, kv_heads, prefix + tokens,
+    dim)`` (``prefix`` 0 but with P-Tuning v2); returns ``(1, tokens, heads, dim)`` as
+    transformers' attention functions do."""
     bounds = kwargs.get("cu_seq_lens_q")
-    kernel = _VARLEN
-    if bounds is None or kernel is None or query.shape[0] != 1 or dropout or not query.is_cuda:
+    prefix = key.shape[-2] - query.shape[-2]
+    varlen = _VARLEN is not None and query.is_cuda
+    if bounds is None or query.shape[0] != 1 or dropout or not (varlen or prefix > 0):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    varlen_attn, params = kernel
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    bounds = bounds.to(device=q.device, dtype=torch.int32)
+    bounds_k = bounds
+    if prefix > 0:
+        k, v, bounds_k = behind_prefix(k, v, bounds, prefix)
+    if not varlen:
+        return _each_conversation(q, k, v, bounds, bounds_k, scaling).unsqueeze(0), None
+    varlen_attn, params = _VARLEN  # type: ignore[misc]
     options: dict[str, Any] = {}
     if "window_size" in params:
-        options["window_size"] = (-1, 0)  # causal
+        options["window_size"] = (-1, 0)  # causal, aligned to the last key
     else:
         options["is_causal"] = True
     if "scale" in params and scaling is not None:
@@ -85,6 +102,47 @@ def packed_attention(
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
     longest = int(kwargs["max_length_q"])
-    bounds = bounds.to(device=q.device, dtype=torch.int32)
-    out = varlen_attn(q, k, v, bounds, bounds, longest, longest, **options)
+    out = varlen_attn(q, k, v, bounds, bounds_k, longest, longest + prefix, **options)
     return out.unsqueeze(0), None
+
+
+def behind_prefix(
+    key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor, prefix: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``key``/``value`` ``(prefix + tokens, kv_heads, dim)``, the prefix then a packed row of
+    conversations bounded by ``bounds``: rearranged so that each conversation's keys are the
+    prefix followed by its own, with the bounds of those. Shapes follow from the input's alone
+    (no value read back), so a compiled graph keeps them symbolic; the prefix's gradient sums
+    over the conversations."""
+    conversations = bounds.numel() - 1
+    bounds_k = bounds + prefix * torch.arange(conversations + 1, device=bounds.device)
+    position = torch.arange(key.shape[0] - prefix + conversations * prefix, device=key.device)
+    owner = torch.searchsorted(bounds_k, position, right=True) - 1
+    offset = position - bounds_k[owner]
+    source = torch.where(offset < prefix, offset, bounds[owner] + offset)
+    return key[source], value[source], bounds_k.to(torch.int32)
+
+
+def _each_conversation(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bounds: torch.Tensor,
+    bounds_k: torch.Tensor,
+    scaling: float | None,
+) -> torch.Tensor:
+    """What the variable-length kernel computes, one conversation at a time through SDPA (CPU):
+    causal with the last query aligned to the last key."""
+    out = []
+    edges, edges_k = bounds.tolist(), bounds_k.tolist()
+    for i in range(len(edges) - 1):
+        qs = q[edges[i] : edges[i + 1]].transpose(0, 1)  # (heads, tokens, dim)
+        ks, vs = (t[edges_k[i] : edges_k[i + 1]].transpose(0, 1) for t in (k, v))
+        causal = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool, device=q.device)
+        causal = causal.tril(ks.shape[1] - qs.shape[1])
+        gqa = ks.shape[0] != qs.shape[0]
+        o = F.scaled_dot_product_attention(
+            qs, ks, vs, attn_mask=causal, scale=scaling, enable_gqa=gqa
+        )
+        out.append(o.transpose(0, 1))
+    return torch.cat(out)

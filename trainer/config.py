@@ -70,7 +70,8 @@ class FinetuningConfig(BaseModel):
     peft_config: dict[str, Any] | None = None
     swanlab: str | None = None  # upstream HEAD key; accepted and ignored (no telemetry here)
     # glmft: train on each batch's conversations concatenated into one row, no padding, with
-    # position ids restarting per conversation so attention stays inside each (same loss)
+    # position ids restarting per conversation so attention stays inside each (same loss);
+    # with P-Tuning v2 each conversation also attends to the prefix (trainer.attention)
     packing: bool = False
     # glmft: compute the loss without the full (tokens x 151k) logits: only target positions, a
     # chunk at a time, recomputed in the backward pass (same loss, far less memory)
@@ -142,14 +143,6 @@ def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
         issues += _check_peft(data["peft_config"])
     if config is not None:
         issues += _check_lengths(config)
-        if config.packing and config.method == "ptuning_v2":
-            issues.append(
-                ConfigIssue(
-                    "packing",
-                    "not with P-Tuning v2: its prefix is one per row, so packed conversations "
-                    "would share it; set packing: false",
-                )
-            )
         issues += _check_memory_budget(config)
         issues += _check_compile(config)
         if config.peft_config is not None and "peft_type" in config.peft_config:

@@ -384,7 +384,8 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         )
     resume_from = resolve_resume(run_args.resume, output_dir)
     set_seed(args.seed)  # before the adapter's random init: a run repeats with its seed
-    attention = register_packed_attention() if config.packing else None
+    prefix = config.method == "ptuning_v2"
+    attention = register_packed_attention(prefix=prefix) if config.packing else None
     model = load_model(run_args.model_dir, dtype=compute_dtype(), attn_implementation=attention)
     if memory.host_embeddings:
         keep_embeddings_on_host(model)

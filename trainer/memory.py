@@ -300,10 +300,12 @@ def plan_memory(
     layer_prefix = prefix_output = 0
     if peft is not None and str(peft.get("peft_type", "")).upper() == "PREFIX_TUNING":
         # a layer's prefix keys/values repeated to the query heads inside SDPA (kept by a layer
-        # that is not checkpointed), and the prefix encoder's output (every layer's KV heads)
-        per_head = rows * int(peft.get("num_virtual_tokens", 0)) * 2 * shape.head_dim
-        layer_prefix = per_head * shape.heads * dtype_bytes
-        prefix_output = per_head * shape.layers * shape.kv_heads * dtype_bytes
+        # that is not checkpointed; packed, one copy per conversation: trainer.attention), and
+        # the prefix encoder's output (every layer's KV heads, once per row)
+        per_row = int(peft.get("num_virtual_tokens", 0)) * 2 * shape.head_dim
+        copies = max(1, batch_size) if packing else rows
+        layer_prefix = copies * per_row * shape.heads * dtype_bytes
+        prefix_output = rows * per_row * shape.layers * shape.kv_heads * dtype_bytes
     plan = MemoryPlan(
         budget_bytes=None if budget_gib is None else int(budget_gib * GIB),
         weights=weights,
