@@ -82,7 +82,7 @@ class FinetuningConfig(BaseModel):
     memory_budget_gib: float | None = None
     # glmft: torch.compile each decoder layer's training forward (trainer.compile): inductor fuses
     # the elementwise work around the matrix products; one graph serves every layer (same loss).
-    # Under DeepSpeed ZeRO-3, the layers' elementwise functions (RMSNorm, SwiGLU, RoPE) instead
+    # Under DeepSpeed ZeRO-3 it compiles the layers' RMSNorm, SwiGLU and RoPE instead
     compile: bool = False
 
     @property
