@@ -58,3 +58,20 @@ def configure_logging(dist: DistInfo) -> None:
     level = logging.INFO if dist.is_main else logging.WARNING
     fmt = f"%(asctime)s %(levelname)s [rank{dist.rank}] %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, force=True)
+
+
+def close_process_group() -> bool:
+    """Destroy the default process group after a successful run; whether there was one.
+
+    Left to interpreter exit, gloo's worker threads may still hold tensors while Python
+    finalises, and the rank aborts (SIGABRT, "terminate called without an active exception")
+    after training succeeded: seen once in CI on the two-rank DDP run. Only after success: a
+    failed rank would wait here for ranks still inside collectives.
+    """
+    import torch.distributed as torch_dist
+
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return False
+    torch_dist.destroy_process_group()
+    logging.getLogger(__name__).info("process group closed")
+    return True

@@ -48,7 +48,12 @@ from trainer.data import (
 from trainer.data import train_dataset as build_train_dataset
 from trainer.datacache import cache_key, cached_features
 from trainer.datafiles import data_sha256
-from trainer.distributed import DistInfo, configure_logging, ensure_single_process_group
+from trainer.distributed import (
+    DistInfo,
+    close_process_group,
+    configure_logging,
+    ensure_single_process_group,
+)
 from trainer.events import EventLog
 from trainer.loss import chunked_causal_lm_loss
 from trainer.memory import CHUNK_TOKENS, plan_for_config
@@ -456,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_dir = run_args.output_dir or Path(config.training_args.get("output_dir", "output"))
         events = EventLog(output_dir, enabled=dist.is_main)
         run(run_args, config, output_dir, events)
+        close_process_group()
     except tuple(_INPUT_ERRORS) as exc:
         code = next(c for t, c in _INPUT_ERRORS.items() if isinstance(exc, t))
         logger.error("%s: %s", code, exc)

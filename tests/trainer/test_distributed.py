@@ -3,11 +3,13 @@ with glmft's fast path (packing, chunked loss, checkpointing chosen by a memory 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed as torch_dist
 
 from tests.trainer.finetune_helpers import (
     REPO,
@@ -18,6 +20,7 @@ from tests.trainer.finetune_helpers import (
     write_data,
 )
 from tests.trainer.test_finetune import CONVERSATIONS
+from trainer.distributed import close_process_group
 
 QUICK_ARGS = {
     "eval_strategy": "no",
@@ -53,6 +56,20 @@ def test_torchrun_two_ranks_train_one_ddp_model(
     assert final_status(events)["status"] == "succeeded"
     # only rank 0 writes events: one line per logged step, not two
     assert sorted(losses(events)) == [2, 4, 6]
+    # the group is closed before exit (left to finalisation, gloo once aborted a rank: SIGABRT)
+    assert "process group closed" in proc.stderr
+
+
+def test_close_process_group_destroys_the_default_group() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch_dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+    )
+    assert close_process_group() is True
+    assert not torch_dist.is_initialized()
+    assert close_process_group() is False  # nothing to close: a single-process run
 
 
 @pytest.mark.parametrize("zero", ["ds_zero_2.json", "ds_zero_3.json"])
