@@ -32,6 +32,23 @@ def tiny_config(method: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def train_only_config(method: str, max_steps: int, **overrides: Any) -> dict[str, Any]:
+    """:func:`tiny_config` for a short run that trains only (no dev set, evaluation or saves),
+    logging every step, batches of 4."""
+    return tiny_config(
+        method,
+        data_config={"val_file": None},
+        training_args={
+            "max_steps": max_steps,
+            "logging_steps": 1,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "per_device_train_batch_size": 4,
+        },
+        **overrides,
+    )
+
+
 def write_data(
     directory: Path, conversations: list[dict[str, Any]], name: str = "train.jsonl"
 ) -> Path:

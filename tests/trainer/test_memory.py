@@ -11,7 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, GlmConfig
 
-from tests.trainer.finetune_helpers import losses, run_finetune, tiny_config, write_data
+from tests.trainer.finetune_helpers import (
+    losses,
+    run_finetune,
+    tiny_config,
+    train_only_config,
+    write_data,
+)
 from tests.trainer.test_packing import CONVERSATIONS
 from trainer.checkpoints import Resume
 from trainer.config import ConfigError, parse_config
@@ -199,19 +205,7 @@ def test_p_tuning_split_into_micro_batches_follows_the_whole_batch_loss(
     data = write_data(tmp_path / "data", [{"messages": c} for c in CONVERSATIONS * 4])
 
     def train(budget: float | None) -> tuple[str, list[dict[str, Any]]]:
-        config = tiny_config(
-            "ptuning_v2",
-            chunked_loss=True,
-            memory_budget_gib=budget,
-            training_args={
-                "max_steps": 4,
-                "logging_steps": 1,
-                "eval_strategy": "no",
-                "save_strategy": "no",
-                "per_device_train_batch_size": 4,
-            },
-        )
-        config["data_config"] = {**config["data_config"], "val_file": None}
+        config = train_only_config("ptuning_v2", 4, chunked_loss=True, memory_budget_gib=budget)
         proc, events = run_finetune(data, tiny_model_dir, config, tmp_path / f"out-{budget}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stderr, events

@@ -18,6 +18,7 @@ from tests.trainer.finetune_helpers import (
     losses,
     run_finetune,
     tiny_config,
+    train_only_config,
     write_data,
 )
 from trainer.attention import behind_prefix, register_packed_attention
@@ -79,20 +80,9 @@ def test_packed_and_chunked_loss_training_follow_the_plain_loss(
 
     def train(variant: tuple[bool, bool, float | None]) -> list[dict[str, Any]]:
         packing, chunked, budget = variant
-        config = tiny_config(
-            "lora",
-            packing=packing,
-            chunked_loss=chunked,
-            memory_budget_gib=budget,
-            training_args={
-                "max_steps": 6,
-                "logging_steps": 1,
-                "eval_strategy": "no",
-                "save_strategy": "no",
-                "per_device_train_batch_size": 4,
-            },
+        config = train_only_config(
+            "lora", 6, packing=packing, chunked_loss=chunked, memory_budget_gib=budget
         )
-        config["data_config"] = {**config["data_config"], "val_file": None}
         config["peft_config"] = {**config["peft_config"], "lora_dropout": 0.0}
         output = tmp_path / f"out-{packing}-{chunked}-{budget}"
         proc, events = run_finetune(data, tiny_model_dir, config, output)
@@ -174,21 +164,14 @@ def test_packed_p_tuning_trains_the_same_compiled_and_checkpointed(
 
     def train(variant: tuple[bool, float | None]) -> list[dict[str, Any]]:
         compiled, budget = variant
-        config = tiny_config(
+        config = train_only_config(
             "ptuning_v2",
+            6,
             packing=True,
             chunked_loss=True,
             compile=compiled,
             memory_budget_gib=budget,
-            training_args={
-                "max_steps": 6,
-                "logging_steps": 1,
-                "eval_strategy": "no",
-                "save_strategy": "no",
-                "per_device_train_batch_size": 4,
-            },
         )
-        config["data_config"] = {**config["data_config"], "val_file": None}
         proc, events = run_finetune(data, tiny_model_dir, config, tmp_path / f"out-{compiled}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         return events
