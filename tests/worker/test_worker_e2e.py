@@ -27,6 +27,7 @@ from core.models import Adapter, Checkpoint, Dataset, Job, JobEvent, Metric, Wor
 from tests.conftest import postgres_database
 from tests.helpers import wait_for
 from tests.trainer.finetune_helpers import REPO, tiny_config
+from trainer.checkpoints import latest_complete
 from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -176,11 +177,16 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
     engine = make_engine(env["GLMFT_DATABASE_URL"])
     first = start_worker(env, tmp_path)
     job_id = submit(engine, tmp_path, max_steps=30, save_steps=4)
+    output = Path(env["GLMFT_HOME"]) / "artifacts" / "jobs" / job_id / "output"
     try:
+        # watched on disk, not in the database: the worker stores a checkpoint a moment after
+        # the trainer writes it, and the tiny model's 30 steps can end in that moment (CI once
+        # killed a worker whose job had already succeeded)
         wait_for(
-            lambda: any(c.step >= 4 for c in rows(engine, Checkpoint, job_id)),
+            lambda: latest_complete(output) is not None,
             120,
             "a checkpoint before the crash",
+            every=0.02,
         )
         os.killpg(first.pid, signal.SIGKILL)  # the node dies: worker and its beat, no cleanup
         first.wait(timeout=10)
