@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,30 @@ def configure_logging(dist: DistInfo) -> None:
 
 
 def close_process_group() -> bool:
-    """Destroy the default process group after a successful run; whether there was one.
-
-    Left to interpreter exit, gloo's worker threads may still hold tensors while Python
-    finalises, and the rank aborts (SIGABRT, "terminate called without an active exception")
-    after training succeeded: seen once in CI on the two-rank DDP run. Only after success: a
-    failed rank would wait here for ranks still inside collectives.
-    """
+    """Destroy the default process group after a successful run, once every rank is here;
+    whether there was one. Only after success: a failed rank never arrives (torchrun then stops
+    the others)."""
     import torch.distributed as torch_dist
 
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
         return False
+    torch_dist.barrier()
     torch_dist.destroy_process_group()
     logging.getLogger(__name__).info("process group closed")
     return True
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the trainer process with ``code`` without the interpreter's finalisation.
+
+    Threads that distributed libraries leave in C++ objects (gloo's among them) can abort a rank
+    while Python finalises, after training succeeded: SIGABRT, "terminate called without an
+    active exception", seen twice in CI on two-rank CPU runs, once with the group destroyed.
+    Under the worker that turned a finished job into a failed one. Everything the run keeps is
+    written by now (events are flushed line by line, checkpoints closed), so only the logs and
+    standard streams are flushed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

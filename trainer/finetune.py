@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from trainer.distributed import (
     close_process_group,
     configure_logging,
     ensure_single_process_group,
+    exit_process,
 )
 from trainer.events import EventLog
 from trainer.loss import chunked_causal_lm_loss
@@ -491,4 +491,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
