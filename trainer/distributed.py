@@ -82,7 +82,7 @@ def exit_process(code: int) -> NoReturn:
     Threads that distributed libraries leave in C++ objects (gloo's among them) can abort a rank
     while Python finalises, after training succeeded: SIGABRT, "terminate called without an
     active exception", seen twice in CI on two-rank CPU runs, once with the group destroyed.
-    Under the worker that turned a finished job into a failed one. Everything the run keeps is
+    Under the worker that would turn a finished job into a failed one. Everything the run keeps is
     written by now (events are flushed line by line, checkpoints closed), so only the logs and
     standard streams are flushed first.
     """
