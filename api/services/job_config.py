@@ -16,12 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidConfig
-from trainer.config import (
-    ConfigError,
-    ConfigIssue,
-    load_yaml,
-    parse_config,
-)
+from trainer.config import ConfigError, ConfigIssue, load_yaml, parse_config
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: DeepSpeed configs a job may name; the worker resolves them inside its own install.
