@@ -3,7 +3,7 @@
 On a GPU it builds a GLM-4-9B-shaped model (``GlmConfig`` defaults: 40 layers, hidden 4096,
 32 heads, 2 KV groups) with random bf16 weights, writes ``--adapters`` LoRA adapters of the demo's
 size (r 8, alpha 32, q/k/v) with random weights to local disk, and measures through
-``trainer.serving.engine.Engine``:
+``serving.engine.Engine``:
 
 * ``load``: each adapter's load into the running engine (p50/p99 ms; target p50 <= 300 ms);
 * ``base``: ``--requests`` requests to the base model at once;
@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig
 
-from trainer.serving.adapters import AdapterSpec
-from trainer.serving.engine import Engine, Request
-from trainer.serving.events import Event
-from trainer.serving.sampling import GenerationParams
+from serving.adapters import AdapterSpec
+from serving.engine import Engine, Request
+from serving.events import Event
+from serving.sampling import GenerationParams
 from trainer.tiny import build_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

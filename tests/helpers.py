@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+#: The Redis server tests use; ``GLMFT_TEST_REDIS`` moves them to another one (e.g. a second
+#: server on another port, so that two checkouts can run their suites at once).
+REDIS_SERVER = os.environ.get("GLMFT_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+
+
+def redis_url(db: int) -> str:
+    """A Redis database of the test server; each test module owns its own number."""
+    return f"{REDIS_SERVER}/{db}"
 
 
 def free_port() -> int:

@@ -21,10 +21,10 @@ import redis
 from api.commands.up import worker_command
 from core.db import upgrade
 from tests.conftest import postgres_database
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, redis_url, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_url(10)
 API_KEY = "sk-glmft-clients-test"
 TENANT = "ci"
 MODEL = "glm-4-tiny"

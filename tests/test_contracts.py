@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api import queue
+from tests.helpers import redis_url
 from worker import celery_app
 
 
@@ -24,6 +25,6 @@ def test_redis_only_transport_options_stay_off_other_brokers() -> None:
     from core.settings import Settings
 
     embedded = celery_app.create_celery(Settings(broker_url="sqla+sqlite:////tmp/b.db"))
-    redis_app = celery_app.create_celery(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    redis_app = celery_app.create_celery(Settings(broker_url=redis_url(0)))
     assert not embedded.conf.broker_transport_options
     assert redis_app.conf.broker_transport_options["visibility_timeout"] >= 24 * 3600

@@ -12,8 +12,8 @@ from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
 from api.services.chat import ChatService, Target, answer, engine_error, response_of
 from api.sse import format_event
-from trainer.serving.engine import Engine
-from trainer.serving.sampling import GenerationParams
+from serving.engine import Engine
+from serving.sampling import GenerationParams
 
 router = APIRouter(tags=["chat"])
 

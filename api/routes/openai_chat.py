@@ -22,8 +22,8 @@ from api.services.adapters import visible_adapters
 from api.services.chat import ChatService, Target, answer, engine_error, response_of
 from api.services.openai_chat import completion_of, glm_messages
 from core.models import BaseModelRecord
-from trainer.serving.engine import Engine
-from trainer.serving.sampling import GenerationParams
+from serving.engine import Engine
+from serving.sampling import GenerationParams
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 

@@ -31,12 +31,12 @@ from core.errors import (
 from core.jobs import PROMOTED, adapter_id
 from core.models import Adapter, Job
 from core.settings import Settings
-from trainer.serving.adapters import AdapterError, AdapterSpec
-from trainer.serving.engine import Engine, Request
-from trainer.serving.events import Event, Result
-from trainer.serving.pool import EnginePool, ModelCacheFullError
-from trainer.serving.sampling import GenerationParams
-from trainer.serving.toolcalls import parse_tool_call, tool_names
+from serving.adapters import AdapterError, AdapterSpec
+from serving.engine import Engine, Request
+from serving.events import Event, Result
+from serving.pool import EnginePool, ModelCacheFullError
+from serving.sampling import GenerationParams
+from serving.toolcalls import parse_tool_call, tool_names
 from trainer.template import clean_message, render_ids
 from trainer.validation import validate_conversation
 from trainer.validation_codes import Code

@@ -14,8 +14,9 @@ from sqlalchemy import Engine
 
 from api.main import create_app
 from core.settings import BaseModelEntry, Settings
+from tests.helpers import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_url(9)
 TABLES = (
     "adapters",
     "checkpoints",

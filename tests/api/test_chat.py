@@ -25,7 +25,7 @@ from core.jobs import JobState
 from core.models import Adapter, Checkpoint, Dataset, Job
 from tests.api.helpers import REPO
 from tests.chat_adapters import ANSWERS, QUESTIONS, TOOL_CALL, WEATHER_TOOL, ChatAdapters
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, redis_url, wait_for
 
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 24}
 LORA_A, LORA_B, TOOL = "ft:glm-4-tiny:a:1", "ft:glm-4-tiny:b:2", "ft:glm-4-tiny:tool:3"
@@ -100,7 +100,7 @@ def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    defaults = {"GLMFT_BROKER_URL": "redis://127.0.0.1:6379/14", "OMP_NUM_THREADS": "1"}
+    defaults = {"GLMFT_BROKER_URL": redis_url(14), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **defaults, **env})
     base = f"http://127.0.0.1:{port}"
     try:

@@ -21,10 +21,10 @@ from api.commands.up import worker_command
 from core.db import make_engine, upgrade
 from core.models import Job, WorkerNode
 from tests.conftest import postgres_database
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, redis_url, wait_for
 from tests.trainer.finetune_helpers import REPO
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = redis_url(13)
 DEMO = REPO / "trainer" / "assets" / "demo"
 
 

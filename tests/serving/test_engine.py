@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from serving.adapters import AdapterError, AdapterSpec
+from serving.engine import AdapterCacheFullError, Engine, Request
+from serving.events import Event
+from serving.sampling import GenerationParams
 from tests.chat_adapters import ANSWERS, QUESTIONS, ChatAdapters
 from trainer.inference import SamplingParams, load_chat_model
-from trainer.serving.adapters import AdapterError, AdapterSpec
-from trainer.serving.engine import AdapterCacheFullError, Engine, Request
-from trainer.serving.events import Event
-from trainer.serving.sampling import GenerationParams
 from trainer.template import render_ids
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.0)

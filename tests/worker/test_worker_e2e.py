@@ -25,12 +25,12 @@ from core.db import make_engine, upgrade
 from core.jobs import JobState, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, JobEvent, Metric, WorkerNode
 from tests.conftest import postgres_database
-from tests.helpers import wait_for
+from tests.helpers import redis_url, wait_for
 from tests.trainer.finetune_helpers import REPO, tiny_config
 from trainer.checkpoints import latest_complete
 from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_url(11)
 CONVERSATIONS = [
     {
         "messages": [

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from trainer.serving.engine import Engine
+from serving.engine import Engine
 
 
 class ModelCacheFullError(RuntimeError):

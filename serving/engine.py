@@ -29,11 +29,11 @@ import torch
 from peft import PeftModel
 from transformers import DynamicCache
 
+from serving.adapters import AdapterSpec, Prefix, load_prefix
+from serving.decoding import Row, decode_batch
+from serving.events import Event
+from serving.sampling import GenerationParams
 from trainer.modeling import check_model_dir, compute_dtype, load_model, load_tokenizer
-from trainer.serving.adapters import AdapterSpec, Prefix, load_prefix
-from trainer.serving.decoding import Row, decode_batch
-from trainer.serving.events import Event
-from trainer.serving.sampling import GenerationParams
 from trainer.template import SpecialTokens
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from trainer.serving.events import Event, FinishReason, Result
-from trainer.serving.sampling import GenerationParams, choose_tokens, make_generator
+from serving.events import Event, FinishReason, Result
+from serving.sampling import GenerationParams, choose_tokens, make_generator
 
 Forward = Callable[..., torch.Tensor]  # (adapter_names, **model inputs) -> last-position logits
 
