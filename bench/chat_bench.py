@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig
 from serving.adapters import AdapterSpec
 from serving.engine import Engine, Request
 from serving.events import Event
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
 from trainer.tiny import build_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,27 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from serving.engine import Engine
-
-
-class ModelCacheFullError(RuntimeError):
-    pass
+from serving.errors import ModelCacheFullError
 
 
 class EnginePool:
-    def __init__(
-        self,
-        *,
-        max_models: int = 2,
-        max_batch: int = 16,
-        max_adapters: int = 8,
-        max_adapter_bytes: int | None = None,
-    ) -> None:
+    """Engines by model directory.
+
+    Args:
+        max_models: engines kept open at once.
+        engine_args: the keyword arguments every :class:`Engine` gets (limits).
+    """
+
+    def __init__(self, *, max_models: int = 2, **engine_args: Any) -> None:
         self.max_models = max_models
-        self._engine_args: dict[str, Any] = {
-            "max_batch": max_batch,
-            "max_adapters": max_adapters,
-            "max_adapter_bytes": max_adapter_bytes,
-        }
+        self._engine_args = engine_args
         self._engines: OrderedDict[Path, Engine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Path, threading.Lock] = {}

@@ -1,28 +1,10 @@
-"""Per-request generation parameters and the next-token choice for a batch whose rows each
-carry their own parameters (the upstream inference defaults: temperature 0.8, top_p 0.8,
-repetition_penalty 1.2)."""
+"""The next-token choice for a batch whose rows each carry their own sampling parameters."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """How one request samples. ``temperature == 0`` is greedy decoding."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.8
-    top_p: float = 0.8
-    repetition_penalty: float = 1.2
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from serving.params import GenerationParams
 
 
 def make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
