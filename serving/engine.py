@@ -43,7 +43,7 @@ from serving.lora import LoraPool, LoraWeights, read_lora
 from serving.model import Glm, PrefillRow
 from serving.requests import Request
 from serving.sampling import choose_tokens, make_generator
-from serving.text import RowText
+from serving.text import RowText, decoder
 from serving.weights import load_prefix
 from trainer.modeling import check_model_dir, compute_dtype, load_model, load_tokenizer
 from trainer.template import SpecialTokens
@@ -120,6 +120,7 @@ class Engine:
         self.max_batch, self.max_adapters = max_batch, max_adapters
         self.max_adapter_bytes, self.max_prefill_tokens = max_adapter_bytes, max_prefill_tokens
         self.tokenizer = tokenizer
+        self.decode = decoder(tokenizer)
         self.special = SpecialTokens.from_tokenizer(tokenizer)
         self.eos_ids = set(self.special.eos_ids)
         self.model: Any = model.eval()
@@ -204,6 +205,17 @@ class Engine:
     def unload(self, name: str) -> Future[bool]:
         """Unload ``name`` (pinned or not); False when it was not loaded."""
         return self._call(lambda: self._unload(name))
+
+    def warm(self, *, lora: bool = False) -> Future[float]:
+        """Capture the decode step's graphs for every batch size now (with ``lora``: those
+        of LoRA rows, for the adapters loaded) rather than at first use; the seconds taken."""
+
+        def capture() -> float:
+            started = time.perf_counter()
+            self.graphs.warm(lora=lora)
+            return time.perf_counter() - started
+
+        return self._call(capture)
 
     def loaded(self) -> dict[str, LoadedAdapter]:
         """A snapshot of the loaded adapters, least recently used first."""
@@ -344,7 +356,7 @@ class Engine:
             row = Row(
                 request=request,
                 blocks=blocks,
-                text=RowText(self.tokenizer, request.params.stop),
+                text=RowText(self.decode, request.params.stop),
                 generator=make_generator(request.params, self.device),
                 prompt_tokens=len(request.prompt),
                 lora_slot=adapter.slot,

@@ -38,9 +38,11 @@ def choose_tokens(
         ``(batch,)`` token ids.
     """
     scores = logits.float()
-    penalty = scores.new_tensor([p.repetition_penalty for p in params]).unsqueeze(1)
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    scores = torch.where(seen, penalised, scores)
+    penalties = [p.repetition_penalty for p in params]
+    if any(p != 1.0 for p in penalties):
+        penalty = scores.new_tensor(penalties).unsqueeze(1)
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(seen, penalised, scores)
     chosen = scores.argmax(dim=-1)
     for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:
