@@ -52,6 +52,7 @@ class Row:
                 "total_ms": (end - self.request.submitted) * 1000,
                 "tokens_per_second": generated / max(end - self.first_token, 1e-9),
             },
+            token_ids=tuple(self.text.ids),
         )
 
 

@@ -99,6 +99,8 @@ class Engine:
         max_context: the most tokens one row may hold (prefix, prompt and answer).
         max_prefill_tokens: prompt tokens prefilled in one step (at least one row).
         cuda_graphs: replay the decode step as CUDA graphs (GPU only).
+        fuse_qkv: make the model's q/k/v projections views of the engine's fused matrix; off,
+            the engine keeps a copy and leaves the model's modules as they are.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Engine:
         max_context: int = 16384,
         max_prefill_tokens: int = 8192,
         cuda_graphs: bool = True,
+        fuse_qkv: bool = True,
     ) -> None:
         self.name = name
         self.max_batch, self.max_adapters = max_batch, max_adapters
@@ -142,7 +145,9 @@ class Engine:
             dtype=self.dtype,
             device=self.device,
         )
-        self.glm = Glm(model, self.cache, self.lora, max_positions=self.max_context)
+        self.glm = Glm(
+            model, self.cache, self.lora, max_positions=self.max_context, fuse_qkv=fuse_qkv
+        )
         self.batch = Batch(
             max_rows=max_batch,
             max_blocks=self.cache.blocks_for(self.max_context),
@@ -150,7 +155,9 @@ class Engine:
             device=self.device,
         )
         self.graphs = DecodeGraphs(
-            self.glm.decode, self.batch, enabled=cuda_graphs and self.device.type == "cuda"
+            self.glm.decode,
+            self.batch,
+            enabled=cuda_graphs and self.device.type == "cuda" and self.glm.graphable,
         )
         self.adapters: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._free_slots = list(range(max_adapters - 1, -1, -1))

@@ -65,7 +65,15 @@ class PrefillRow:
 class Glm:
     """The forward pass over ``model``'s weights, the ``cache`` and the ``lora`` pool."""
 
-    def __init__(self, model: Any, cache: KVCache, lora: LoraPool, *, max_positions: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cache: KVCache,
+        lora: LoraPool,
+        *,
+        max_positions: int,
+        fuse_qkv: bool = True,
+    ) -> None:
         config = model.config
         if config.model_type not in SUPPORTED:
             raise UnsupportedArchitectureError(
@@ -78,11 +86,14 @@ class Glm:
         self.eps = config.rms_norm_eps
         self.act = ACT2FN[config.hidden_act]
         inner = model.model
-        self.embed = inner.embed_tokens.weight
+        self.embed_tokens = inner.embed_tokens
+        # a table kept in host memory (trainer.modeling.HostEmbedding) looks rows up on the CPU,
+        # which a CUDA graph cannot capture
+        self.graphable = isinstance(inner.embed_tokens, torch.nn.Embedding)
         self.norm = inner.norm.weight
         self.head = model.lm_head.weight
-        self.layers = [_fuse(layer) for layer in inner.layers]
-        self.cos, self.sin = _rope_tables(inner.rotary_emb, max_positions, self.embed)
+        self.layers = [_layer(layer, fuse=fuse_qkv) for layer in inner.layers]
+        self.cos, self.sin = _rope_tables(inner.rotary_emb, max_positions, self.head)
 
     @staticmethod
     def cache_shape(config: Any) -> CacheShape:
@@ -113,13 +124,13 @@ class Glm:
             write_kv(self.cache, layer, slots, k, v)
             return decode_attention(q, self.cache, layer, tables, lengths, self.scale)
 
-        hidden = self._layers(F.embedding(tokens, self.embed), positions, attend, mask)
+        hidden = self._layers(self.embed_tokens(tokens), positions, attend, mask)
         return F.linear(hidden, self.head)
 
     def prefill(self, rows: list[PrefillRow]) -> torch.Tensor:
         """Store the rows' prefixes and prompts in the cache; logits ``(rows, vocab)`` of the
         token after each prompt."""
-        device, block = self.embed.device, self.cache.block_size
+        device, block = self.head.device, self.cache.block_size
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -152,7 +163,7 @@ class Glm:
             return prefill_attention(q, keys, values, bounds_q, bounds_k, self.scale)
 
         hidden = self._layers(
-            F.embedding(ids, self.embed), torch.tensor(positions, device=device), attend, mask
+            self.embed_tokens(ids), torch.tensor(positions, device=device), attend, mask
         )
         last = torch.tensor(bounds_q[1:], device=device) - 1
         return F.linear(hidden[last], self.head)
@@ -223,9 +234,10 @@ class Glm:
         return torch.cat(parts, dim=-1)
 
 
-def _fuse(layer: Any) -> Layer:
-    """The layer's weights, with q/k/v fused into one matrix (the projections become views of
-    it, so no memory is spent twice)."""
+def _layer(layer: Any, *, fuse: bool) -> Layer:
+    """The layer's weights, q/k/v as one matrix. With ``fuse`` the model's projections become
+    views of it (no memory spent twice); without, it is a copy and the modules stay as they are
+    (a model that goes on training)."""
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     qkv = torch.cat([p.weight.detach() for p in projections])
@@ -233,7 +245,7 @@ def _fuse(layer: Any) -> Layer:
     if attn.q_proj.bias is not None:
         bias = torch.cat([p.bias.detach() for p in projections])
     start = 0
-    for p in projections:
+    for p in projections if fuse else ():
         rows = p.weight.shape[0]
         p.weight.data = qkv[start : start + rows]
         if bias is not None:
