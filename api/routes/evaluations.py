@@ -123,7 +123,7 @@ def read_samples(
     session: SessionDep,
     model: Annotated[str | None, Query(description="Only this model's outputs.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int | None, Query(ge=-1, description="Samples with a larger index.")] = None,
+    after: Annotated[int | None, Query(ge=0, description="Samples with a larger index.")] = None,
 ) -> Page[EvaluationSamplePublic]:
     """The samples by index: prompt, reference, and every model's output and scores so far."""
     samples, has_more = service.list_samples(
