@@ -177,7 +177,9 @@ def render(evaluation: Evaluation, thresholds: list[Threshold], width: int) -> s
         for metric in METRICS
     ]
     headers = ["metric", *evaluation.models]
-    return render_table(headers, rows, column_widths(len(headers), width, first=7))
+    widths = column_widths(len(headers), width, first=7)  # at most: what the terminal allows
+    fitted = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    return render_table(headers, rows, [min(w, f) for w, f in zip(widths, fitted, strict=True)])
 
 
 def run(client: Client, args: argparse.Namespace) -> int:
