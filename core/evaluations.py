@@ -23,6 +23,8 @@ from core.models import Evaluation, EvaluationEvent, utcnow
 
 
 class EvaluationState(StrEnum):
+    """An evaluation's state; see the module docstring for the edges."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"

@@ -18,6 +18,7 @@ from api.schemas.evaluations import (
     EvaluationPublic,
     EvaluationSamplePublic,
 )
+from api.services import evaluation_queries as queries
 from api.services import evaluations as service
 from api.sse import SSE_DOC, after_id, evaluation_event_stream
 from core.evaluations import EvaluationState, cancel
@@ -42,7 +43,7 @@ def get_evaluation(
     evaluation_id: EvaluationIdPath, session: SessionDep, tenant: TenantDep
 ) -> Evaluation:
     """The caller's evaluation ``evaluation_id`` (another tenant's is not found)."""
-    return service.get_evaluation(session, tenant, evaluation_id)
+    return queries.get_evaluation(session, tenant, evaluation_id)
 
 
 EvaluationDep = Annotated[Evaluation, Depends(get_evaluation)]
@@ -82,7 +83,7 @@ def create_evaluation(
             runner.wake()
     else:
         response.status_code = 200
-    return service.evaluation_public(evaluation)
+    return queries.evaluation_public(evaluation)
 
 
 @router.get("", response_model=Page[EvaluationPublic], responses=error_responses())
@@ -96,21 +97,21 @@ def list_evaluations(
     after: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> Page[EvaluationPublic]:
     """Your evaluations, newest first."""
-    rows, has_more, cursor = service.list_evaluations(
+    rows, has_more, cursor = queries.list_evaluations(
         session=session,
         tenant=tenant,
         states=[s.value for s in state or []],
         after=after,
         limit=limit,
     )
-    data = [service.evaluation_public(e) for e in rows]
+    data = [queries.evaluation_public(e) for e in rows]
     return Page(data=data, has_more=has_more, next_cursor=cursor)
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationPublic, responses=error_responses(404))
 def read_evaluation(evaluation: EvaluationDep) -> EvaluationPublic:
     """An evaluation with its progress and each finished model's metrics, side by side."""
-    return service.evaluation_public(evaluation)
+    return queries.evaluation_public(evaluation)
 
 
 @router.get(
@@ -126,7 +127,7 @@ def read_samples(
     after: Annotated[int | None, Query(ge=0, description="Samples with a larger index.")] = None,
 ) -> Page[EvaluationSamplePublic]:
     """The samples by index: prompt, reference, and every model's output and scores so far."""
-    samples, has_more = service.list_samples(
+    samples, has_more = queries.list_samples(
         session=session, evaluation=evaluation, model=model, after=after, limit=limit
     )
     cursor = str(samples[-1].index) if has_more and samples else None
@@ -174,4 +175,4 @@ def read_events(
 )
 def cancel_evaluation(evaluation: EvaluationDep, session: SessionDep) -> EvaluationPublic:
     """Cancel a queued or running evaluation at once; the answers stored so far stay."""
-    return service.evaluation_public(cancel(session, evaluation))
+    return queries.evaluation_public(cancel(session, evaluation))

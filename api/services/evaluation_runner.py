@@ -54,6 +54,7 @@ class EvaluationRunner:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the thread (once the store is set up)."""
         self._thread = threading.Thread(target=self._loop, name="evaluations", daemon=True)
         self._thread.start()
 

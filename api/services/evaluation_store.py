@@ -26,11 +26,13 @@ class Progress:
     last_at: float = field(default_factory=time.monotonic)
 
     def due(self) -> bool:
+        """A tenth of the answers, or ``interval_s``, since the last event."""
         return self.done - self.last_done >= self.step or (
             self.done > self.last_done and time.monotonic() - self.last_at >= self.interval_s
         )
 
     def mark(self) -> None:
+        """An event was written now."""
         self.last_done, self.last_at = self.done, time.monotonic()
 
 
@@ -45,9 +47,11 @@ class RunStore:
         self.metrics: dict[str, Any] = dict(evaluation.metrics)
 
     def session(self) -> Session:
+        """A new session on the store."""
         return Session(self.db, expire_on_commit=False)
 
     def samples(self) -> dict[int, EvaluationSample]:
+        """The evaluation's samples by index."""
         with self.session() as session:
             rows = session.exec(
                 select(EvaluationSample).where(EvaluationSample.evaluation_id == self.evaluation.id)
@@ -145,6 +149,7 @@ class RunStore:
         return [str(r[0]) for r in rows], [str(r[1]) for r in rows]
 
     def model_finished(self, model: str, metrics: dict[str, float]) -> None:
+        """Record ``model``'s metrics and a ``model_finished`` event."""
         self.metrics[model] = metrics
         with self.session() as session:
             fence(session, self.evaluation.id, self.runner, metrics=dict(self.metrics))
@@ -159,6 +164,7 @@ class RunStore:
             session.commit()
 
     def succeed(self) -> None:
+        """Every model scored: the evaluation succeeded."""
         with self.session() as session:
             fence(
                 session,

@@ -31,6 +31,8 @@ CHECKPOINT = ":ckpt-"  # JOB_ID:ckpt-STEP names a job's checkpoint
 
 @dataclass(frozen=True)
 class Threshold:
+    """A metric's minimum for one model, and the value the evaluation gave it."""
+
     model: str  # the model's name as the evaluation reports it
     metric: str
     minimum: float
@@ -38,10 +40,12 @@ class Threshold:
 
     @property
     def passed(self) -> bool:
+        """Met (a missing value is not)."""
         return self.value is not None and self.value >= self.minimum
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``eval`` command's arguments."""
     parser.add_argument(
         "--model",
         action="append",
@@ -72,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluations_arguments(parser: argparse.ArgumentParser) -> None:
+    """``evaluations list|show|cancel``."""
     commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = commands.add_parser("list", help="your evaluations, newest first")
     listing.add_argument("--state", action="append", help="repeat to match any")
@@ -140,6 +145,7 @@ class EvalProgress:
         self._at = 0.0
 
     def update(self, evaluation: Evaluation) -> None:
+        """Show ``evaluation``'s state and progress when it is worth a line."""
         done, total = evaluation.progress.done, evaluation.progress.total
         now = time.monotonic()
         if (
@@ -239,6 +245,7 @@ def run(client: Client, args: argparse.Namespace) -> int:
 
 
 def run_list(client: Client, args: argparse.Namespace) -> int:
+    """``evaluations list``: one line each."""
     for e in client.evaluations.list(state=args.state, limit=args.limit).data:
         print(
             f"{e.id}  {e.state:<10}  {e.progress.done}/{e.progress.total}  "
@@ -248,11 +255,13 @@ def run_list(client: Client, args: argparse.Namespace) -> int:
 
 
 def run_show(client: Client, args: argparse.Namespace) -> int:
+    """``evaluations show``: JSON."""
     print_json(client.evaluations.retrieve(args.evaluation_id))
     return ExitCode.OK
 
 
 def run_cancel(client: Client, args: argparse.Namespace) -> int:
+    """``evaluations cancel``."""
     evaluation = client.evaluations.cancel(args.evaluation_id)
     note(f"evaluation {evaluation.id}: {evaluation.state}")
     return ExitCode.OK
