@@ -102,9 +102,12 @@ class EvaluationRunner:
         except ClaimLost:
             logger.info("evaluation %s: cancelled or taken over; stopped", evaluation.id)
         except Stopping:
-            with Session(self.db(), expire_on_commit=False) as session:
-                release(session, evaluation, self.id)
-            logger.info("evaluation %s: handed back to the queue", evaluation.id)
+            try:
+                with Session(self.db(), expire_on_commit=False) as session:
+                    release(session, evaluation, self.id)
+                logger.info("evaluation %s: handed back to the queue", evaluation.id)
+            except SQLAlchemyError:  # taken over once its heartbeat is stale
+                logger.exception("evaluation %s: could not hand it back", evaluation.id)
         except AppError as exc:
             logger.info("evaluation %s: failed: %s", evaluation.id, exc.message)
             self._fail(run.store, exc)

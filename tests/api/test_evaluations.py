@@ -243,7 +243,7 @@ def test_cancel_stops_the_runner_and_it_takes_the_next_one(
 def test_a_restarted_api_resumes_without_generating_stored_answers(
     service: Service, long_dataset: str
 ) -> None:
-    body = {"models": [MODEL, LORA_A], "dataset": long_dataset, "max_new_tokens": 96}
+    body = {"models": [MODEL, LORA_A], "dataset": long_dataset, "max_new_tokens": 64}
     evaluation = service.post("/evaluations", {**body, **GREEDY}).json()
 
     def some_stored() -> bool:
