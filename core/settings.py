@@ -50,6 +50,14 @@ class ChatSettings(BaseModel):
     max_messages: int = 256
 
 
+class EvaluationSettings(BaseModel):
+    """Evaluations, run by a thread of each process that serves chat itself."""
+
+    max_samples: int = 10_000  # conversations one evaluation may hold (``limit`` takes fewer)
+    poll_interval_s: float = 2.0  # how often an idle runner looks for a queued evaluation
+    progress_interval_s: float = 5.0  # the longest gap between two ``progress`` events
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GLMFT_", env_nested_delimiter="__", extra="ignore"
@@ -66,6 +74,7 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 60.0
     limits: Limits = Field(default_factory=Limits)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)
     default_tenant: str = "default"
     # {api key: tenant}; empty turns auth off (every caller is the default tenant)
     api_keys: dict[str, str] = Field(default_factory=dict)
