@@ -168,6 +168,7 @@ class Engine:
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._last_work = time.monotonic()
         self.steps = 0
         logger.info(
             "engine %s: cache of %d tokens (%.2f GiB), batch %d, %d adapter slots",
@@ -238,6 +239,13 @@ class Engine:
         """Rows are being decoded."""
         return bool(self.batch.rows)
 
+    @property
+    def idle_s(self) -> float:
+        """Seconds since the engine last had a request (0 while it has one)."""
+        if self.batch.rows or self._waiting:
+            return 0.0
+        return time.monotonic() - self._last_work
+
     def capacity(self) -> dict[str, int]:
         """The cache and batch limits, and what is free now."""
         return {
@@ -293,6 +301,7 @@ class Engine:
                 self._fail_rows(f"generation failed: {exc}")
 
     def _step(self) -> None:
+        self._last_work = time.monotonic()
         self._run_commands()
         self._install_loads()
         admitted = self._admit()
@@ -325,12 +334,12 @@ class Engine:
     # ---- admission and the two kinds of step ------------------------------------------
 
     def _admit(self) -> list[tuple[Row, PrefillRow]]:
-        """Waiting requests that can start now, in arrival order (one waiting for its adapter
-        lets later ones pass; one waiting for cache blocks does not)."""
+        """Waiting requests that can start now, in arrival order, background ones last (one
+        waiting for its adapter lets later ones pass; one waiting for cache blocks does not)."""
         admitted: list[tuple[Row, PrefillRow]] = []
         budget = self.max_prefill_tokens
         with self._wake:
-            waiting = list(self._waiting)
+            waiting = sorted(self._waiting, key=lambda r: r.background)  # stable: arrival order
         for request in waiting:
             if len(self.batch) + len(admitted) >= self.max_batch:
                 break

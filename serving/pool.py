@@ -11,6 +11,8 @@ from typing import Any
 from serving.engine import Engine
 from serving.errors import ModelCacheFullError
 
+IDLE_BEFORE_CLOSE_S = 2.0
+
 
 class EnginePool:
     """Engines by model directory.
@@ -71,7 +73,8 @@ class EnginePool:
 
     def _make_room(self) -> None:
         while len(self._engines) >= self.max_models:
-            idle = [k for k, e in self._engines.items() if e.queued == 0 and not e.busy]
+            # an engine idle only a moment may be between a caller's requests (an evaluation)
+            idle = [k for k, e in self._engines.items() if e.idle_s >= IDLE_BEFORE_CLOSE_S]
             if not idle:
                 raise ModelCacheFullError(
                     f"{len(self._engines)} models are loaded and busy (limit {self.max_models})"

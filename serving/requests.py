@@ -22,3 +22,5 @@ class Request:
     adapter: AdapterSpec | None = None
     cancelled: bool = False  # set by the caller (a client went away): the row stops
     submitted: float = field(default_factory=time.monotonic)
+    # work nobody waits on interactively (an evaluation): admitted after every other request
+    background: bool = False

@@ -26,12 +26,13 @@ from api.services.evaluation_store import Progress, RunStore
 from core.errors import AppError, ChatCapacity, GenerationFailed
 from core.models import Evaluation, EvaluationOutput, EvaluationSample
 from core.settings import Settings
+from serving.requests import Request
 
 if TYPE_CHECKING:
     from api.services.chat import ChatService, Target
-    from serving.engine import Engine, Request
+    from serving.engine import Engine
     from serving.events import Event
-    from serving.sampling import GenerationParams
+    from serving.params import GenerationParams
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,6 @@ class EvaluationRun:
         run: ModelRun,
         prompts: dict[int, tuple[list[int], GenerationParams]],
     ) -> None:
-        from serving.engine import Request
-
         room = 2 * self.settings.chat.max_batch - len(run.in_flight)
         if room <= 0 or time.monotonic() < run.not_before:
             return
@@ -192,7 +191,7 @@ class EvaluationRun:
                 if event.kind != "delta":  # on the engine thread; the runner does the rest
                     self.answers.put((run, index, event))
 
-            request = Request(ids, params, deliver, adapter=run.target.adapter)
+            request = Request(ids, params, deliver, adapter=run.target.adapter, background=True)
             run.in_flight[index] = request
             engine.submit(request)
             room -= 1
