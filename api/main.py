@@ -105,8 +105,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.engine = None
     app.state.schema_ready = False
     app.state.sse_poll_s = 0.5
-    app.state.telemetry = Telemetry(lambda: app.state.engine)
     app.state.chat = ChatService(settings)  # engines load on first use
+    app.state.telemetry = Telemetry(lambda: app.state.engine, app.state.chat.capacity)
     app.state.evaluations = None  # the runner, while the lifespan runs
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)

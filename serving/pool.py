@@ -64,6 +64,12 @@ class EnginePool:
         engine.close()
         return True
 
+    def capacity(self) -> dict[str, dict[str, int]]:
+        """Each open engine's :meth:`Engine.capacity`, by model directory name."""
+        with self._lock:
+            engines = list(self._engines.values())
+        return {engine.name: engine.capacity() for engine in engines}
+
     def close(self) -> None:
         with self._lock:
             engines = list(self._engines.values())

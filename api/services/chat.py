@@ -99,6 +99,10 @@ class ChatService:
         if self._pool is not None:
             self._pool.close()
 
+    def capacity(self) -> dict[str, dict[str, int]]:
+        """Each loaded engine's cache and rows (:meth:`serving.engine.Engine.capacity`)."""
+        return self._pool.capacity() if self._pool is not None else {}
+
     # ---- naming -----------------------------------------------------------------------------
 
     def resolve(self, session: Session, tenant: str, model: str | CheckpointRef) -> Target:

@@ -132,6 +132,17 @@ def test_concurrent_requests_each_get_their_own_models_answer(
     answer = answers[0].json()
     assert answer["model"] == LORA_A and answer["finish_reason"] == "stop"
     assert answer["usage"]["completion_tokens"] > 0 and answer["timings"]["total_ms"] > 0
+    # the engine's paged cache is reported, all of it free again once every answer is in
+    metrics = httpx.get(f"{base}/metrics").text
+    total = _gauge(metrics, "glmft_chat_cache_tokens")
+    assert total > 0 and _gauge(metrics, "glmft_chat_free_cache_tokens") == total
+    assert _gauge(metrics, "glmft_chat_running") == 0
+
+
+def _gauge(metrics: str, name: str) -> float:
+    """The sum of a gauge's samples over its models."""
+    lines = [line for line in metrics.splitlines() if line.startswith(name + "{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_a_full_sft_checkpoint_is_served_as_its_own_model(service: Service) -> None:
