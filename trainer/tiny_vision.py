@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import AddedToken
@@ -51,7 +52,7 @@ def vision_chat_template() -> str:
     return template.replace(_CONTENT, _PARTS)
 
 
-def build_vision_tokenizer(*, vocab_size: int = 2000) -> object:
+def build_vision_tokenizer(*, vocab_size: int = 2000) -> Any:
     tokenizer = build_tokenizer(vocab_size=vocab_size)
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS])
     tokenizer.chat_template = vision_chat_template()
@@ -59,7 +60,7 @@ def build_vision_tokenizer(*, vocab_size: int = 2000) -> object:
 
 
 def build_vision_config(
-    tokenizer: object, *, hidden_size: int = 64, layers: int = 2
+    tokenizer: Any, *, hidden_size: int = 64, layers: int = 2
 ) -> Glm4vConfig:
     """A GLM-4.1V-shaped ``Glm4vConfig`` scaled down to ``hidden_size`` and ``layers``."""
     if hidden_size <= 0 or hidden_size % 16:
@@ -148,7 +149,7 @@ def build_tiny_vision_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _no_progress_bars():
         model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)  # type: ignore[attr-defined]
+        tokenizer.save_pretrained(out_dir)
         build_image_processor().save_pretrained(out_dir)
     logger.info(
         "tiny GLM-4V written to %s (%d params, hidden %d, layers %d, seed %d)",

@@ -10,9 +10,16 @@ from fastapi.responses import StreamingResponse
 from api.deps import SessionDep, TenantDep
 from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
-from api.services.chat import ChatService, Target, answer, engine_error, response_of
+from api.services.chat import (
+    ChatEngine,
+    ChatService,
+    Prompt,
+    Target,
+    answer,
+    engine_error,
+    response_of,
+)
 from api.sse import format_event
-from serving.engine import Engine
 from serving.sampling import GenerationParams
 
 router = APIRouter(tags=["chat"])
@@ -47,9 +54,9 @@ async def chat(
 
 async def _frames(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
 ) -> AsyncIterator[str]:

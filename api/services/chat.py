@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.schemas.chat import ChatResponse, CheckpointRef, GenerationFields
 from api.services.adapters import find_checkpoint
+from api.services.vision_chat import has_images, prepare_vision
 from core.errors import (
     AppError,
     ChatCapacity,
@@ -37,15 +38,20 @@ from serving.events import Event, Result
 from serving.pool import EnginePool, ModelCacheFullError
 from serving.sampling import GenerationParams
 from serving.toolcalls import parse_tool_call, tool_names
+from serving.vision import VisionEngine, VisionPool, VisionPrompt, VisionRequest
 from trainer.template import clean_message, render_ids
 from trainer.validation import validate_conversation
 from trainer.validation_codes import Code
+from trainer.vision import is_vision_model
 
 logger = logging.getLogger(__name__)
 
 _TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}  # a chat needs no answer to train on
 _TURN_ROLES = ("user", "observation")
 DEFAULT_MAX_NEW_TOKENS = 1024
+# --- vision (serving.vision, api.services.vision_chat): a vision base gets a VisionEngine
+ChatEngine = Engine | VisionEngine
+Prompt = list[int] | VisionPrompt
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,15 @@ class ChatService:
             max_adapters=chat.max_adapters,
             max_adapter_bytes=chat.max_adapter_bytes,
         )
+        self.vision = VisionPool(
+            max_models=chat.max_models,
+            max_adapters=chat.max_adapters,
+            max_adapter_bytes=chat.max_adapter_bytes,
+        )
 
     def close(self) -> None:
         self.pool.close()
+        self.vision.close()
 
     # ---- naming -----------------------------------------------------------------------------
 
@@ -124,21 +136,34 @@ class ChatService:
 
     async def open(
         self, session: Session, tenant: str, model: str | CheckpointRef
-    ) -> tuple[Target, Engine]:
+    ) -> tuple[Target, ChatEngine]:
         """Resolve ``model`` and get its engine; the session is closed before the (possibly
         long) model load and generation, so the request holds no database connection."""
         target = await run_in_threadpool(self.resolve, session, tenant, model)
         session.close()
         return target, await self.engine(target)
 
-    async def engine(self, target: Target) -> Engine:
+    async def engine(self, target: Target) -> ChatEngine:
         """The target's engine; the first request for a model waits for it to load."""
         try:
+            if is_vision_model(target.model_dir):  # vision: serving.vision
+                return await run_in_threadpool(self._vision_engine, target)
             return await run_in_threadpool(
                 self.pool.get, target.model_dir, tokenizer_dir=target.tokenizer_dir
             )
         except ModelCacheFullError as exc:
             raise ChatCapacity(str(exc)) from exc
+
+    def _vision_engine(self, target: Target) -> VisionEngine:
+        entry = self.settings.models.get(target.base_model)
+        return self.vision.get(
+            target.model_dir,
+            tokenizer_dir=target.tokenizer_dir,
+            trust_remote_code=bool(entry and entry.trust_remote_code),
+        )
+
+    def _find(self, model_dir: Path) -> ChatEngine | None:
+        return self.pool.find(model_dir) or self.vision.find(model_dir)
 
     def _model_dir(self, base_model: str, method: str, path: str) -> Path | None:
         if method == "sft":
@@ -149,7 +174,7 @@ class ChatService:
     def state_of(self, name: str, base_model: str, method: str, path: str) -> tuple[bool, bool]:
         """Whether the adapter is loaded in this process, and pinned."""
         model_dir = self._model_dir(base_model, method, path)
-        engine = self.pool.find(model_dir) if model_dir else None
+        engine = self._find(model_dir) if model_dir else None
         if engine is None:
             return False, False
         if method == "sft":
@@ -164,8 +189,9 @@ class ChatService:
             return
         if method == "sft":
             await run_in_threadpool(self.pool.close_model, model_dir)
+            await run_in_threadpool(self.vision.close_model, model_dir)
             return
-        engine = self.pool.find(model_dir)
+        engine = self._find(model_dir)
         if engine is not None:
             await asyncio.wrap_future(engine.unload(name))
 
@@ -173,12 +199,18 @@ class ChatService:
 
     def prepare(
         self,
-        engine: Engine,
+        engine: ChatEngine,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         fields: GenerationFields,
-    ) -> tuple[list[int], GenerationParams, set[str]]:
+    ) -> tuple[Prompt, GenerationParams, set[str]]:
         """The prompt's token ids, the sampling parameters and the offered tool names."""
+        if isinstance(engine, VisionEngine):  # images allowed: api.services.vision_chat
+            return prepare_vision(self.settings, engine, messages, tools, fields)
+        if has_images(messages):
+            raise InvalidMessages(
+                "this model is not a vision model: images need a vision base", param="messages"
+            )
         limits = self.settings.chat
         if len(messages) > limits.max_messages:
             raise InvalidMessages(
@@ -216,7 +248,7 @@ class ChatService:
         return prompt, params, tool_names(messages)
 
     async def events(
-        self, engine: Engine, target: Target, prompt: list[int], params: GenerationParams
+        self, engine: ChatEngine, target: Target, prompt: Prompt, params: GenerationParams
     ) -> AsyncIterator[Event]:
         """The engine's events for one request, ending with ``done`` or ``error``; leaving
         early (a client that went away) stops the request's generation."""
@@ -227,8 +259,15 @@ class ChatService:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        request = Request(prompt, params, deliver, adapter=target.adapter)
-        engine.submit(request)
+        request: Request | VisionRequest
+        if isinstance(engine, VisionEngine) and isinstance(prompt, VisionPrompt):
+            request = VisionRequest(prompt, params, deliver, adapter=target.adapter)
+            engine.submit(request)
+        elif isinstance(engine, Engine) and isinstance(prompt, list):
+            request = Request(prompt, params, deliver, adapter=target.adapter)
+            engine.submit(request)
+        else:
+            raise TypeError("a prompt was prepared for another kind of engine")
         try:
             while True:
                 event = await queue.get()
@@ -249,9 +288,9 @@ def _checkpoint_ref(model: str) -> str | CheckpointRef:
 
 async def answer(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
 ) -> ChatResponse:
