@@ -81,7 +81,7 @@ class _Deltas(BaseStreamer, StoppingCriteria):
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.ids += [int(t) for t in value.reshape(-1).tolist()]
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
         for stop in self.request.params.stop:
             at = text.find(stop)
             if stop and at >= 0:

@@ -74,6 +74,8 @@ def open_rgb(source: Path | Any, *, name: str = "image", max_pixels: int = MAX_P
 
 
 def _unreadable(name: str, exc: Exception, where: str) -> ImageError:
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow's own, far higher bound
+        return ImageError(Code.IMAGE_TOO_LARGE, f"{name} declares too many pixels ({exc})")
     if isinstance(exc, UnidentifiedImageError):
         why = f"accepted formats: {', '.join(sorted(FORMATS))}"
     else:  # never show the server's paths

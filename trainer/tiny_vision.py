@@ -59,9 +59,7 @@ def build_vision_tokenizer(*, vocab_size: int = 2000) -> Any:
     return tokenizer
 
 
-def build_vision_config(
-    tokenizer: Any, *, hidden_size: int = 64, layers: int = 2
-) -> Glm4vConfig:
+def build_vision_config(tokenizer: Any, *, hidden_size: int = 64, layers: int = 2) -> Glm4vConfig:
     """A GLM-4.1V-shaped ``Glm4vConfig`` scaled down to ``hidden_size`` and ``layers``."""
     if hidden_size <= 0 or hidden_size % 16:
         raise ValueError(f"hidden_size must be a positive multiple of 16, got {hidden_size}")
