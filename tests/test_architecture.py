@@ -37,6 +37,8 @@ TORCH_FREE = [
     "template",
     "checkpoints",
     "events",
+    "images",
+    "vision",
 ]
 
 
