@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import StoppingCriteriaList
 
 from serving.adapters import AdapterSpec
 from serving.engine import AdapterBusyError, AdapterCacheFullError, EngineClosedError, LoadedAdapter
 from serving.events import Event, FinishReason, Result
-from serving.pool import ModelCacheFullError
 from serving.sampling import GenerationParams
+from serving.vision_stream import TextDeltas
 from trainer.modeling import check_model_dir, compute_dtype, load_model, load_tokenizer
 from trainer.template import SpecialTokens
 from trainer.vision_data import ImageTokens
@@ -59,47 +58,6 @@ class VisionRequest:
     adapter: AdapterSpec | None = None
     cancelled: bool = False  # set by the caller (a client went away): generation stops
     submitted: float = field(default_factory=time.monotonic)
-
-
-class _Deltas(BaseStreamer, StoppingCriteria):
-    """Streams text deltas of one generation and stops it on a stop string or a cancel."""
-
-    def __init__(self, tokenizer: Any, request: VisionRequest) -> None:
-        self.tokenizer = tokenizer
-        self.request = request
-        self.ids: list[int] = []
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-        self.first_token_at: float | None = None
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() hands over the prompt first
-            self._prompt_seen = True
-            return
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.ids += [int(t) for t in value.reshape(-1).tolist()]
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
-        for stop in self.request.params.stop:
-            at = text.find(stop)
-            if stop and at >= 0:
-                text, self.stopped = text[:at], True
-        self.text = text
-        ready = len(text) if self.stopped else len(text.rstrip("\ufffd"))  # whole characters
-        if ready > self.sent:
-            self.request.on_event(Event("delta", text=text[self.sent : ready]))
-            self.sent = ready
-
-    def end(self) -> None:
-        if len(self.text) > self.sent:
-            self.request.on_event(Event("delta", text=self.text[self.sent :]))
-            self.sent = len(self.text)
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:  # noqa: ARG002
-        done = self.stopped or self.request.cancelled
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class VisionEngine:
@@ -294,7 +252,7 @@ class VisionEngine:
             )
         )
 
-    def _generate(self, request: VisionRequest) -> tuple[_Deltas, list[int]]:
+    def _generate(self, request: VisionRequest) -> tuple[TextDeltas, list[int]]:
         prompt, params = request.prompt, request.params
         ids = torch.tensor([prompt.input_ids], device=self.device)
         inputs: dict[str, Any] = {
@@ -310,7 +268,7 @@ class VisionEngine:
             sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
             if params.seed is not None:
                 torch.manual_seed(params.seed)  # this thread is the model's only user
-        deltas = _Deltas(self.tokenizer, request)
+        deltas = TextDeltas(self.tokenizer, request)
         options = {
             **inputs,
             **sampling,
@@ -396,58 +354,3 @@ class VisionEngine:
         for _, future in self._commands:
             future.set_exception(EngineClosedError(message))
         self._commands.clear()
-
-
-class VisionPool:
-    """The vision engines of one process, one per model directory, at most ``max_models``;
-    the least recently used idle one is closed to make room."""
-
-    def __init__(self, *, max_models: int = 2, **limits: Any) -> None:
-        self.max_models = max_models
-        self._limits = limits
-        self._engines: OrderedDict[Path, VisionEngine] = OrderedDict()
-        self._lock = threading.Lock()  # held through a load: one load at a time
-
-    def get(
-        self, model_dir: Path, *, tokenizer_dir: Path | None = None, trust_remote_code: bool = False
-    ) -> VisionEngine:
-        key = model_dir.resolve()
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is None:
-                while len(self._engines) >= self.max_models:
-                    idle = [k for k, e in self._engines.items() if not (e.queued or e.busy)]
-                    if not idle:
-                        raise ModelCacheFullError(
-                            f"{len(self._engines)} vision models are loaded and busy "
-                            f"(limit {self.max_models})"
-                        )
-                    self._engines.pop(idle[0]).close()
-                engine = VisionEngine.open(
-                    key,
-                    tokenizer_dir=tokenizer_dir,
-                    trust_remote_code=trust_remote_code,
-                    **self._limits,
-                )
-                self._engines[key] = engine
-            self._engines.move_to_end(key)
-            return engine
-
-    def find(self, model_dir: Path) -> VisionEngine | None:
-        with self._lock:
-            return self._engines.get(model_dir.resolve())
-
-    def close_model(self, model_dir: Path) -> bool:
-        with self._lock:
-            engine = self._engines.pop(model_dir.resolve(), None)
-        if engine is None:
-            return False
-        engine.close()
-        return True
-
-    def close(self) -> None:
-        with self._lock:
-            engines = list(self._engines.values())
-            self._engines.clear()
-        for engine in engines:
-            engine.close()

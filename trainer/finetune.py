@@ -70,11 +70,11 @@ from trainer.modeling import (
     parameter_counts,
 )
 from trainer.template import IGNORE_INDEX, SpecialTokens
-from trainer.vision import is_remote_code_vision, is_vision_config, vision_config_issues
 from trainer.vision_data import (
     ImageTokens,
     VisionCollator,
     VisionDataset,
+    check_vision_run,
     vision_datasets,
     vision_eval_dataset,
 )
@@ -338,21 +338,6 @@ def build_datasets(
     return train, build_train_dataset(
         tokenizer, special, val_conversations, combine=config.combine, max_length=config.max_length
     )
-
-
-def check_vision_run(model_config: dict[str, Any], config: FinetuningConfig) -> bool:
-    """Whether the run trains a vision model; raises what such a run cannot do."""
-    if is_remote_code_vision(model_config):
-        raise UnsupportedModelError(
-            "GLM-4V-9B's remote code builds its image inputs inside its own tokenizer, which "
-            "glmft does not drive; train the native GLM-4.1V-9B (Glm4vForConditionalGeneration)"
-        )
-    if not is_vision_config(model_config):
-        return False
-    issues = vision_config_issues(config)
-    if issues:
-        raise ConfigError(issues)
-    return True
 
 
 def checkpoint_metadata(

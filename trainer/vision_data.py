@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from transformers import AutoImageProcessor
 
+from trainer.config import ConfigError, FinetuningConfig
 from trainer.data import DataError, LeftPadCollator, load_conversations
 from trainer.images import ImageError, image_size, open_rgb, resolve_image
+from trainer.modeling import UnsupportedModelError
 from trainer.template import (
     ChatTokenizer,
     Message,
@@ -28,9 +30,29 @@ from trainer.template import (
     encode_eval,
     encode_train,
 )
-from trainer.vision import IMAGE_TOKEN
+from trainer.vision import (
+    IMAGE_TOKEN,
+    is_remote_code_vision,
+    is_vision_config,
+    vision_config_issues,
+)
 
 _NO_TRUNCATION = 1 << 62
+
+
+def check_vision_run(model_config: dict[str, Any], config: FinetuningConfig) -> bool:
+    """Whether the run trains a vision model; raises what such a run cannot do."""
+    if is_remote_code_vision(model_config):
+        raise UnsupportedModelError(
+            "GLM-4V-9B's remote code builds its image inputs inside its own tokenizer, which "
+            "glmft does not drive; train the native GLM-4.1V-9B (Glm4vForConditionalGeneration)"
+        )
+    if not is_vision_config(model_config):
+        return False
+    issues = vision_config_issues(config)
+    if issues:
+        raise ConfigError(issues)
+    return True
 
 
 def native_messages(messages: list[Message]) -> tuple[list[Message], str | None]:

@@ -38,7 +38,8 @@ from serving.events import Event, Result
 from serving.pool import EnginePool, ModelCacheFullError
 from serving.sampling import GenerationParams
 from serving.toolcalls import parse_tool_call, tool_names
-from serving.vision import VisionEngine, VisionPool, VisionPrompt, VisionRequest
+from serving.vision import VisionEngine, VisionPrompt, VisionRequest
+from serving.vision_pool import VisionPool
 from trainer.template import clean_message, render_ids
 from trainer.validation import validate_conversation
 from trainer.validation_codes import Code

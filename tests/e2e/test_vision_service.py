@@ -100,6 +100,15 @@ def test_vision_lora_job_trains_and_the_adapter_answers_about_images(
                 model=adapter, messages=_image_question(colour), temperature=0, max_tokens=8
             )  # type: ignore[arg-type]
             assert reply.choices[0].message.content == answer, (colour, reply)
+        stream = client.chat.completions.create(
+            model=adapter, messages=_image_question("blue"), temperature=0, stream=True
+        )  # type: ignore[arg-type]
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert streamed == COLOURS["blue"][1]
+        base = client.chat.completions.create(
+            model=MODEL, messages=_image_question("red"), temperature=0, max_tokens=8
+        )  # type: ignore[arg-type]
+        assert base.choices[0].message.content != COLOURS["red"][1]  # no adapter left active
         # the same through the native route, the image as GLM-4's `image` on the message
         red = {"role": "user", "content": QUESTION, "image": data_url(png(COLOURS["red"][0]))}
         native = http.post(
