@@ -31,8 +31,15 @@ from serving.engine import AdapterBusyError, AdapterCacheFullError, EngineClosed
 from serving.events import Event, FinishReason, Result
 from serving.sampling import GenerationParams
 from serving.vision_stream import TextDeltas
-from trainer.modeling import check_model_dir, compute_dtype, load_model, load_tokenizer
+from trainer.modeling import (
+    UnsupportedModelError,
+    check_model_dir,
+    compute_dtype,
+    load_model,
+    load_tokenizer,
+)
 from trainer.template import SpecialTokens
+from trainer.vision import is_remote_code_vision
 from trainer.vision_data import ImageTokens
 
 logger = logging.getLogger(__name__)
@@ -103,7 +110,11 @@ class VisionEngine:
     ) -> VisionEngine:
         """An engine for a vision model directory (a base, or a full-SFT checkpoint whose
         tokenizer and image processor are its base's, ``tokenizer_dir``)."""
-        check_model_dir(model_dir, trust_remote_code=trust_remote_code)
+        if is_remote_code_vision(check_model_dir(model_dir, trust_remote_code=trust_remote_code)):
+            raise UnsupportedModelError(
+                f"{model_dir} is GLM-4V-9B's remote-code layout, which is not served; "
+                "serve the native GLM-4.1V-9B"
+            )
         assets = model_dir if (model_dir / "tokenizer_config.json").is_file() else tokenizer_dir
         assets = assets or model_dir
         tokenizer = load_tokenizer(assets, trust_remote_code=trust_remote_code)

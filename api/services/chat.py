@@ -40,6 +40,7 @@ from serving.sampling import GenerationParams
 from serving.toolcalls import parse_tool_call, tool_names
 from serving.vision import VisionEngine, VisionPrompt, VisionRequest
 from serving.vision_pool import VisionPool
+from trainer.modeling import UnsupportedModelError
 from trainer.template import clean_message, render_ids
 from trainer.validation import validate_conversation
 from trainer.validation_codes import Code
@@ -154,6 +155,8 @@ class ChatService:
             )
         except ModelCacheFullError as exc:
             raise ChatCapacity(str(exc)) from exc
+        except UnsupportedModelError as exc:  # e.g. remote code: the registry's model, not ours
+            raise ModelUnavailable(str(exc), param="model") from exc
 
     def _vision_engine(self, target: Target) -> VisionEngine:
         entry = self.settings.models.get(target.base_model)

@@ -47,8 +47,9 @@ def check_base_and_data(
         )
     if is_remote_code_vision(model_config):
         raise UnsupportedModel(
-            f"base {model!r} is GLM-4V-9B's remote-code layout, which glmft serves but does not "
-            "train; fine-tune the native GLM-4.1V-9B (Glm4vForConditionalGeneration)",
+            f"base {model!r} is GLM-4V-9B's remote-code layout, whose tokenizer builds the "
+            "image inputs itself; glmft fine-tunes the native GLM-4.1V-9B "
+            "(Glm4vForConditionalGeneration)",
             param="model",
         )
     archive = is_archive_dataset(Path(train.path))
