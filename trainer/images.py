@@ -9,7 +9,8 @@ directory, so uploaded data can never make the trainer read another file of the 
 An image is checked from its header before any pixel is decoded: a format from
 :data:`FORMATS`, and at most ``max_pixels`` pixels (a small file can declare a huge image: a
 decompression bomb). :func:`open_rgb` is the one place that decodes pixels, after the same
-checks. This module imports Pillow, never torch.
+checks. This module imports Pillow when it first checks an image (text data never needs it),
+and never torch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from PIL import Image, UnidentifiedImageError
 
 from trainer.validation_codes import Code
 
@@ -43,6 +42,8 @@ def image_size(path: Path, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     Raises:
         ImageError: missing, not an allowed image format, or larger than ``max_pixels``.
     """
+    from PIL import Image
+
     try:
         with Image.open(path) as image:
             return _checked(image, path.name, max_pixels)
@@ -60,6 +61,8 @@ def open_rgb(source: Path | Any, *, name: str = "image", max_pixels: int = MAX_P
     Raises:
         ImageError: as :func:`image_size`, or when the pixel data is truncated or corrupt.
     """
+    from PIL import Image
+
     try:
         with Image.open(source) as image:
             _checked(image, name, max_pixels)
@@ -74,6 +77,8 @@ def open_rgb(source: Path | Any, *, name: str = "image", max_pixels: int = MAX_P
 
 
 def _unreadable(name: str, exc: Exception, where: str) -> ImageError:
+    from PIL import Image, UnidentifiedImageError
+
     if isinstance(exc, Image.DecompressionBombError):  # Pillow's own, far higher bound
         return ImageError(Code.IMAGE_TOO_LARGE, f"{name} declares too many pixels ({exc})")
     if isinstance(exc, UnidentifiedImageError):
