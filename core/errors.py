@@ -91,6 +91,18 @@ class InvalidDataset(Invalid):
     code = "invalid_dataset"
 
 
+class InvalidArchive(Invalid):
+    """A dataset archive that is unsafe or malformed (links, paths leaving it, non-images)."""
+
+    code = "invalid_archive"
+
+
+class UnsupportedModel(Invalid):
+    """A base model this job cannot train (untrusted remote code, a layout glmft cannot train)."""
+
+    code = "unsupported_model"
+
+
 class InvalidConfig(Invalid):
     code = "invalid_config"
 

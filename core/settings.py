@@ -19,10 +19,17 @@ class BaseModelEntry(BaseModel):
 
     path: Path
     description: str = ""
+    # Load this checkpoint's own modeling code (e.g. the original GLM-4V-9B). The operator's
+    # choice for one entry (GLMFT_MODELS__<name>__TRUST_REMOTE_CODE=true); never a job's.
+    trust_remote_code: bool = False
 
 
 class Limits(BaseModel):
     max_upload_bytes: int = 2 * 1024**3
+    # a dataset archive (.zip / .tar.gz of train.jsonl, dev.jsonl and images), once unpacked
+    max_archive_bytes: int = 8 * 1024**3
+    max_archive_files: int = 100_000
+    max_image_pixels: int = 40_000_000  # width x height an image may declare (decoded size)
     max_gpus_per_job: int = 8
     max_attempts: int = 3
 

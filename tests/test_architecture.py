@@ -39,6 +39,8 @@ TORCH_FREE = [
     "template",
     "checkpoints",
     "events",
+    "images",
+    "vision",
 ]
 
 

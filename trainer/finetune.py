@@ -71,6 +71,14 @@ from trainer.modeling import (
     parameter_counts,
 )
 from trainer.template import IGNORE_INDEX, SpecialTokens
+from trainer.vision_data import (
+    ImageTokens,
+    VisionCollator,
+    VisionDataset,
+    check_vision_run,
+    vision_datasets,
+    vision_eval_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +107,7 @@ class RunArgs:
     output_dir: Path | None
     base_model_name: str | None
     feature_cache: Path | None = None
+    trust_remote_code: bool = False
 
 
 class GlmSeq2SeqTrainer(Seq2SeqTrainer):
@@ -198,6 +207,11 @@ def parse_args(argv: Sequence[str] | None) -> RunArgs:
         type=Path,
         help="directory of pre-tokenised datasets reused across runs (default: none)",
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load a checkpoint whose modeling code ships with it (the operator's choice)",
+    )
     ns = parser.parse_args(argv)
     try:
         resume = Resume.parse(ns.resume)
@@ -211,6 +225,7 @@ def parse_args(argv: Sequence[str] | None) -> RunArgs:
         ns.output_dir,
         ns.base_model_name,
         ns.feature_cache,
+        ns.trust_remote_code,
     )
 
 
@@ -362,10 +377,12 @@ def checkpoint_metadata(
 
 
 def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
-    model_config = check_model_dir(run_args.model_dir)
+    trust = run_args.trust_remote_code
+    model_config = check_model_dir(run_args.model_dir, trust_remote_code=trust)
+    vision = check_vision_run(model_config, config)
     configure_cuda_kernels()
     files = split_files(run_args.data_dir, config.data_config)
-    tokenizer = load_tokenizer(run_args.model_dir)
+    tokenizer = load_tokenizer(run_args.model_dir, trust_remote_code=trust)
     special = SpecialTokens.from_tokenizer(tokenizer)
     has_eval = "validation" in files and config.training_args.get("eval_strategy", "no") != "no"
     generation = GenerationConfig(
@@ -375,18 +392,26 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         do_sample=False,
     )
     generate = bool(config.training_args.get("predict_with_generate", False))
-    train_data, val_data = build_datasets(
-        tokenizer,
-        special,
-        config,
-        files,
-        with_eval=has_eval,
-        generate=generate,
-        cache=(run_args.feature_cache, run_args.model_dir) if run_args.feature_cache else None,
-    )
+    tokens = ImageTokens.load(run_args.model_dir, tokenizer) if vision else None
+    train_data: FeatureDataset | VisionDataset
+    val_data: FeatureDataset | VisionDataset | None
+    if tokens is not None:
+        train_data, val_data = vision_datasets(
+            tokenizer, special, tokens, config, files, with_eval=has_eval, generate=generate
+        )
+    else:
+        train_data, val_data = build_datasets(
+            tokenizer,
+            special,
+            config,
+            files,
+            with_eval=has_eval,
+            generate=generate,
+            cache=(run_args.feature_cache, run_args.model_dir) if run_args.feature_cache else None,
+        )
     memory = plan_for_config(
         config,
-        model_config,
+        model_config.get("text_config", model_config) if vision else model_config,
         [len(f["input_ids"]) for f in train_data.features],
         config_path=run_args.config_path,
         dtype_bytes=compute_dtype().itemsize,
@@ -412,7 +437,12 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     set_seed(args.seed)  # before the adapter's random init: a run repeats with its seed
     prefix = config.method == "ptuning_v2"
     attention = register_packed_attention(prefix=prefix) if config.packing else None
-    model = load_model(run_args.model_dir, dtype=compute_dtype(), attn_implementation=attention)
+    model = load_model(
+        run_args.model_dir,
+        dtype=compute_dtype(),
+        attn_implementation=attention,
+        trust_remote_code=trust,
+    )
     if memory.host_embeddings:
         keep_embeddings_on_host(model)
     model = attach_method(model, config, gradient_checkpointing=memory.gradient_checkpointing)
@@ -423,7 +453,9 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         model=model,
         args=args,
         data_collator=(
-            PackingCollator(special.endoftext)
+            VisionCollator(special.endoftext, tokens.image_token)
+            if tokens is not None
+            else PackingCollator(special.endoftext)
             if config.packing
             else LeftPadCollator(pad_id=special.endoftext)
         ),
@@ -452,13 +484,17 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if "test" in files and generate:
-        test_data = eval_dataset(
-            tokenizer,
-            special,
-            load_conversations(files["test"]),
-            combine=config.combine,
-            max_input_length=config.max_input_length,
-            max_output_length=config.max_output_length,
+        test_data: FeatureDataset | VisionDataset = (
+            vision_eval_dataset(tokenizer, special, tokens, config, files["test"])
+            if tokens is not None
+            else eval_dataset(
+                tokenizer,
+                special,
+                load_conversations(files["test"]),
+                combine=config.combine,
+                max_input_length=config.max_input_length,
+                max_output_length=config.max_output_length,
+            )
         )
         result = trainer.predict(test_data, metric_key_prefix="test")
         events.emit(

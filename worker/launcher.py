@@ -127,12 +127,14 @@ def build_trainer_command(
     resume: str,
     base_model_name: str,
     feature_cache: Path | None = None,
+    trust_remote_code: bool = False,
     python: str = sys.executable,
 ) -> list[str]:
     """The trainer's command line: one process, or ``torch.distributed.run`` with ``nproc`` ranks.
 
     ``resume`` is the demo's positional argument (``yes``, a step ``N``, ``no``); empty omits it.
-    ``feature_cache`` is where the trainer keeps pre-tokenised datasets between jobs.
+    ``feature_cache`` is where the trainer keeps pre-tokenised datasets between jobs;
+    ``trust_remote_code`` comes from the base's registry entry only (the operator's choice).
     """
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
@@ -154,6 +156,8 @@ def build_trainer_command(
     args += ["--output-dir", str(output_dir), "--base-model-name", base_model_name]
     if feature_cache is not None:
         args += ["--feature-cache", str(feature_cache)]
+    if trust_remote_code:
+        args.append("--trust-remote-code")
     return [*launcher, *args]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -11,12 +10,17 @@ from fastapi.responses import StreamingResponse
 from api.deps import SessionDep, TenantDep
 from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
-from api.services.chat import ChatService, Target, answer, engine_error, response_of
+from api.services.chat import (
+    ChatEngine,
+    ChatService,
+    Prompt,
+    Target,
+    answer,
+    engine_error,
+    response_of,
+)
 from api.sse import format_event
 from serving.params import GenerationParams
-
-if TYPE_CHECKING:  # loads torch: only where this process serves chat
-    from serving.engine import Engine
 
 router = APIRouter(tags=["chat"])
 
@@ -50,9 +54,9 @@ async def chat(
 
 async def _frames(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
 ) -> AsyncIterator[str]:

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -19,13 +19,18 @@ from api.routes.chat import chat_service
 from api.schemas.chat import GenerationFields
 from api.schemas.openai_chat import ChatCompletion, ChatCompletionRequest, ModelList, ModelObject
 from api.services.adapters import visible_adapters
-from api.services.chat import ChatService, Target, answer, engine_error, response_of
+from api.services.chat import (
+    ChatEngine,
+    ChatService,
+    Prompt,
+    Target,
+    answer,
+    engine_error,
+    response_of,
+)
 from api.services.openai_chat import completion_of, glm_messages
 from core.models import BaseModelRecord
 from serving.params import GenerationParams
-
-if TYPE_CHECKING:  # loads torch: only where this process serves chat
-    from serving.engine import Engine
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
@@ -75,9 +80,9 @@ def _fields(body: ChatCompletionRequest) -> GenerationFields:
 
 async def _chunks(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
     completion_id: str,

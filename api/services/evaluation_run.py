@@ -23,7 +23,7 @@ from sqlalchemy import Engine as SQLEngine
 
 from api.schemas.chat import CheckpointRef, GenerationFields
 from api.services.evaluation_store import Progress, RunStore
-from core.errors import AppError, ChatCapacity, GenerationFailed
+from core.errors import AppError, ChatCapacity, GenerationFailed, ModelUnavailable
 from core.models import Evaluation, EvaluationOutput, EvaluationSample
 from core.settings import Settings
 from serving.requests import Request
@@ -120,13 +120,19 @@ class EvaluationRun:
 
     def _engine(self, target: Target) -> Engine:
         """The target's engine, waiting while every model slot of this process is busy."""
+        from serving.engine import Engine
+
         while True:
             self._check()
             try:
-                return asyncio.run(self.chat.engine(target))
+                engine = asyncio.run(self.chat.engine(target))
             except ChatCapacity:
                 logger.info("evaluation %s waits for a model slot", self.evaluation.id)
                 self.stopping.wait(CAPACITY_RETRY_S * 5)
+                continue
+            if not isinstance(engine, Engine):  # admission refuses vision models
+                raise ModelUnavailable(f"{target.name} is not a text model", param="models")
+            return engine
 
     def _finish_model(self, run: ModelRun) -> None:
         from trainer.metrics import score_texts  # jieba and nltk load on first use
@@ -163,6 +169,8 @@ class EvaluationRun:
             sample = samples[index]
             try:
                 ids, params, _ = self.chat.prepare(engine, sample.messages, None, self.fields)
+                if not isinstance(ids, list):
+                    raise ModelUnavailable("evaluations run text models", param="models")
             except AppError as exc:
                 where = f"line {sample.line}" if sample.line is not None else f"index {index}"
                 raise type(exc)(

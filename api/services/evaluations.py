@@ -19,6 +19,7 @@ from core.models import Evaluation, EvaluationSample
 from core.settings import Settings
 from trainer.datafiles import DataFileError
 from trainer.validation import iter_conversations
+from trainer.vision import is_vision_model
 
 if TYPE_CHECKING:
     from api.services.chat import ChatService
@@ -103,6 +104,10 @@ def _resolve_models(
             suffix = exc.param.partition(".")[2] if exc.param else ""
             where = f"{param}.{suffix}" if suffix else param
             raise type(exc)(exc.message, param=where, details=exc.details) from exc
+        if is_vision_model(target.model_dir):
+            raise Invalid(
+                f"{target.name} is a vision model; evaluations run text models", param=param
+            )
         if target.name in names:
             raise Invalid(
                 f"{target.name} is named twice (models.{names[target.name]} and {param})",

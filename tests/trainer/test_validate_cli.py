@@ -112,16 +112,34 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert [w["code"] for w in data["warnings"]] == ["content_empty"]
 
 
-def test_vision_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image = {
+def _with_image(image: str) -> dict[str, Any]:
+    return {
         "messages": [
-            {"role": "user", "content": "图里是什么？", "image": "/img/1.jpg"},
+            {"role": "user", "content": "图里是什么？", "image": image},
             {"role": "assistant", "content": "一只猫。"},
         ]
     }
-    file = write_jsonl(tmp_path / "d.jsonl", [image])
-    assert run_cli(capsys, file)[0] == 1
-    assert run_cli(capsys, file, "--vision")[0] == 0
+
+
+def test_vision_flag_checks_each_image_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "cat.jpg")
+    (tmp_path / "notes.png").write_text("not an image")
+    absolute = str(tmp_path / "cat.jpg")
+    file = write_jsonl(
+        tmp_path / "d.jsonl",
+        [_with_image(i) for i in ("cat.jpg", absolute, "/img/1.jpg", "notes.png")],
+    )
+    assert run_cli(capsys, write_jsonl(tmp_path / "ok.jsonl", [_with_image("cat.jpg")]))[0] == 1
+    code, out, _ = run_cli(capsys, file, "--vision")
+    assert code == 1
+    assert f"{file}:3: messages[0].image: image file not found: 1.jpg [image_not_found]" in out
+    assert f"{file}:4: messages[0].image: notes.png is not a readable image" in out
+    assert out.count("[image_") == 2  # lines 1 (relative) and 2 (absolute) are fine
+    assert run_cli(capsys, tmp_path / "ok.jsonl", "--vision")[0] == 0
 
 
 def test_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
