@@ -2,7 +2,8 @@
 
 ``validating -> queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and
 ``paused`` (ARCHITECTURE.md decision 2). Every change is a conditional UPDATE on the current state,
-so two workers (or a worker and the reaper) can never both move a job.
+so two workers (or a worker and the reaper) can never both move a job. A change into ``queued``,
+``running`` or a final state adds its ``job.<state>`` webhook deliveries in the same commit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlmodel import Session, col
 
 from core.errors import InvalidJobTransition, JobNotFound
 from core.models import Adapter, Checkpoint, Job, utcnow
+from core.webhooks import enqueue_job_state
 
 
 class JobState(StrEnum):
@@ -76,6 +78,8 @@ def transition(
         .values(**values)
     )
     result = session.execute(statement)
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        enqueue_job_state(session, job_id, target.value)  # committed with the change
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:

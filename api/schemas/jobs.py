@@ -46,6 +46,13 @@ class JobCreate(BaseModel):
         description='Dotted config keys to set, e.g. {"training_args.max_steps": 500}.',
     )
     gpus: int = Field(default=1, ge=0, description="GPUs for the job; 0 trains on CPU.")
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Order inside your tenant's queue: higher starts first (tenants take "
+        "turns whatever their priorities).",
+    )
     seed: int | None = Field(default=None, ge=0, description="Sets training_args.seed.")
     suffix: str | None = Field(
         default=None,
@@ -118,11 +125,14 @@ class JobPublic(BaseModel):
     validation_dataset: str | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="The resolved config.")
     gpus: int
+    priority: int = 0
     seed: int | None = None
     suffix: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     queue_position: int | None = Field(
-        default=None, description="Queued jobs ahead of this one (GET /jobs/{id}, while queued)."
+        default=None,
+        description="Your tenant's queued jobs that start before this one (GET /jobs/{id}, "
+        "while queued); other tenants' jobs take turns with them.",
     )
     step: int = 0
     max_steps: int | None = None

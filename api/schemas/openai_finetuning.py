@@ -109,6 +109,9 @@ class GlmftOptions(BaseModel):
         default_factory=dict, description='Dotted config keys, e.g. {"training_args.max_steps": 8}.'
     )
     gpus: int = Field(default=1, ge=0, description="GPUs for the job; 0 trains on CPU.")
+    priority: int = Field(
+        default=0, ge=-100, le=100, description="Order inside your tenant's queue (higher first)."
+    )
 
 
 class FineTuningJobCreate(BaseModel):

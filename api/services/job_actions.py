@@ -7,7 +7,7 @@ import logging
 from sqlmodel import Session, col, select
 
 from api.queue import TRAINING_QUEUE, Enqueuer
-from api.services.jobs import usable_dataset
+from api.services.jobs import admit, usable_dataset
 from core.errors import Invalid, InvalidJobTransition, Unavailable
 from core.jobs import TERMINAL, JobState, transition
 from core.models import Checkpoint, Job
@@ -83,6 +83,7 @@ def resume_job(
     usable_dataset(session, job.tenant_id, job.training_dataset_id, "training_dataset")
     if job.validation_dataset_id:
         usable_dataset(session, job.tenant_id, job.validation_dataset_id, "validation_dataset")
+    admit(session, settings, job.tenant_id, job.gpus)  # committed with the transition
     job = transition(
         session,
         job.id,

@@ -17,6 +17,7 @@ from api.schemas.jobs import JobCreate
 from api.services.datasets import get_dataset, resolve_model
 from api.services.job_config import resolve_config
 from api.services.vision_jobs import check_base_and_data
+from core import webhooks
 from core.errors import (
     DatasetNotFound,
     IdempotencyKeyReused,
@@ -26,14 +27,20 @@ from core.errors import (
 )
 from core.jobs import JobState
 from core.models import Dataset, Job, WorkerNode, utcnow
+from core.quotas import check_job_admission
+from core.scheduling import join
 from core.settings import Settings
+from core.tenants import lock_tenant
 
 logger = logging.getLogger(__name__)
 
 
 def request_hash(job_in: JobCreate) -> str:
     """A digest of the request's meaning (defaults filled in, key order irrelevant)."""
-    canonical = json.dumps(job_in.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    body = job_in.model_dump(mode="json")
+    if body.get("priority") == 0:  # the default: digests made before priorities stay valid
+        del body["priority"]
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -125,6 +132,7 @@ def build_job(*, session: Session, settings: Settings, tenant: str, job_in: JobC
         validation_dataset_id=val.id if val else None,
         config=resolved.config,
         gpus=job_in.gpus,
+        priority=job_in.priority,
         seed=job_in.seed,
         suffix=job_in.suffix,
         user_metadata=job_in.metadata,
@@ -154,6 +162,7 @@ def create_job(
         if existing is not None:
             return existing, False
     job = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
+    admit(session, settings, tenant, job.gpus)
     job.idempotency_key, job.request_hash = idempotency_key, digest
     session.add(job)
     try:
@@ -165,7 +174,19 @@ def create_job(
             raise
         return existing, False
     _enqueue_or_withdraw(session, enqueuer, job)
+    # after the publish: a job withdrawn for a broker failure never announced itself
+    webhooks.enqueue(session, tenant, "job.queued", {"job": webhooks.job_view(job)})
+    session.commit()
     return job, True
+
+
+def admit(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
+    """Before a job enters the queue: the tenant's row locked (admissions of one tenant take
+    turns), its quotas checked (429), its place in the fair order set (``scheduling.join``).
+    The caller's commit releases the lock."""
+    lock_tenant(session, tenant)
+    check_job_admission(session, settings, tenant, gpus)
+    join(session, tenant)
 
 
 def _enqueue_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None:

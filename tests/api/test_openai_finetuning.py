@@ -132,7 +132,9 @@ def test_cancel_invalid_files_and_missing_jobs_through_the_openai_package(
 @pytest.fixture
 def keyed(settings: Settings) -> Iterator[TestClient]:
     """The app over the test store with one API key (``sk-1``)."""
-    app = create_app(settings.model_copy(update={"api_keys": {"sk-1": "t1"}}))
+    app = create_app(
+        settings.model_copy(update={"api_keys": {"sk-1": "t1"}, "allow_anonymous": False})
+    )
     with TestClient(app, raise_server_exceptions=False) as test_client:
         test_client.headers["Authorization"] = "Bearer sk-1"
         yield test_client
