@@ -161,6 +161,7 @@ export function jobPage(view, jobId) {
       } catch (error) {
         if (stopped) break;
         fill(status, errorBox(error));
+        if (error.status >= 400 && error.status < 500) break; // asking again will not help
       }
       await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
     }
@@ -205,13 +206,25 @@ export function jobPage(view, jobId) {
   };
 }
 
+// The drawn metrics only (a step also records tokens/s and the epoch), each series in order.
+const HISTORY = [
+  { split: "train", name: "loss" },
+  { split: "train", name: "learning_rate" },
+  { split: "train", name: "grad_norm" },
+  { split: "validation" },
+  { split: "test" },
+];
+
 async function getAllMetrics(jobId, signal) {
-  const metrics = [];
-  let after;
-  for (;;) {
-    const page = await get(`/jobs/${jobId}/metrics`, { limit: 10000, after }, signal);
-    metrics.push(...page.data);
-    if (!page.has_more) return metrics;
-    after = page.next_cursor;
-  }
+  const lists = await Promise.all(HISTORY.map(async (filter) => {
+    const metrics = [];
+    let after;
+    for (;;) {
+      const page = await get(`/jobs/${jobId}/metrics`, { ...filter, limit: 10000, after }, signal);
+      metrics.push(...page.data);
+      if (!page.has_more) return metrics;
+      after = page.next_cursor;
+    }
+  }));
+  return lists.flat();
 }
