@@ -19,9 +19,9 @@ function row(e) {
     h("td", {}, e.name || ""),
     h("td", {}, badge(e.state)),
     h("td", { class: "small" }, (e.models || []).join(", ")),
-    h("td", { class: "mono small" }, e.dataset),
+    h("td", { class: "mono small nowrap" }, e.dataset),
     h("td", { class: "progress-cell" }, evalProgress(e)),
-    h("td", { class: "muted" }, fmtTime(e.created_at)));
+    h("td", { class: "muted nowrap" }, fmtTime(e.created_at)));
 }
 
 async function newEvaluationForm(signal, status) {

@@ -22,7 +22,7 @@ function row(job) {
     h("td", {}, job.model),
     h("td", {}, job.method),
     h("td", { class: "progress-cell" }, jobProgress(job)),
-    h("td", { class: "muted" }, fmtTime(job.created_at)),
+    h("td", { class: "muted nowrap" }, fmtTime(job.created_at)),
     h("td", { class: "mono small" }, job.adapter_id || ""),
   );
 }
