@@ -25,6 +25,7 @@ from api.middleware import RequestContextMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
 from api.services.chat import ChatService
+from api.services.evaluation_runner import EvaluationRunner
 from api.telemetry import Telemetry
 from core.db import make_engine, prepare
 from core.models import BaseModelRecord
@@ -80,11 +81,18 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         await run_in_threadpool(_start_store, app, settings)
         own = enqueuer is None
         app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer
+        if not settings.chat.remote_url:  # this process serves chat: it runs evaluations too
+            app.state.evaluations = EvaluationRunner(
+                lambda: app.state.engine, app.state.chat, settings
+            )
+            app.state.evaluations.start()
         try:
             yield
         finally:
             if own:
                 app.state.enqueuer.close()
+            if app.state.evaluations is not None:  # hands its evaluation back first
+                await run_in_threadpool(app.state.evaluations.stop)
             await run_in_threadpool(app.state.chat.close)
             app.state.engine.dispose()
 
@@ -98,8 +106,9 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.engine = None
     app.state.schema_ready = False
     app.state.sse_poll_s = 0.5
-    app.state.telemetry = Telemetry(lambda: app.state.engine)
     app.state.chat = ChatService(settings)  # engines load on first use
+    app.state.telemetry = Telemetry(lambda: app.state.engine, app.state.chat.capacity)
+    app.state.evaluations = None  # the runner, while the lifespan runs
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     if settings.chat.remote_url:  # chat runs on a replica: forward it there

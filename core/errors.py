@@ -53,6 +53,10 @@ class CheckpointNotFound(NotFound):
     code = "checkpoint_not_found"
 
 
+class EvaluationNotFound(NotFound):
+    code = "evaluation_not_found"
+
+
 class Unauthorized(AppError):
     """No or an unknown API key while keys are configured."""
 
@@ -68,6 +72,10 @@ class Conflict(AppError):
 
 class InvalidJobTransition(Conflict):
     code = "invalid_job_transition"
+
+
+class InvalidEvaluationTransition(Conflict):
+    code = "invalid_evaluation_transition"
 
 
 class IdempotencyKeyReused(Conflict):

@@ -34,12 +34,28 @@ class ChatSettings(BaseModel):
     # requests to a glmft replica there, which runs its own embedded engine
     remote_url: str = ""
     max_models: int = 2  # base models / full-SFT checkpoints loaded at once
-    max_adapters: int = 8  # per base model; least recently used unpinned ones are unloaded
+    # per base model: adapters loaded at once, and LoRA pool slots; least recently used idle
+    # unpinned ones are unloaded
+    max_adapters: int = 16
     max_adapter_bytes: int | None = None
-    max_batch: int = 16
+    max_lora_rank: int = 64
+    max_batch: int = 64  # rows decoded together
+    # the paged key/value cache; unset: 60% of the GPU memory free once the model is loaded
+    # (256 MiB on a CPU)
+    cache_gib: float | None = None
+    max_prefill_tokens: int = 8192  # prompt tokens prefilled in one step
+    cuda_graphs: bool = True
     max_new_tokens: int = 4096  # the most one request may ask for
     max_prompt_tokens: int = 8192
     max_messages: int = 256
+
+
+class EvaluationSettings(BaseModel):
+    """Evaluations, run by a thread of each process that serves chat itself."""
+
+    max_samples: int = 10_000  # conversations one evaluation may hold (``limit`` takes fewer)
+    poll_interval_s: float = 2.0  # how often an idle runner looks for a queued evaluation
+    progress_interval_s: float = 5.0  # the longest gap between two ``progress`` events
 
 
 class Settings(BaseSettings):
@@ -58,6 +74,7 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = 60.0
     limits: Limits = Field(default_factory=Limits)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)
     default_tenant: str = "default"
     # {api key: tenant}; empty turns auth off (every caller is the default tenant)
     api_keys: dict[str, str] = Field(default_factory=dict)

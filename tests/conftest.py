@@ -60,6 +60,10 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "postgresql":
         with engine.begin() as conn:
             for table in (
+                "evaluation_events",
+                "evaluation_outputs",
+                "evaluation_samples",
+                "evaluations",
                 "adapters",
                 "checkpoints",
                 "metrics",

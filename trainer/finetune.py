@@ -55,6 +55,7 @@ from trainer.distributed import (
     exit_process,
 )
 from trainer.events import EventLog
+from trainer.generation import engine_unusable, generated_eval
 from trainer.loss import chunked_causal_lm_loss
 from trainer.memory import CHUNK_TOKENS, plan_for_config
 from trainer.metrics import score_texts
@@ -110,11 +111,31 @@ class GlmSeq2SeqTrainer(Seq2SeqTrainer):
         *args: Any,
         chunked_loss: bool = False,
         loss_chunk_tokens: int = CHUNK_TOKENS,
+        eval_tokenizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.chunked_loss = chunked_loss
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.eval_tokenizer = eval_tokenizer  # set: generate eval answers with the engine
+
+    def evaluation_loop(self, dataloader: Any, *args: Any, **kwargs: Any) -> Any:
+        """With generation, every eval prompt through the serving engine at once
+        (:mod:`trainer.generation`) where it can run; else transformers' loop."""
+        dataset = dataloader.dataset
+        reason = engine_unusable(
+            self.model, world_size=self.args.world_size, deepspeed=self.is_deepspeed_enabled
+        )
+        if (
+            self.eval_tokenizer is None
+            or not self.args.predict_with_generate
+            or self.compute_metrics is None
+            or not isinstance(dataset, FeatureDataset)
+            or reason is not None
+        ):
+            return super().evaluation_loop(dataloader, *args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
+        return generated_eval(self, dataset, self.eval_tokenizer, prefix)
 
     def compute_loss(
         self,
@@ -410,6 +431,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         eval_dataset=val_data,
         processing_class=tokenizer if config.method == "sft" else None,
         compute_metrics=make_compute_metrics(tokenizer) if generate else None,
+        eval_tokenizer=tokenizer if generate and config.eval_engine else None,
         callbacks=[EventCallback(events, checkpoint_metadata(run_args, config, files))]
         + ([CompileReport(events, compiled)] if compiled else []),
     )

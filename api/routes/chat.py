@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -12,8 +13,10 @@ from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
 from api.services.chat import ChatService, Target, answer, engine_error, response_of
 from api.sse import format_event
-from serving.engine import Engine
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
+
+if TYPE_CHECKING:  # loads torch: only where this process serves chat
+    from serving.engine import Engine
 
 router = APIRouter(tags=["chat"])
 

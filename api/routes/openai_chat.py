@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -22,8 +22,10 @@ from api.services.adapters import visible_adapters
 from api.services.chat import ChatService, Target, answer, engine_error, response_of
 from api.services.openai_chat import completion_of, glm_messages
 from core.models import BaseModelRecord
-from serving.engine import Engine
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
+
+if TYPE_CHECKING:  # loads torch: only where this process serves chat
+    from serving.engine import Engine
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 

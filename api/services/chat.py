@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -32,20 +33,25 @@ from core.jobs import PROMOTED, adapter_id
 from core.models import Adapter, Job
 from core.settings import Settings
 from serving.adapters import AdapterError, AdapterSpec
-from serving.engine import Engine, Request
+from serving.errors import ModelCacheFullError
 from serving.events import Event, Result
-from serving.pool import EnginePool, ModelCacheFullError
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
+from serving.requests import Request
 from serving.toolcalls import parse_tool_call, tool_names
 from trainer.template import clean_message, render_ids
 from trainer.validation import validate_conversation
 from trainer.validation_codes import Code
+
+if TYPE_CHECKING:  # the engines load torch: imported when this process first serves a chat
+    from serving.engine import Engine
+    from serving.pool import EnginePool
 
 logger = logging.getLogger(__name__)
 
 _TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}  # a chat needs no answer to train on
 _TURN_ROLES = ("user", "observation")
 DEFAULT_MAX_NEW_TOKENS = 1024
+PREFIX_ALLOWANCE = 1024  # context a P-Tuning v2 prefix may take besides prompt and answer
 
 
 @dataclass(frozen=True)
@@ -64,16 +70,38 @@ class ChatService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        chat = settings.chat
-        self.pool = EnginePool(
-            max_models=chat.max_models,
-            max_batch=chat.max_batch,
-            max_adapters=chat.max_adapters,
-            max_adapter_bytes=chat.max_adapter_bytes,
-        )
+        self._pool: EnginePool | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def pool(self) -> EnginePool:
+        """This process's engines; the first use loads torch (an API that forwards chat to a
+        replica never does)."""
+        with self._pool_lock:
+            if self._pool is None:
+                from serving.pool import EnginePool
+
+                chat = self.settings.chat
+                self._pool = EnginePool(
+                    max_models=chat.max_models,
+                    max_batch=chat.max_batch,
+                    max_adapters=chat.max_adapters,
+                    max_adapter_bytes=chat.max_adapter_bytes,
+                    max_lora_rank=chat.max_lora_rank,
+                    cache_bytes=int(chat.cache_gib * 1024**3) if chat.cache_gib else None,
+                    max_context=chat.max_prompt_tokens + chat.max_new_tokens + PREFIX_ALLOWANCE,
+                    max_prefill_tokens=chat.max_prefill_tokens,
+                    cuda_graphs=chat.cuda_graphs,
+                )
+            return self._pool
 
     def close(self) -> None:
-        self.pool.close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def capacity(self) -> dict[str, dict[str, int]]:
+        """Each loaded engine's cache and rows (:meth:`serving.engine.Engine.capacity`)."""
+        return self._pool.capacity() if self._pool is not None else {}
 
     # ---- naming -----------------------------------------------------------------------------
 
@@ -149,7 +177,7 @@ class ChatService:
     def state_of(self, name: str, base_model: str, method: str, path: str) -> tuple[bool, bool]:
         """Whether the adapter is loaded in this process, and pinned."""
         model_dir = self._model_dir(base_model, method, path)
-        engine = self.pool.find(model_dir) if model_dir else None
+        engine = self._pool.find(model_dir) if model_dir and self._pool else None
         if engine is None:
             return False, False
         if method == "sft":
@@ -160,12 +188,12 @@ class ChatService:
     async def unload(self, name: str, base_model: str, method: str, path: str) -> None:
         """Free the adapter's memory in this process (a full-SFT model: its whole engine)."""
         model_dir = self._model_dir(base_model, method, path)
-        if model_dir is None:
-            return
+        if model_dir is None or self._pool is None:
+            return  # nothing is loaded in this process
         if method == "sft":
-            await run_in_threadpool(self.pool.close_model, model_dir)
+            await run_in_threadpool(self._pool.close_model, model_dir)
             return
-        engine = self.pool.find(model_dir)
+        engine = self._pool.find(model_dir)
         if engine is not None:
             await asyncio.wrap_future(engine.unload(name))
 
