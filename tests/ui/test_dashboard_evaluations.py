@@ -1,12 +1,9 @@
 """The dashboard's evaluations pages in Chromium.
 
-``test_an_evaluation_runs_from_the_page`` drives the real evaluations API of the live service
-(``POST/GET /evaluations``, ``/evaluations/{id}/samples``, ``/evaluations/{id}/events``). Where
-this checkout has no such routes it is an expected failure, marked so in the summary
-(``XFAIL ... evaluations API not in this checkout``), and it runs for real, strictly, as soon
-as the routes exist. ``test_the_pages_follow_the_agreed_shapes`` holds the pages to the agreed
-response shapes by answering the evaluation routes in the browser (every other route is the
-live service), and checks the word diff.
+``test_an_evaluation_runs_from_the_page`` starts one from the form on the live service and reads
+it back against the API. ``test_the_pages_render_crafted_results`` answers the evaluation routes
+in the browser with results whose diff and best values are known (each checked against the
+API's schemas, every other route is the live service), and checks the word diff itself.
 """
 
 from __future__ import annotations
@@ -17,27 +14,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from playwright.sync_api import Page, Route, expect
 
-from api.routes import api_router
+from api.schemas.evaluations import EvaluationPublic, EvaluationSamplePublic
 from tests.live_service import MODEL, LiveService
 from tests.ui.conftest import FinishedJob, api
 
-EVALUATIONS_API = any(getattr(r, "path", None) == "/evaluations" for r in api_router.routes)
 METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4"]
 TUNED = "ft:glm-4-tiny:ui:job-0123456789abcdef01234567"
 REFERENCE = "这款红色连衣裙很显气质"
 SHAPED_EVALUATION: dict[str, Any] = {
     "id": "eval-0123456789abcdef01234567",
+    "object": "evaluation",
     "name": "shapes",
     "state": "succeeded",
     "models": [MODEL, TUNED],
     "dataset": "ds-0123456789abcdef01234567",
-    "progress": {"done": 2, "total": 2},
+    "max_new_tokens": 8,
+    "limit": 2,
+    "temperature": 0,
+    "top_p": 0.8,
+    "repetition_penalty": 1.2,
+    "samples": 2,
+    "skipped": 1,
+    "progress": {"done": 4, "total": 4},
     "metrics": {
-        MODEL: {"rouge-1": 9.5, "rouge-2": 0.0, "rouge-l": 7.25, "bleu-4": 1.5},
-        TUNED: {"rouge-1": 81.0, "rouge-2": 62.5, "rouge-l": 80.0, "bleu-4": 40.25},
+        MODEL: {"rouge-1": 9.5, "rouge-2": 0.0, "rouge-l": 7.25, "bleu-4": 0.015},
+        TUNED: {"rouge-1": 81.0, "rouge-2": 62.5, "rouge-l": 80.0, "bleu-4": 0.4025},
     },
     "created_at": "2026-12-06T10:00:00Z",
     "started_at": "2026-12-06T10:00:01Z",
@@ -49,29 +52,46 @@ SHAPED_SAMPLES: list[dict[str, Any]] = [
         "index": index,
         "messages": [{"role": "user", "content": "类型#裙*颜色#红色"}],
         "reference": REFERENCE,
-        "outputs": {MODEL: "一双 white 鞋", TUNED: "这款红色连衣裙显气质"},
-        "scores": {MODEL: {"rouge-1": 0.0}, TUNED: {"rouge-1": 95.0}},
+        "outputs": {
+            MODEL: {
+                "text": "一双 white 鞋",
+                "finish_reason": "length",
+                "completion_tokens": 8,
+                "scores": {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu-4": 0.0},
+            },
+            TUNED: {
+                "text": "这款红色连衣裙显气质",
+                "finish_reason": "stop",
+                "completion_tokens": 6,
+                "scores": {"rouge-1": 95.0, "rouge-2": 90.0, "rouge-l": 95.0, "bleu-4": 0.8},
+            },
+        },
     }
     for index in range(2)
 ]
 
 
-def shaped_routes(page: Page, created: list[dict[str, Any]]) -> None:
-    """Answer the evaluation routes with the agreed shapes; record POST /evaluations bodies."""
-    evaluation_id = SHAPED_EVALUATION["id"]
+def shaped_routes(
+    page: Page, created: list[dict[str, Any]], evaluation: dict[str, Any] = SHAPED_EVALUATION
+) -> None:
+    """Answer the evaluation routes with the crafted results; record POST /evaluations bodies
+    and cancels (``evaluation`` is changed in place by a cancel)."""
+    evaluation_id = evaluation["id"]
 
     def handle(route: Route) -> None:
         request = route.request
         path = urlsplit(request.url).path
         if path == "/evaluations" and request.method == "POST":
             created.append(json.loads(request.post_data or "{}"))
-            route.fulfill(status=201, json={**SHAPED_EVALUATION, "state": "queued"})
+            route.fulfill(status=201, json={**evaluation, "state": "queued"})
         elif path == "/evaluations":
-            route.fulfill(
-                json={"data": [SHAPED_EVALUATION], "has_more": False, "next_cursor": None}
-            )
+            route.fulfill(json={"data": [evaluation], "has_more": False, "next_cursor": None})
+        elif path == f"/evaluations/{evaluation_id}/cancel" and request.method == "POST":
+            created.append({"cancel": evaluation_id})
+            evaluation["state"] = "cancelled"
+            route.fulfill(json=evaluation)
         elif path == f"/evaluations/{evaluation_id}":
-            route.fulfill(json=SHAPED_EVALUATION)
+            route.fulfill(json=evaluation)
         elif path == f"/evaluations/{evaluation_id}/samples":
             route.fulfill(json={"data": SHAPED_SAMPLES, "has_more": False, "next_cursor": None})
         elif path == f"/evaluations/{evaluation_id}/events":
@@ -92,14 +112,20 @@ def visible_output(page: Page, selector: str) -> list[str]:
     return texts
 
 
-def test_the_pages_follow_the_agreed_shapes(page: Page, finished_job: FinishedJob) -> None:
+def test_the_crafted_results_have_the_api_shapes() -> None:
+    EvaluationPublic.model_validate(SHAPED_EVALUATION)
+    for sample in SHAPED_SAMPLES:
+        EvaluationSamplePublic.model_validate(sample)
+
+
+def test_the_pages_render_crafted_results(page: Page, finished_job: FinishedJob) -> None:
     created: list[dict[str, Any]] = []
     shaped_routes(page, created)
     page.goto("/ui/#/evaluations")
     row = page.locator(f'#evaluations tr[data-evaluation="{SHAPED_EVALUATION["id"]}"]')
     expect(row).to_contain_text("succeeded")
-    expect(row).to_contain_text("2 / 2")
-    # the form sends the agreed request: model names or {job, checkpoint}, dataset, limits
+    expect(row).to_contain_text("4 / 4")
+    # the form sends the API's request: model names or {job, checkpoint}, dataset, limits
     page.click("#new-evaluation summary")
     for box in page.locator("input[name=model]").all():
         box.uncheck()
@@ -148,10 +174,30 @@ def test_the_pages_follow_the_agreed_shapes(page: Page, finished_job: FinishedJo
         visible_output(page, f'#samples .output[data-model="{TUNED}"] .output-text')
         == ["这款红色连衣裙显气质"] * 2
     )
+    expect(page.locator("#eval-meta")).to_contain_text("2 samples (1 skipped")
+    expect(base.locator(".output-head")).to_contain_text("8 tokens · cut at max_new_tokens")
+    expect(tuned.locator(".output-head")).to_contain_text(
+        "rouge-1 95 · rouge-2 90 · rouge-l 95 · bleu-4 0.8 · 6 tokens"
+    )
+    expect(page.locator("#cancel")).to_have_count(0)  # a finished evaluation
     # the missed words can be hidden
     expect(tuned.locator("del")).to_be_visible()
     page.locator("label:has-text('show reference words') input").uncheck()
     expect(tuned.locator("del")).to_be_hidden()
+
+
+def test_a_running_evaluation_can_be_cancelled(page: Page) -> None:
+    requests: list[dict[str, Any]] = []
+    running = {**SHAPED_EVALUATION, "state": "running", "progress": {"done": 1, "total": 4}}
+    shaped_routes(page, requests, running)
+    page.goto(f"/ui/#/evaluations/{running['id']}")
+    expect(page.locator("h1 [data-state]")).to_have_text("running")
+    expect(page.locator(".eval-progress")).to_contain_text("1 / 4")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#cancel")
+    expect(page.locator("h1 [data-state]")).to_have_text("cancelled")
+    expect(page.locator("#cancel")).to_have_count(0)
+    assert requests == [{"cancel": running["id"]}]
 
 
 def test_the_word_diff(page: Page) -> None:
@@ -183,16 +229,9 @@ def test_the_word_diff(page: Page) -> None:
     assert diff[3] == [{"op": "same", "text": "same text"}]
 
 
-@pytest.mark.xfail(
-    not EVALUATIONS_API,
-    reason="evaluations API not in this checkout (POST/GET /evaluations): runs once it is merged",
-    strict=True,
-)
 def test_an_evaluation_runs_from_the_page(
     page: Page, live_service: LiveService, finished_job: FinishedJob, screenshots: Path
 ) -> None:
-    with api(live_service) as client:
-        assert client.get("/evaluations").status_code == 200, "no evaluations API"
     # given the base model and the fine-tuned adapter, picked in the form
     page.goto("/ui/#/evaluations")
     page.click("#new-evaluation summary")
@@ -224,7 +263,7 @@ def test_an_evaluation_runs_from_the_page(
     assert len(samples["data"]) == 4
     for model in evaluation["models"]:
         shown = visible_output(page, f'#samples .output[data-model="{model}"] .output-text')
-        assert shown == [s["outputs"][model] for s in samples["data"]]
+        assert shown == [s["outputs"][model]["text"] for s in samples["data"]]
     references = page.locator("#samples .reference").all_text_contents()
     assert [r.removeprefix("reference ") for r in references] == [
         s["reference"] for s in samples["data"]

@@ -18,8 +18,9 @@ function widthOf(el) {
  * redrawn once per animation frame. The uPlot instance is ``card.querySelector(".chart").uplot``.
  */
 export class StepChart {
-  constructor(title, { name, log = false } = {}) {
+  constructor(title, { name, log = false, rightScale = () => false } = {}) {
     this.log = log;
+    this.rightScale = rightScale;
     this.series = new Map(); // series label -> Map(step -> value)
     this.plot = null;
     this.pending = false;
@@ -69,19 +70,27 @@ export class StepChart {
   }
 
   options(labels) {
+    // series on another scale (BLEU-4 is 0-1 beside ROUGE's 0-100) get the right-hand axis
+    const right = labels.some((label) => this.rightScale(label));
     return {
       width: widthOf(this.body),
       height: HEIGHT,
-      scales: { x: { time: false }, y: this.log ? { distr: 3 } : {} },
+      scales: { x: { time: false }, y: this.log ? { distr: 3 } : {}, ...(right ? { right: {} } : {}) },
       legend: { show: labels.length > 1, live: false },
       cursor: { drag: { x: true, y: false } },
-      axes: [{ label: "step", labelSize: 18, size: 32, incrs: STEP_INCRS }, { size: 56 }],
+      axes: [
+        { label: "step", labelSize: 18, size: 32, incrs: STEP_INCRS },
+        { size: 48 },
+        ...(right ? [{ scale: "right", side: 1, size: 44, grid: { show: false } }] : []),
+      ],
       series: [
         { label: "step" },
         ...labels.map((label, i) => ({
           label,
+          scale: this.rightScale(label) ? "right" : "y",
           stroke: PALETTE[i % PALETTE.length],
           width: 1.5,
+          dash: this.rightScale(label) ? [4, 3] : undefined,
           spanGaps: true,
           points: { size: 4 },
         })),

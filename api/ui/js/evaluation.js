@@ -1,12 +1,14 @@
 // One evaluation: its models side by side (metrics table, best value marked), then each sample's
 // prompt, reference and every model's output, diffed word by word against the reference.
 
-import { get, stream } from "./api.js";
+import { get, post, stream } from "./api.js";
 import { badge, errorBox, fill, fmtNum, fmtTime, h, TERMINAL } from "./dom.js";
 import { wordDiff } from "./diff.js";
 import { evalProgress } from "./evaluations.js";
 
 const METRICS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4"];
+// ROUGE is reported as F x 100, BLEU-4 as 0-1 (the upstream demo's scales): bars fill to 100%
+const SCALE = { "rouge-1": 1, "rouge-2": 1, "rouge-l": 1, "bleu-4": 100 };
 const SAMPLES_PAGE = 10;
 const POLL_MS = 2000;
 
@@ -23,7 +25,7 @@ function metricsTable(evaluation) {
         if (typeof value !== "number") return h("td", { class: "muted" }, "—");
         const isBest = models.length > 1 && value === best[m];
         return h("td", { class: isBest ? "best" : "", dataset: { metric: m, value } },
-          h("span", { class: "bar", style: { width: `${Math.max(0, Math.min(100, value))}%` } }), h("span", { class: "bar-value" }, fmtNum(value)));
+          h("span", { class: "bar", style: { width: `${Math.max(0, Math.min(100, value * SCALE[m]))}%` } }), h("span", { class: "bar-value" }, fmtNum(value)));
       })))));
 }
 
@@ -42,12 +44,14 @@ function sampleCard(sample, models) {
     h("div", { class: "reference" }, h("span", { class: "label" }, "reference"), " ", sample.reference),
     h("div", { class: "outputs", style: { gridTemplateColumns: `repeat(${Math.min(models.length, 3)}, minmax(0, 1fr))` } },
       models.map((model) => {
-        const output = sample.outputs?.[model] ?? "";
-        const scores = sample.scores?.[model] || {};
+        const output = sample.outputs?.[model];
+        if (!output) return h("div", { class: "output pending", dataset: { model } }, h("span", { class: "mono small" }, model), h("p", { class: "muted" }, "no answer yet"));
+        const scores = output.scores || {};
+        const facts = [...METRICS.filter((m) => m in scores).map((m) => `${m} ${fmtNum(scores[m])}`),
+          `${output.completion_tokens} tokens`, output.finish_reason === "length" ? "cut at max_new_tokens" : null].filter(Boolean);
         return h("div", { class: "output", dataset: { model } },
-          h("div", { class: "output-head" }, h("span", { class: "mono small" }, model),
-            h("span", { class: "muted small" }, METRICS.filter((m) => m in scores).map((m) => `${m} ${fmtNum(scores[m])}`).join(" · "))),
-          h("div", { class: "output-text" }, diffView(sample.reference || "", output)));
+          h("div", { class: "output-head" }, h("span", { class: "mono small" }, model), h("span", { class: "muted small" }, facts.join(" · "))),
+          h("div", { class: "output-text" }, diffView(sample.reference || "", output.text)));
       })));
 }
 
@@ -62,29 +66,50 @@ export function evaluationPage(view, id) {
   const missing = h("input", { type: "checkbox", checked: true, onchange: () => samples.classList.toggle("hide-del", !missing.checked) });
   let evaluation = null;
   let after = null;
+  let pages = 0;
   let stopped = false;
   let timer = null;
 
   function render() {
+    const live = !TERMINAL.has(evaluation.state);
     fill(header,
       h("div", { class: "row between" }, h("h1", {}, h("span", { class: "mono" }, evaluation.id), " ", badge(evaluation.state)),
-        h("span", { class: "eval-progress" }, evalProgress(evaluation))),
-      h("p", { class: "muted" }, [evaluation.name, `dataset ${evaluation.dataset}`, `created ${fmtTime(evaluation.created_at)}`,
-        evaluation.finished_at && `finished ${fmtTime(evaluation.finished_at)}`].filter(Boolean).join(" · ")),
+        h("div", { class: "row" }, h("span", { class: "eval-progress" }, evalProgress(evaluation)),
+          live && h("button", { type: "button", id: "cancel", class: "danger", onclick: cancel }, "Cancel"))),
+      h("p", { class: "muted", id: "eval-meta" }, [evaluation.name, `dataset ${evaluation.dataset}`,
+        `${evaluation.samples} samples${evaluation.skipped ? ` (${evaluation.skipped} skipped: no final assistant reply)` : ""}`,
+        `max ${evaluation.max_new_tokens} new tokens`, `temperature ${evaluation.temperature}`,
+        `created ${fmtTime(evaluation.created_at)}`, evaluation.finished_at && `finished ${fmtTime(evaluation.finished_at)}`].filter(Boolean).join(" · ")),
       evaluation.error && errorBox(evaluation.error));
     fill(metrics, metricsTable(evaluation));
+  }
+
+  async function cancel() {
+    if (!confirm(`Cancel ${id}? The answers stored so far stay.`)) return;
+    try {
+      evaluation = await post(`/evaluations/${id}/cancel`, undefined, signal);
+      render();
+    } catch (error) {
+      fill(status, errorBox(error));
+    }
   }
 
   async function refresh() {
     const before = evaluation && evaluation.state;
     evaluation = await get(`/evaluations/${id}`, {}, signal);
     render();
-    if (before !== evaluation.state && TERMINAL.has(evaluation.state)) await loadSamples(true);
+    // answers arrive while it runs: the first page follows them unless more pages are open
+    const ended = before !== evaluation.state && TERMINAL.has(evaluation.state);
+    if (ended || (!TERMINAL.has(evaluation.state) && pages <= 1)) await loadSamples(true);
   }
 
   async function loadSamples(reset) {
     try {
-      if (reset) after = null;
+      if (reset) {
+        after = null;
+        pages = 0;
+      }
+      pages += 1;
       const page = await get(`/evaluations/${id}/samples`, { limit: SAMPLES_PAGE, after: after ?? undefined }, signal);
       const cards = page.data.map((s) => sampleCard(s, evaluation.models || []));
       if (reset) fill(samples, cards);

@@ -42,7 +42,7 @@ export function jobPage(view, jobId) {
     loss: new StepChart("Loss", { name: "loss" }),
     lr: new StepChart("Learning rate", { name: "learning_rate" }),
     grad: new StepChart("Grad norm", { name: "grad_norm" }),
-    evals: new StepChart("Eval metrics", { name: "eval" }),
+    evals: new StepChart("Eval metrics", { name: "eval", rightScale: (label) => label.includes("bleu") }),
   };
   const header = h("div", { class: "job-header" });
   const status = h("div", { class: "status-line" });
