@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import scopes
 from api.chat_proxy import ChatProxyMiddleware
+from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)
+    install_dashboard(app)
     scopes.install(app)
     return app
 

@@ -74,6 +74,14 @@ def worker_command(
     return command
 
 
+def dashboard_url(host: str, port: int) -> str:
+    """Where the web dashboard of a service on ``host:port`` is (a wildcard host: loopback)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/ui/"
+
+
 def ensure_tiny_base(path: Path, *, vision: bool = False) -> None:
     if not (path / "config.json").is_file():
         from trainer.tiny import build_tiny_model
@@ -187,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
         env=env,
     )
     print(
-        f"glmft is up on http://{args.host}:{args.port} (home {settings.home}); Ctrl-C stops it",
+        f"glmft is up on http://{args.host}:{args.port} (home {settings.home}); Ctrl-C stops it\n"
+        f"dashboard: {dashboard_url(args.host, args.port)}",
         flush=True,
     )
     announce_auth(env, f"http://{args.host}:{args.port}")

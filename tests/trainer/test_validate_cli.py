@@ -228,6 +228,12 @@ def test_config_lengths_count_truncated_conversations(
     assert stats["truncated"] == 1 and stats["truncated_lines"] == [2]
     assert stats["no_target"] == 1 and stats["no_target_lines"] == [2]  # answer cut off
     assert stats["tokens"]["count"] == 3 and stats["tokens"]["max"] > 257
+    # the length histogram holds every conversation, from the shortest to the longest
+    histogram = stats["histogram"]
+    assert sum(histogram["counts"]) == 3 and len(histogram["edges"]) == len(histogram["counts"]) + 1
+    assert histogram["edges"][0] == stats["tokens"]["min"]
+    assert histogram["edges"][-2] <= stats["tokens"]["max"] < histogram["edges"][-1]
+    assert histogram["counts"][0] == 2 and histogram["counts"][-1] == 1  # two short, one long
     # the long conversation's answer is cut off entirely (head-kept truncation): 0 targets
     assert stats["target_tokens"]["min"] == 0
     assert stats["target_tokens"]["max"] > 0
@@ -261,3 +267,27 @@ def test_model_flag_with_the_tiny_model_fills_stats(
     assert code == 1
     stats = json.loads(out)["stats"]
     assert stats["tokens"]["count"] == 2  # the two valid conversations
+
+
+@pytest.mark.parametrize(
+    ("values", "edges", "counts"),
+    [
+        ([], [], []),
+        ([7], [7, 8], [1]),
+        ([3, 3, 4], [3, 4, 5], [2, 1]),
+        (list(range(100)), list(range(0, 101, 5)), [5] * 20),
+        ([10, 50], list(range(10, 53, 3)), [1, *[0] * 12, 1]),  # width 3: 41 tokens / 20 bins
+    ],
+)
+def test_length_histogram_bins_every_value_once(
+    values: list[int], edges: list[int], counts: list[int]
+) -> None:
+    from trainer.tokenstats import length_histogram
+
+    histogram = length_histogram(values)
+    assert sum(histogram["counts"]) == len(values)
+    assert len(histogram["counts"]) <= 20
+    assert histogram == {"edges": edges, "counts": counts}
+    for value in values:  # each value lies in the bin its index names
+        index = next(i for i, edge in enumerate(histogram["edges"][1:]) if value < edge)
+        assert histogram["edges"][index] <= value
