@@ -12,8 +12,9 @@ higher ``priority`` first, then oldest. A tenant at its ``max_running_jobs``, or
 jobs would pass its ``max_gpus``, is passed over: its jobs wait.
 
 Claims are serialised (a transaction-scoped advisory lock on PostgreSQL, and the candidate row
-taken ``FOR UPDATE SKIP LOCKED``; SQLite serialises writers itself), and the claim is the same
-conditional UPDATE from ``queued`` as ever, so two workers never start one job.
+taken ``FOR UPDATE SKIP LOCKED``; on SQLite the claim's transaction takes the write lock first),
+so each claim sees the ones before it, and the claim is a conditional UPDATE from ``queued``:
+two workers never start one job.
 """
 
 from __future__ import annotations
@@ -141,8 +142,11 @@ def claim_next(
     """Claim for ``worker`` the queued job next in fair order that it can start now, with its
     GPUs leased; commits. The job is returned running (attempt counted, heartbeat set)."""
     session.commit()  # the lock below lives as long as the claim's own transaction
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
+    elif dialect == "sqlite":  # take the write lock now: claims of all processes in turn
+        session.execute(text("BEGIN IMMEDIATE"))
     queued = list(
         session.exec(
             select(Job.tenant_id).where(Job.state == "queued").group_by(col(Job.tenant_id))

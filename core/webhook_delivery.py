@@ -71,11 +71,12 @@ def claim_due(session: Session, settings: Settings, limit: int = 20) -> list[Cla
     lease = now + timedelta(seconds=settings.webhooks.lease_s)
     claimed = []
     for row in rows:
+        attempt = row.attempts + 1  # read first: the UPDATE below refreshes ``row``
         result = session.execute(
             update(WebhookDelivery)
-            .where(col(WebhookDelivery.id) == row.id, col(WebhookDelivery.attempts) == row.attempts)
+            .where(col(WebhookDelivery.id) == row.id, col(WebhookDelivery.attempts) == attempt - 1)
             .where(col(WebhookDelivery.state) == "pending")
-            .values(attempts=row.attempts + 1, next_attempt_at=lease)
+            .values(attempts=attempt, next_attempt_at=lease)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             continue  # another dispatcher took it (SQLite: no row locks)
@@ -84,7 +85,7 @@ def claim_due(session: Session, settings: Settings, limit: int = 20) -> list[Cla
         claimed.append(
             Claimed(
                 row.id,
-                row.attempts + 1,
+                attempt,
                 row.event,
                 dict(row.payload),
                 hook.url if live and hook else None,
