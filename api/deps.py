@@ -45,21 +45,23 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """Who calls: the tenant and scopes of the key presented (``GLMFT_API_KEYS`` or SQL), or in
-    the local mode (``allow_anonymous``) a caller without a key as the default tenant with
-    every scope. Raises ``Unauthorized`` (401)."""
+    the local mode (``allow_anonymous``) a caller without a known key as the default tenant
+    with every scope. Raises ``Unauthorized`` (401)."""
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
-    if credentials is None:
-        if not settings.allow_anonymous:
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        principal = Principal(settings.default_tenant, frozenset(SCOPES))
-    else:
+    found = None
+    if credentials is not None:
         with Session(get_engine(request), expire_on_commit=False) as session:
             found = authenticate(session, settings, credentials.credentials)
-        if found is None:
-            raise Unauthorized("unknown or revoked API key")
+    if found is not None:
         principal = found
+    elif settings.allow_anonymous:  # an unknown key too: clients that must send one (openai)
+        principal = Principal(settings.default_tenant, frozenset(SCOPES))
+    elif credentials is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    else:
+        raise Unauthorized("unknown or revoked API key")
     request.state.principal = principal
     return principal
 

@@ -63,6 +63,8 @@ def webhook_receiver() -> Iterator[tuple[str, Received]]:
                     }
                 )
             self.send_response(status)
+            if 300 <= status < 400:  # a redirect the sender must not follow
+                self.send_header("location", f"http://127.0.0.1:{self.server.server_address[1]}/x")
             self.send_header("content-length", "0")
             self.end_headers()
 

@@ -17,6 +17,7 @@ from core.keys import create_key
 from core.models import Adapter, Checkpoint, Evaluation
 from core.settings import Settings, WebhookSettings
 from tests.api.helpers import assert_error, job_body, upload, valid_jsonl
+from tests.vision_data import colour_files, zip_bytes
 
 Headers = dict[str, str]
 
@@ -271,4 +272,22 @@ def test_local_mode_lets_callers_in_without_a_key_as_the_default_tenant(
         _, key = create_key(session, tenant="team-a", scopes=["read"])
     keyed = {"Authorization": f"Bearer {key}"}
     assert_error(client.get(f"/jobs/{job['id']}", headers=keyed), 404, "job_not_found")
-    assert_error(client.get("/jobs", headers={"Authorization": "Bearer nope"}), 401, "unauthorized")
+    # a key it does not know is the local user too (the openai package must send some key)
+    assert client.get("/tenant", headers={"Authorization": "Bearer nope"}).json()["id"] == "default"
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_an_archive_counts_unpacked_against_the_storage_quota(team: Team) -> None:
+    client = team.client
+    a = team.key("team-a", "write")
+    files = colour_files()
+    files["padding.txt"] = b"0" * 200_000  # compresses to almost nothing
+    archive = zip_bytes(files)
+    assert len(archive) < 20_000
+    quotas = {"max_storage_bytes": 100_000}
+    client.patch("/tenants/team-a", json={"quotas": quotas}, headers=team.admin)
+    refused = upload(client, archive, filename="colours.zip", headers=a)
+    error = assert_error(refused, 429, "quota_exceeded")
+    assert error["details"]["requested"] > 200_000 > len(archive)
+    assert client.get("/datasets", headers=a).json()["data"] == []
+    assert client.get("/tenant", headers=a).json()["quotas"]["max_storage_bytes"]["used"] == 0

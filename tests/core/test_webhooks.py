@@ -178,10 +178,13 @@ def test_test_delivery_is_sent_once_and_logged(engine: Engine) -> None:
         received.status = 418
         failed = send_test(session, SETTINGS, hook)
         assert (failed.state, failed.last_status) == ("failed", 418)
+        received.status = 302  # a redirect (here to the receiver itself) is not followed
+        moved = send_test(session, SETTINGS, hook)
+        assert (moved.state, moved.last_status) == ("failed", 302)
         strict = Settings(webhooks=WebhookSettings(allow_private_targets=False))
         refused = send_test(session, strict, hook)  # checked again before each attempt
         assert refused.state == "failed" and "loopback" in (refused.last_error or "")
-        assert len(received.posts) == 2
+        assert len(received.posts) == 3
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:
