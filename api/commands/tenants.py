@@ -132,6 +132,15 @@ def _set(session: Any, args: argparse.Namespace) -> int:
         row.name = args.name
     session.add(row)
     session.commit()
+    if args.quota or args.reset:  # new quotas may let waiting jobs start: wake them
+        from api.queue import CeleryEnqueuer
+        from api.services.jobs import wake_waiting_jobs
+
+        enqueuer = CeleryEnqueuer(args.settings.resolved_broker_url)
+        try:
+            wake_waiting_jobs(session, enqueuer, row.id)
+        finally:
+            enqueuer.close()
     return _show(session, args)
 
 

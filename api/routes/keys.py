@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from sqlmodel import Session, col, select
 
-from api.deps import AdminDep, SessionDep, SettingsDep, TenantDep
+from api.deps import AdminDep, EnqueuerDep, SessionDep, SettingsDep, TenantDep
 from api.schemas.common import ListOf, error_responses
 from api.schemas.teams import (
     KeyCreate,
@@ -18,6 +18,7 @@ from api.schemas.teams import (
     TenantPublic,
     TenantUpdate,
 )
+from api.services.jobs import wake_waiting_jobs
 from core import keys
 from core.errors import TenantNotFound
 from core.keys import check_tenant_id
@@ -115,9 +116,11 @@ def update_tenant(
     body: TenantUpdate,
     session: SessionDep,
     settings: SettingsDep,
+    enqueuer: EnqueuerDep,
     _admin: AdminDep,
 ) -> TenantPublic:
-    """Set a tenant's name, fair-share weight or quota overrides (made if it has no row)."""
+    """Set a tenant's name, fair-share weight or quota overrides (made if it has no row); its
+    queued jobs are woken up, as new quotas may let them start."""
     check_tenant_id(tenant_id, "tenant_id")
     row = ensure_tenant(session, tenant_id)
     if body.quotas is not None:
@@ -128,6 +131,8 @@ def update_tenant(
         row.weight = body.weight
     session.add(row)
     session.commit()
+    if body.quotas is not None:
+        wake_waiting_jobs(session, enqueuer, tenant_id)
     return tenant_public(session, settings, tenant_id)
 
 

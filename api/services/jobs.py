@@ -180,6 +180,24 @@ def create_job(
     return job, True
 
 
+def wake_waiting_jobs(session: Session, enqueuer: Enqueuer, tenant: str, limit: int = 100) -> int:
+    """Publish a wake-up message for each of the tenant's queued jobs (up to ``limit``): its
+    quotas changed, and jobs they kept waiting may have lost their messages to claims that
+    passed them over. Extra messages are harmless (a claim finds nothing and stops)."""
+    queued = session.exec(
+        select(Job.id)
+        .where(Job.tenant_id == tenant, Job.state == JobState.QUEUED.value)
+        .limit(limit)
+    ).all()
+    for job_id in queued:
+        try:
+            enqueuer.enqueue_job(job_id, TRAINING_QUEUE)
+        except Exception:  # the queue reconciler publishes them later
+            logger.exception("wake-up of tenant %s's jobs failed", tenant)
+            return 0
+    return len(queued)
+
+
 def admit(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
     """Before a job enters the queue: the tenant's row locked (admissions of one tenant take
     turns), its quotas checked (429), its place in the fair order set (``scheduling.join``).

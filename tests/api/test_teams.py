@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -16,7 +17,7 @@ from api.main import create_app
 from core.keys import create_key
 from core.models import Adapter, Checkpoint, Evaluation
 from core.settings import Settings, WebhookSettings
-from tests.api.helpers import assert_error, job_body, upload, valid_jsonl
+from tests.api.helpers import assert_error, job_body, queued_job_ids, upload, valid_jsonl
 from tests.vision_data import colour_files, zip_bytes
 
 Headers = dict[str, str]
@@ -237,9 +238,12 @@ def test_metrics_show_a_tenant_its_own_jobs_and_an_admin_everything(team: Team) 
     assert "glmft_http_requests_total" in everything
 
 
-def test_tenants_are_listed_and_changed_by_admins(team: Team) -> None:
+def test_tenants_are_listed_and_changed_by_admins(team: Team, broker: redis.Redis) -> None:
     client = team.client
-    a = team.key("team-a", "read")
+    a, writer = team.key("team-a", "read"), team.key("team-a", "write")
+    dataset = upload(client, valid_jsonl(), headers=writer).json()["id"]
+    job = client.post("/jobs", json=job_body(dataset), headers=writer).json()["id"]
+    assert queued_job_ids(broker) == [job]
     changed = client.patch(
         "/tenants/team-a",
         json={"weight": 3, "name": "Team A", "quotas": {"max_running_jobs": 1, "max_gpus": None}},
@@ -249,6 +253,8 @@ def test_tenants_are_listed_and_changed_by_admins(team: Team) -> None:
     body = changed.json()
     assert body["weight"] == 3 and body["overrides"] == {"max_running_jobs": 1, "max_gpus": None}
     assert body["quotas"]["max_running_jobs"] == {"used": 0, "allowed": 1}
+    # new quotas may let waiting jobs start: each queued job of the tenant is woken up
+    assert queued_job_ids(broker) == [job, job]
     assert {t["id"] for t in client.get("/tenants", headers=team.admin).json()["data"]} == {
         "ops",
         "team-a",
