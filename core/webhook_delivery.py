@@ -167,8 +167,11 @@ def deliver_due(
     """One round of the dispatcher: claim what is due, send it, record it. Returns how many
     attempts were made. Once ``stop`` is set, the claimed deliveries not sent yet are handed
     back (due at once) instead."""
+    hooks = settings.webhooks
+    # few enough that the last is sent before its lease runs out, even if each one times out
+    batch = max(1, int(hooks.lease_s // (hooks.timeout_s + 1)))
     with Session(engine, expire_on_commit=False) as session:
-        items = claim_due(session, settings)
+        items = claim_due(session, settings, limit=min(20, batch))
         for index, item in enumerate(items):
             if stop is not None and stop.is_set():
                 release(session, items[index:])
