@@ -37,6 +37,7 @@ TORCH_FREE = [
     "template",
     "checkpoints",
     "events",
+    "model_fit",
 ]
 
 
