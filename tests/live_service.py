@@ -83,7 +83,8 @@ def run_live_service(home: Path, tiny_model_dir: Path) -> Iterator[LiveService]:
             "GLMFT_HOME": str(home),
             "GLMFT_DATABASE_URL": database_url,
             "GLMFT_BROKER_URL": REDIS_URL,
-            f"GLMFT_MODELS__{MODEL}__PATH": str(tiny_model_dir),
+            # the shell form the docs give ("_" reads as "-"): glm-4-tiny
+            "GLMFT_MODELS__glm_4_tiny__PATH": str(tiny_model_dir),
             "GLMFT_API_KEYS": json.dumps({API_KEY: TENANT}),
             "GLMFT_WORKER_GPUS": "[]",
             "GLMFT_WORKER_NAME": "clients-node",

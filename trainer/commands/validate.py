@@ -39,6 +39,9 @@ from trainer.datafiles import DataFileError, RawRecord, iter_records
 from trainer.validation import Issue, ValidationReport, validate_records
 
 NAME = "validate"
+#: Progress shows once a run has taken this long, then every few seconds (redrawn on a terminal).
+PROGRESS_AFTER_S = 1.0
+PROGRESS_EVERY_S = 5.0
 HELP = "Check GLM-4 conversation data (.jsonl, .json or a data dir) and report every problem."
 
 
@@ -65,17 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Progress:
-    """Progress on ``stream`` (stderr), only once a run has taken ``delay_s``: a short run prints
-    nothing. A terminal gets one line redrawn in place, a log a line every ``every_s``."""
+    """Progress on ``stream`` (stderr), only once a run has taken ``PROGRESS_AFTER_S``: a short
+    run prints nothing. A terminal gets one line redrawn in place, a log a line every
+    ``PROGRESS_EVERY_S``."""
 
-    def __init__(
-        self, stream: TextIO = sys.stderr, delay_s: float = 1.0, every_s: float | None = None
-    ) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.every_s = every_s if every_s is not None else (0.2 if self.tty else 5.0)
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = min(0.2, PROGRESS_EVERY_S) if self.tty else PROGRESS_EVERY_S
         self.start = time.monotonic()
-        self.next_at = self.start + delay_s
+        self.next_at = self.start + PROGRESS_AFTER_S
         self.shown = False
 
     def update(self, text: str) -> None:
