@@ -220,10 +220,13 @@ class Runner:
             transition(session, job.id, outcome.state, reason=_reason(outcome), **fields)
         except InvalidJobTransition:
             current = session.get(Job, job.id, populate_existing=True)
-            if current is None or current.state != JobState.PAUSED:
+            if current is None:
                 raise
-            # paused as the trainer ended: the job stays paused, resume finishes it
-            return self._give_up_paused(session, job.id)
+            if current.state == JobState.PAUSED:  # paused as the trainer ended: resume finishes it
+                return self._give_up_paused(session, job.id)
+            # e.g. a job paused, then cancelled while its trainer stopped: already decided
+            logger.info("job %s: already %s; %s not recorded", job.id, current.state, outcome.state)
+            return current.state
         logger.info("job %s: %s", job.id, outcome.state.value)
         return outcome.state.value
 

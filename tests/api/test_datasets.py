@@ -52,8 +52,10 @@ def test_upload_with_unknown_model_is_refused_and_not_kept(
     assert not [p for p in settings.artifacts.rglob("*") if p.is_file()]
 
 
-def test_invalid_upload_reports_the_lines_and_cannot_train(client: TestClient) -> None:
-    response = upload(client, invalid_jsonl())
+def test_invalid_upload_reports_the_lines_and_cannot_train(
+    client: TestClient, settings: Settings
+) -> None:
+    response = upload(client, invalid_jsonl(), filename="support-chats.jsonl")
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["valid"] is False
@@ -62,6 +64,9 @@ def test_invalid_upload_reports_the_lines_and_cannot_train(client: TestClient) -
     assert (3, "invalid_json") in errors
     assert (4, "no_assistant_content") in errors
     assert not any(line == 1 for line, _ in errors)
+    # issues name the file as uploaded; the service's storage path stays inside it
+    assert {e["file"] for e in body["report"]["errors"]} == {"support-chats.jsonl"}
+    assert str(settings.artifacts) not in response.text
     assert body["error_count"] == len(body["report"]["errors"])
     report = client.get(f"/datasets/{body['id']}/report").json()
     assert report["errors"] == body["report"]["errors"]

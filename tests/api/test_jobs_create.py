@@ -103,6 +103,16 @@ def test_speed_switches_are_accepted_and_a_bad_budget_named(client: TestClient) 
     assert "must be positive" in error["message"]
 
 
+def test_tensorboard_reporting_is_accepted_and_other_integrations_named(client: TestClient) -> None:
+    ds = dataset_id(client)
+    response = create_job(client, ds, overrides={"training_args.report_to": "tensorboard"})
+    assert response.status_code == 201, response.text
+    assert response.json()["config"]["training_args"]["report_to"] == "tensorboard"
+    refused = create_job(client, ds, overrides={"training_args.report_to": "wandb"})
+    error = assert_error(refused, 422, "invalid_config", "overrides.training_args.report_to")
+    assert "'wandb' is not supported" in error["message"] and "tensorboard" in error["message"]
+
+
 def test_compile_under_every_shipped_deepspeed_config_is_accepted(client: TestClient) -> None:
     # under ZeRO-3 the trainer compiles the layers' elementwise functions (trainer.compile)
     for deepspeed in ("configs/ds_zero_2.json", "configs/ds_zero_3.json"):
