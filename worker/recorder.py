@@ -10,7 +10,14 @@ from sqlmodel import Session, col, select
 
 from core.models import Checkpoint, Job, JobEvent, Metric
 
-_STEP_METRICS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
+_STEP_METRICS = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "epoch",
+    "trained_tokens",
+)
 
 
 def record_events(session: Session, job: Job, events: list[dict[str, Any]], *, offset: int) -> None:
