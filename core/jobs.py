@@ -2,8 +2,10 @@
 
 ``validating -> queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and
 ``paused`` (ARCHITECTURE.md decision 2). Every change is a conditional UPDATE on the current state,
-so two workers (or a worker and the reaper) can never both move a job. A change into ``queued``,
-``running`` or a final state adds its ``job.<state>`` webhook deliveries in the same commit.
+so two workers (or a worker and the reaper) can never both move a job, and every change is recorded
+as a job event named after the state entered, in the same transaction as the change itself; a
+change into ``queued``, ``running`` or a final state adds its ``job.<state>`` webhook deliveries
+to that transaction too.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from core.errors import InvalidJobTransition, JobNotFound
-from core.models import Adapter, Checkpoint, Job, utcnow
+from core.models import Adapter, Checkpoint, Job, JobEvent, utcnow
 from core.webhooks import enqueue_job_state
 
 
@@ -35,7 +37,8 @@ class JobState(StrEnum):
 S = JobState
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.VALIDATING: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    # queued -> paused: held back until resumed (its broker message is then skipped)
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.PAUSED}),
     # running -> queued: the reaper re-queues a job whose worker vanished
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED, S.PAUSED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
@@ -46,10 +49,35 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.SUCCEEDED: frozenset(),
 }
 TERMINAL = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
+#: Columns a state event repeats in its ``data`` when the transition sets them.
+_EVENT_FIELDS = (
+    "attempt",
+    "worker",
+    "gpu_ids",
+    "resume_from_step",
+    "error_code",
+    "error_message",
+    "user_error",
+    "adapter_id",
+)
+_RACE_RETRIES = 3
 
 
 def sources_of(target: JobState) -> list[JobState]:
     return [s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets]
+
+
+def state_event(
+    job_id: str, target: JobState, previous: str | None, reason: str = "", **data: Any
+) -> JobEvent:
+    """The event recording that ``job_id`` entered ``target`` (kind: the state's name)."""
+    message = f"{previous} -> {target.value}" if previous else target.value
+    return JobEvent(
+        job_id=job_id,
+        kind=target.value,
+        message=f"{message}: {reason}" if reason else message,
+        data={"state": target.value, "previous": previous, "reason": reason or None, **data},
+    )
 
 
 def transition(
@@ -58,33 +86,42 @@ def transition(
     target: JobState,
     *,
     from_states: Iterable[JobState] | None = None,
+    reason: str = "",
     **fields: Any,
 ) -> Job:
     """Move ``job_id`` to ``target`` if its current state allows it; set ``fields`` with it.
 
     ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim).
-    Raises ``JobNotFound`` or ``InvalidJobTransition``. Commits.
+    The change and its event (``reason`` says why) are committed together. Raises
+    ``JobNotFound`` or ``InvalidJobTransition``.
     """
-    allowed = set(sources_of(target))
+    allowed = {s.value for s in sources_of(target)}
     if from_states is not None:
-        allowed &= set(from_states)
+        allowed &= {s.value for s in from_states}
     values: dict[str, Any] = {"state": target.value, **fields}
     if target in TERMINAL:
         values.setdefault("finished_at", utcnow())
-    statement = (
-        update(Job)
-        .where(col(Job.id) == job_id)
-        .where(col(Job.state).in_([s.value for s in allowed]))
-        .values(**values)
-    )
-    result = session.execute(statement)
-    if result.rowcount == 1:  # type: ignore[attr-defined]
-        enqueue_job_state(session, job_id, target.value)  # committed with the change
-    session.commit()
+    data = {k: fields[k] for k in _EVENT_FIELDS if fields.get(k) is not None}
+    moved = False
+    for _ in range(_RACE_RETRIES):
+        current = session.exec(select(Job.state).where(col(Job.id) == job_id)).first()
+        if current is None or current not in allowed:
+            break
+        # conditional on the state just read: the event names the state it really left
+        result = session.execute(
+            update(Job).where(col(Job.id) == job_id, col(Job.state) == current).values(**values)
+        )
+        moved = result.rowcount == 1  # type: ignore[attr-defined]
+        if moved:
+            session.add(state_event(job_id, target, current, reason, **data))
+            enqueue_job_state(session, job_id, target.value)
+        session.commit()  # when not moved, another writer changed it since our read: look again
+        if moved:
+            break
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise JobNotFound(f"job {job_id} not found")
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if not moved:
         raise InvalidJobTransition(
             f"job {job_id} is {job.state}; it cannot become {target.value}",
             details={"state": job.state, "target": target.value},
@@ -111,6 +148,7 @@ def claim(
             heartbeat_at=now or utcnow(),
             started_at=now or utcnow(),
             cancel_requested=False,
+            reason=f"attempt {job.attempt + 1} on {worker}",
         )
     except InvalidJobTransition:
         return None

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, text, update
 from sqlmodel import Session, col, select
 
+from core.jobs import JobState, state_event
 from core.models import Job, utcnow
 from core.settings import Settings
 from core.team_models import Tenant
@@ -205,6 +206,18 @@ def _take(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LookupError(f"job {job.id} left the queue while it was claimed")
+        attempt = job.attempt + 1
+        session.add(
+            state_event(
+                job.id,
+                JobState.RUNNING,
+                JobState.QUEUED.value,
+                f"attempt {attempt} on {worker}",
+                attempt=attempt,
+                worker=worker,
+                gpu_ids=gpus,
+            )
+        )
         enqueue_job_state(session, job.id, "running")
         stride = max(1, job.gpus) / tenant.weight
         _advance(session, tenant, tenant.virtual_time + stride, now)

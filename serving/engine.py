@@ -205,8 +205,20 @@ class Engine:
             self._wake.notify()
 
     def load(self, spec: AdapterSpec, *, pin: bool | None = None) -> Future[LoadedAdapter]:
-        """Load ``spec`` (a no-op when loaded); ``pin`` sets or clears its pin when given."""
+        """Load ``spec`` (a no-op when loaded); ``pin`` sets or clears its pin when given.
+
+        The files are read at once, on the loader thread; the engine thread installs them
+        between two steps."""
         future: Future[LoadedAdapter] = Future()
+        with self._wake:
+            if self._closed:
+                raise EngineClosedError("the engine is closed")
+            if spec.name not in self.adapters:
+                load = self._start_load(spec)
+                load.futures.append(future)
+                if pin is not None:
+                    load.pin = pin
+                return future
         self._call(lambda: self._request_load(spec, pin=pin, future=future))
         return future
 
@@ -372,7 +384,7 @@ class Engine:
             row = Row(
                 request=request,
                 blocks=blocks,
-                text=RowText(self.decode, request.params.stop),
+                text=RowText(self.decode, request.params.stop, live=request.stream),
                 generator=make_generator(request.params, self.device),
                 prompt_tokens=len(request.prompt),
                 lora_slot=adapter.slot,
@@ -457,7 +469,7 @@ class Engine:
         final = row.finish is not None
         if final:
             row.text.finish()
-        piece = row.text.delta(final)
+        piece = row.text.delta(final) if request.stream else ""
         if piece:
             request.on_event(Event("delta", text=piece))
         return final
@@ -488,15 +500,20 @@ class Engine:
             self.adapters.move_to_end(spec.name)
             future.set_result(loaded)
             return _PENDING
-        load = self._loads.get(spec.name) or self._start_load(spec)
+        load = self._start_load(spec)
         load.futures.append(future)
         if pin is not None:
             load.pin = pin
         return _PENDING
 
     def _start_load(self, spec: AdapterSpec) -> _Load:
-        load = _Load(spec, started=time.perf_counter())
-        self._loads[spec.name] = load
+        """The load of ``spec`` under way, started now if there is none (any thread)."""
+        with self._wake:
+            load = self._loads.get(spec.name)
+            if load is not None:
+                return load
+            load = _Load(spec, started=time.perf_counter())
+            self._loads[spec.name] = load
 
         def read() -> None:
             try:
@@ -527,10 +544,12 @@ class Engine:
                     continue  # the adapters in the way are answering: try after this step
                 loaded = self._install(load)
             except Exception as exc:
-                del self._loads[name]
+                with self._wake:
+                    del self._loads[name]
                 self._fail_load(load, exc)
                 continue
-            del self._loads[name]
+            with self._wake:
+                del self._loads[name]
             for future in load.futures:
                 future.set_result(loaded)
 

@@ -1,15 +1,14 @@
 """Triton kernel of the decode step's attention over the paged cache (GPU only).
 
 One program per (row, KV head): it loads the queries of that head's group once and walks the
-row's blocks through its block table, keeping an online softmax, so a row reads exactly its own
+row's tokens 64 at a time, each token's block looked up in the row's block table, keeping an
+online softmax, so a row reads exactly its own
 cached tokens, whatever the other rows' lengths. Lengths and tables are read on the device, so a
 CUDA graph replays it for any batch composition. :func:`serving.attention.decode_attention` is
 the same computation in plain torch (CPU, and the reference the GPU bench checks against).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -27,33 +26,34 @@ def available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit  # type: ignore[untyped-decorator]
-    def _paged_decode(
-        q_ptr: Any,
-        k_ptr: Any,
-        v_ptr: Any,
-        tables_ptr: Any,
-        lengths_ptr: Any,
-        out_ptr: Any,
-        scale: float,
-        stride_qb: int,
-        stride_qh: int,
-        stride_kb: int,
-        stride_kt: int,
-        stride_kh: int,
-        stride_tb: int,
-        stride_ob: int,
-        stride_oh: int,
+    def _paged_decode(  # type: ignore[no-untyped-def]  # Triton reads annotations: constexprs only
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        tables_ptr,
+        lengths_ptr,
+        out_ptr,
+        scale,
+        stride_qb,
+        stride_qh,
+        stride_kb,
+        stride_kt,
+        stride_kh,
+        stride_tb,
+        stride_ob,
+        stride_oh,
         GROUP: tl.constexpr,
         GROUP_PAD: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         BLOCK: tl.constexpr,
-    ) -> None:
+        TILE: tl.constexpr,
+    ):
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
         length = tl.load(lengths_ptr + row)
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, HEAD_DIM)
-        t = tl.arange(0, BLOCK)
+        t = tl.arange(0, TILE)  # TILE tokens a step: PAGES blocks of BLOCK, looked up apiece
         heads = kv_head * GROUP + g
         q = tl.load(
             q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
@@ -63,10 +63,12 @@ if triton is not None:
         best = tl.full((GROUP_PAD,), float("-inf"), tl.float32)
         total = tl.zeros((GROUP_PAD,), tl.float32)
         acc = tl.zeros((GROUP_PAD, HEAD_DIM), tl.float32)
-        for j in range(0, tl.cdiv(length, BLOCK)):
-            block = tl.load(tables_ptr + row * stride_tb + j)
-            valid = j * BLOCK + t < length
-            offsets = block * stride_kb + t[:, None] * stride_kt + kv_head * stride_kh + d[None, :]
+        for j in range(0, tl.cdiv(length, TILE)):
+            position = j * TILE + t
+            valid = position < length
+            block = tl.load(tables_ptr + row * stride_tb + position // BLOCK, mask=valid, other=0)
+            rows = block * stride_kb + (position % BLOCK) * stride_kt + kv_head * stride_kh
+            offsets = rows[:, None] + d[None, :]
             k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0)
             v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0)
             scores = tl.dot(q, tl.trans(k)) * scale
@@ -120,5 +122,6 @@ def paged_decode_attention(
         GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=dim,
         BLOCK=keys.shape[1],
+        TILE=max(64, keys.shape[1]),
     )
     return out

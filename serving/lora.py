@@ -90,26 +90,31 @@ def read_lora(path: Path, model_config: Any, dtype: torch.dtype) -> LoraWeights:
         found.setdefault((layer, kind), {})[which] = tensor
     if not found:
         raise AdapterError(f"{path}: no LoRA weights")
-    ranks = {pair["A"].shape[0] for pair in found.values() if "A" in pair}
-    rank = max(MIN_RANK, 1 << (max(ranks) - 1).bit_length())
-    a = {k: torch.zeros(layers, shapes[k][0], rank, dtype=dtype) for _, k in found}
-    b = {k: torch.zeros(layers, rank, shapes[k][1], dtype=dtype) for _, k in found}
     for (layer, kind), pair in found.items():
         if set(pair) != {"A", "B"}:
             raise AdapterError(f"{path}: layer {layer} {kind} lacks lora_A or lora_B")
-        lora_a, lora_b = pair["A"].float(), pair["B"].float()  # (r, in), (out, r)
-        r = lora_a.shape[0]
-        if lora_a.shape[1] != shapes[kind][0] or lora_b.shape != (shapes[kind][1], r):
+        r = pair["A"].shape[0]
+        if pair["A"].shape[1] != shapes[kind][0] or tuple(pair["B"].shape) != (shapes[kind][1], r):
             raise AdapterError(
-                f"{path}: layer {layer} {kind} has shapes {tuple(lora_a.shape)} and "
-                f"{tuple(lora_b.shape)}; the base model's projection is {shapes[kind]}"
+                f"{path}: layer {layer} {kind} has shapes {tuple(pair['A'].shape)} and "
+                f"{tuple(pair['B'].shape)}; the base model's projection is {shapes[kind]}"
             )
-        scaling = _scaling(config, f"layers.{layer}.{kind}", r)
-        a[kind][layer, :, :r] = lora_a.T.to(dtype)
-        b[kind][layer, :r, :] = (lora_b * scaling).T.to(dtype)
-    if torch.cuda.is_available():
-        a = {k: t.pin_memory() for k, t in a.items()}
-        b = {k: t.pin_memory() for k, t in b.items()}
+    rank = max(MIN_RANK, 1 << (max(p["A"].shape[0] for p in found.values()) - 1).bit_length())
+    pin = torch.cuda.is_available()  # filled in place, then copied to the GPU without staging
+    a, b = {}, {}
+    for kind in sorted({k for _, k in found}):
+        a[kind] = torch.zeros(layers, shapes[kind][0], rank, dtype=dtype, pin_memory=pin)
+        b[kind] = torch.zeros(layers, rank, shapes[kind][1], dtype=dtype, pin_memory=pin)
+        present = sorted(layer for layer, k in found if k == kind)
+        by_rank: dict[int, list[int]] = {}
+        for layer in present:  # one stacked copy per rank (rank_pattern may vary it)
+            by_rank.setdefault(found[(layer, kind)]["A"].shape[0], []).append(layer)
+        for r, group in by_rank.items():
+            lora_a = torch.stack([found[(layer, kind)]["A"] for layer in group])  # (n, r, in)
+            lora_b = torch.stack([found[(layer, kind)]["B"] for layer in group]).float()
+            scale = torch.tensor([_scaling(config, f"layers.{layer}.{kind}", r) for layer in group])
+            a[kind][group, :, :r] = lora_a.transpose(1, 2).to(dtype)
+            b[kind][group, :r, :] = (lora_b * scale[:, None, None]).transpose(1, 2).to(dtype)
     return LoraWeights(rank, a, b)
 
 
@@ -123,12 +128,27 @@ def _scaling(config: Mapping[str, Any], module: str, rank: int) -> float:
     return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
-class LoraPool:
-    """``slots`` LoRA adapters on the model's device, one pool per projection kind in use.
+#: Projections whose LoRA products run as one: the attention's q/k/v are one fused matrix in
+#: the serving forward, so their adapters are too (one product with ``A``, one with a
+#: block-diagonal ``B``, instead of three of each).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o_proj": ("o_proj",),
+    "gate_up_proj": ("gate_up_proj",),
+    "down_proj": ("down_proj",),
+}
+_GROUP_OF = {kind: group for group, kinds in GROUPS.items() for kind in kinds}
 
-    Pools of a kind are allocated when the first adapter targeting it arrives, and grow to a
-    larger rank when one needs it; both change tensors that captured graphs read, so
-    :meth:`fit` reports it and the engine captures again.
+
+class LoraPool:
+    """``slots`` LoRA adapters on the model's device, one pool per projection group in use.
+
+    A group's ``A`` is ``(layers, in, members * slots * rank)``: member ``i``'s slot ``s`` owns
+    columns ``(i * slots + s) * rank`` onwards; its ``B`` is ``(layers, members * slots * rank,
+    out)``, those rows writing member ``i``'s output columns only (block-diagonal). Pools of a
+    group are allocated when the first adapter targeting it arrives, and grow to a larger rank
+    when one needs it; both change tensors that captured graphs read, so :meth:`fit` reports it
+    and the engine captures again.
     """
 
     def __init__(
@@ -145,11 +165,11 @@ class LoraPool:
         self.layers = config.num_hidden_layers
         self.shapes = projection_shapes(config)
         self.rank = 0
-        self.a: dict[str, torch.Tensor] = {}  # kind -> (layers, in, slots * rank)
-        self.b: dict[str, torch.Tensor] = {}  # kind -> (layers, slots * rank, out)
+        self.a: dict[str, torch.Tensor] = {}  # group -> (layers, in, members * slots * rank)
+        self.b: dict[str, torch.Tensor] = {}  # group -> (layers, members * slots * rank, out)
 
     @property
-    def kinds(self) -> frozenset[str]:
+    def groups(self) -> frozenset[str]:
         return frozenset(self.a)
 
     @property
@@ -157,7 +177,7 @@ class LoraPool:
         return sum(t.nbytes for t in (*self.a.values(), *self.b.values()))
 
     def fit(self, weights: LoraWeights) -> bool:
-        """Make room for ``weights``' kinds and rank; True when tensors were reallocated.
+        """Make room for ``weights``' projections and rank; True when tensors were reallocated.
 
         Raises:
             AdapterError: its rank is over ``max_rank``.
@@ -168,39 +188,66 @@ class LoraPool:
                 f"to rank {self.max_rank} (GLMFT_CHAT__MAX_LORA_RANK)"
             )
         rank = max(self.rank, weights.rank)
-        kinds = self.kinds | weights.kinds
-        if rank == self.rank and kinds == self.kinds:
+        groups = self.groups | {_GROUP_OF[kind] for kind in weights.kinds}
+        if rank == self.rank and groups == self.groups:
             return False
         old_rank, old_a, old_b = self.rank, self.a, self.b
-        self.rank = rank
-        self.a = {k: self._zeros(self.shapes[k][0], self.slots * rank) for k in sorted(kinds)}
-        self.b = {k: self._zeros(self.slots * rank, self.shapes[k][1]) for k in sorted(kinds)}
-        for kind in old_a:
-            for slot in range(self.slots):
-                new, old = self._columns(slot, rank), self._columns(slot, old_rank, old_rank)
-                self.a[kind][:, :, new][:, :, :old_rank] = old_a[kind][:, :, old]
-                self.b[kind][:, new][:, :old_rank] = old_b[kind][:, old]
+        self.rank, self.a, self.b = rank, {}, {}
+        for group in sorted(groups):
+            members = GROUPS[group]
+            width = len(members) * self.slots * rank
+            out = sum(self.shapes[k][1] for k in members)
+            self.a[group] = self._zeros(self.shapes[members[0]][0], width)
+            self.b[group] = self._zeros(width, out)
+        for group in old_a:
+            for member in range(len(GROUPS[group])):
+                for slot in range(self.slots):
+                    new = self._columns(member, slot, old_rank)
+                    start = old_rank * (member * self.slots + slot)
+                    old = slice(start, start + old_rank)
+                    self.a[group][:, :, new] = old_a[group][:, :, old]
+                    self.b[group][:, new] = old_b[group][:, old]
         return True
 
     def _zeros(self, rows: int, cols: int) -> torch.Tensor:
         return torch.zeros(self.layers, rows, cols, dtype=self.dtype, device=self.device)
 
-    def _columns(self, slot: int, rank: int, width: int | None = None) -> slice:
-        return slice(slot * rank, slot * rank + (width or rank))
+    def _columns(self, member: int, slot: int, width: int | None = None) -> slice:
+        """Columns of ``A`` (rows of ``B``) of a group's ``member`` in ``slot``."""
+        start = (member * self.slots + slot) * self.rank
+        return slice(start, start + (self.rank if width is None else width))
+
+    def _outputs(self, kind: str) -> slice:
+        """The output columns of ``kind`` in its group's ``B``."""
+        members = GROUPS[_GROUP_OF[kind]]
+        start = sum(self.shapes[k][1] for k in members[: members.index(kind)])
+        return slice(start, start + self.shapes[kind][1])
 
     def write(self, slot: int, weights: LoraWeights) -> None:
-        """Copy ``weights`` into ``slot`` (after :meth:`fit`); kinds it lacks are zeroed."""
+        """Copy ``weights`` into ``slot`` (after :meth:`fit`); projections it lacks are zeroed."""
         self.clear(slot)
-        cols = self._columns(slot, self.rank, weights.rank)
         for kind, a in weights.a.items():
-            self.a[kind][:, :, cols].copy_(a, non_blocking=True)
-            self.b[kind][:, cols].copy_(weights.b[kind], non_blocking=True)
+            group = _GROUP_OF[kind]
+            cols = self._columns(GROUPS[group].index(kind), slot, weights.rank)
+            self.a[group][:, :, cols].copy_(a, non_blocking=True)
+            self.b[group][:, cols, self._outputs(kind)].copy_(weights.b[kind], non_blocking=True)
 
     def clear(self, slot: int) -> None:
-        cols = self._columns(slot, self.rank)
-        for kind in self.a:
-            self.a[kind][:, :, cols].zero_()
-            self.b[kind][:, cols].zero_()
+        for group, members in GROUPS.items():
+            if group in self.a:
+                for member in range(len(members)):
+                    cols = self._columns(member, slot)
+                    self.a[group][:, :, cols].zero_()
+                    self.b[group][:, cols].zero_()
+
+    def holds(self, slot: int) -> bool:
+        """Whether any weight of ``slot`` is non-zero."""
+        return any(
+            bool(self.a[group][:, :, cols].any() or self.b[group][:, cols].any())
+            for group, members in GROUPS.items()
+            if group in self.a
+            for cols in (self._columns(m, slot) for m in range(len(members)))
+        )
 
     def row_mask(self, slots: torch.Tensor) -> torch.Tensor:
         """``(rows, slots * rank)`` ones over each row's slot columns; ``slots`` holds a slot
@@ -208,7 +255,10 @@ class LoraPool:
         onehot = slots[:, None] == torch.arange(self.slots, device=slots.device)[None, :]
         return onehot.to(self.dtype).repeat_interleave(self.rank, dim=1)
 
-    def delta(self, kind: str, layer: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The LoRA output of projection ``kind`` of ``layer`` for rows ``x`` ``(rows, in)``,
+    def delta(self, group: str, layer: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The LoRA output of projection ``group`` of ``layer`` for rows ``x`` ``(rows, in)``,
         each through the slot ``mask`` (from :meth:`row_mask`) selects."""
-        return ((x @ self.a[kind][layer]) * mask) @ self.b[kind][layer]
+        members = len(GROUPS[group])
+        if members > 1:
+            mask = mask.repeat(1, members)
+        return ((x @ self.a[group][layer]) * mask) @ self.b[group][layer]

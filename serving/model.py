@@ -150,7 +150,7 @@ class Glm:
         ids = torch.tensor(tokens, device=device)
         where = torch.tensor(slots, device=device)
         where_prefix = torch.tensor(prefix_slots, dtype=torch.long, device=device)
-        use_lora = bool(self.lora.kinds) and any(row.lora_slot >= 0 for row in rows)
+        use_lora = bool(self.lora.groups) and any(row.lora_slot >= 0 for row in rows)
         mask = self.lora.row_mask(torch.tensor(lora_slots, device=device)) if use_lora else None
         prefixed = any(row.prefix for row in rows)
 
@@ -182,9 +182,7 @@ class Glm:
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         for index, layer in enumerate(self.layers):
             x = _rms(hidden, layer.norm_in, self.eps)
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-            if mask is not None:
-                qkv = self._lora_qkv(qkv, x, index, mask, q_size, kv_size)
+            qkv = self._project("qkv", index, x, layer.qkv, mask, layer.qkv_bias)
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q = q.view(tokens, self.heads, self.head_dim)
             k = k.view(tokens, self.kv_heads, self.head_dim)
@@ -205,33 +203,17 @@ class Glm:
 
     def _project(
         self,
-        kind: str,
+        group: str,
         layer: int,
         x: torch.Tensor,
         weight: torch.Tensor,
         mask: torch.Tensor | None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = F.linear(x, weight)
-        if mask is not None and kind in self.lora.kinds:
-            out = out + self.lora.delta(kind, layer, x, mask)
+        out = F.linear(x, weight, bias)
+        if mask is not None and group in self.lora.groups:
+            out = out + self.lora.delta(group, layer, x, mask)
         return out
-
-    def _lora_qkv(
-        self,
-        qkv: torch.Tensor,
-        x: torch.Tensor,
-        layer: int,
-        mask: torch.Tensor,
-        q_size: int,
-        kv_size: int,
-    ) -> torch.Tensor:
-        spans = {"q_proj": (0, q_size), "k_proj": (q_size, kv_size)}
-        spans["v_proj"] = (q_size + kv_size, kv_size)
-        parts = list(qkv.split([q_size, kv_size, kv_size], dim=-1))
-        for i, (kind, _) in enumerate(spans.items()):
-            if kind in self.lora.kinds:
-                parts[i] = parts[i] + self.lora.delta(kind, layer, x, mask)
-        return torch.cat(parts, dim=-1)
 
 
 def _layer(layer: Any, *, fuse: bool) -> Layer:

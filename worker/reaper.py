@@ -39,7 +39,12 @@ def reap_stale_jobs(
     for job in stale:
         try:
             if job.state == JobState.CANCELLING:
-                transition(session, job.id, JobState.CANCELLED)
+                transition(
+                    session,
+                    job.id,
+                    JobState.CANCELLED,
+                    reason=f"worker {job.worker} stopped responding while cancelling",
+                )
             elif job.attempt < job.max_attempts:
                 transition(
                     session,
@@ -48,6 +53,8 @@ def reap_stale_jobs(
                     from_states=[JobState.RUNNING],
                     worker=None,
                     gpu_ids=[],
+                    reason=f"worker {job.worker} lost; re-queued (attempt {job.attempt} of "
+                    f"{job.max_attempts})",
                 )
                 enqueue(job.id)
                 requeued.append(job.id)
@@ -67,6 +74,7 @@ def reap_stale_jobs(
                     error_message=f"worker {job.worker} stopped responding on attempt "
                     f"{job.attempt} of {job.max_attempts}",
                     user_error=False,
+                    reason=f"worker {job.worker} lost on the last attempt",
                 )
         except InvalidJobTransition:
             continue  # it moved on while we looked

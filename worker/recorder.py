@@ -11,7 +11,14 @@ from sqlmodel import Session, col, select
 from core import webhooks
 from core.models import Checkpoint, Job, JobEvent, Metric
 
-_STEP_METRICS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
+_STEP_METRICS = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "epoch",
+    "trained_tokens",
+)
 WEBHOOK_KINDS = ("checkpoint", "eval")
 
 

@@ -2,8 +2,8 @@
 
 No Celery here (the task is a thin wrapper), so the whole path is testable with real processes.
 The trainer runs in its own session and dies with this process; events are tailed into SQL every
-``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel stops the whole
-process tree and keeps the checkpoints.
+``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel and pause stop the
+whole process tree and keep the checkpoints (a paused job is then given up, for ``resume``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
+from core.errors import InvalidJobTransition
 from core.jobs import JobState, adapter_id, save_adapter, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
 from core.scheduling import claim_next, waiting_job
@@ -29,7 +30,8 @@ from worker.launcher import TrainerProcess, build_trainer_command, compile_cache
 from worker.recorder import record_events
 
 logger = logging.getLogger(__name__)
-ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value)
+# a paused job still beats until its trainer has stopped and the worker has given it up
+ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value, JobState.PAUSED.value)
 LOST = "lost_ownership"
 
 
@@ -108,6 +110,7 @@ class Runner:
             error_message=f"job {job.id} asks for {job.gpus} GPUs but this node declares only "
             f"{self.leases.capacity()} ({self.leases.gpus})",
             user_error=False,
+            reason=f"no worker like {self.node} can hold it",
         )
         return True
 
@@ -159,7 +162,7 @@ class Runner:
     ) -> Outcome:
         last_beat = 0.0
         status: dict[str, Any] = {}
-        cancelled = False
+        stopped: JobState | None = None
         returncode = None
         while returncode is None:
             returncode = process.wait(self.poll_s)
@@ -173,14 +176,15 @@ class Runner:
                     logger.warning("job %s: no longer owned by %s; stopping", job.id, self.node)
                     process.terminate()
                     return Outcome(JobState.FAILED, LOST)
-            if returncode is None and self._cancel_requested(session, job.id):
-                logger.info("job %s: cancel requested; stopping the trainer", job.id)
+            stop = self._stop_requested(session, job.id) if returncode is None else None
+            if stop is not None:
+                logger.info("job %s: %s; stopping the trainer", job.id, stop.value)
                 returncode = process.terminate()
-                cancelled = True
+                stopped = stop
         status = self._record(session, job, tail) or status
         over_quota = self._over_quota(process, tail, status)
-        if cancelled:
-            return Outcome(JobState.CANCELLED)
+        if stopped is not None:
+            return Outcome(stopped)
         if over_quota is not None:
             return over_quota
         if returncode == 0 and status.get("status") == "succeeded":
@@ -221,11 +225,30 @@ class Runner:
         session.commit()
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def _cancel_requested(self, session: Session, job_id: str) -> bool:
+    def _stop_requested(self, session: Session, job_id: str) -> JobState | None:
+        """``cancelled`` or ``paused`` when the job asks its trainer to stop, else None."""
         job = session.get(Job, job_id, populate_existing=True)
-        return job is not None and (job.cancel_requested or job.state == JobState.CANCELLING)
+        if job is None:
+            return None
+        if job.cancel_requested or job.state == JobState.CANCELLING:
+            return JobState.CANCELLED
+        return JobState.PAUSED if job.state == JobState.PAUSED else None
+
+    def _give_up_paused(self, session: Session, job_id: str) -> str:
+        """The trainer of a paused job has stopped: release it, so that it may be resumed."""
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.worker) == self.node)
+            .where(col(Job.state) == JobState.PAUSED.value)
+            .values(worker=None, gpu_ids=[])
+        )
+        session.commit()
+        logger.info("job %s: paused; its trainer stopped", job_id)
+        return JobState.PAUSED.value
 
     def _finish(self, session: Session, job: Job, outcome: Outcome) -> str:
+        if outcome.state == JobState.PAUSED:
+            return self._give_up_paused(session, job.id)
         fields: dict[str, Any] = {}
         if outcome.state == JobState.SUCCEEDED:
             adapter = register_adapter(session, job)
@@ -236,9 +259,27 @@ class Runner:
                 error_message=outcome.message,
                 user_error=outcome.user_error,
             )
-        transition(session, job.id, outcome.state, **fields)
+        try:
+            transition(session, job.id, outcome.state, reason=_reason(outcome), **fields)
+        except InvalidJobTransition:
+            current = session.get(Job, job.id, populate_existing=True)
+            if current is None:
+                raise
+            if current.state == JobState.PAUSED:  # paused as the trainer ended: resume finishes it
+                return self._give_up_paused(session, job.id)
+            # e.g. a job paused, then cancelled while its trainer stopped: already decided
+            logger.info("job %s: already %s; %s not recorded", job.id, current.state, outcome.state)
+            return current.state
         logger.info("job %s: %s", job.id, outcome.state.value)
         return outcome.state.value
+
+
+def _reason(outcome: Outcome) -> str:
+    if outcome.state == JobState.FAILED:
+        return f"{outcome.code}: {outcome.message}"
+    if outcome.state == JobState.CANCELLED:
+        return "the trainer was stopped"
+    return "the trainer succeeded"
 
 
 def register_adapter(session: Session, job: Job) -> Adapter | None:

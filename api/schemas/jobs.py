@@ -27,15 +27,13 @@ _CREATE_EXAMPLE: JsonDict = {
 }
 
 
-class JobCreate(BaseModel):
-    """A fine-tuning job to run."""
+class JobSpec(BaseModel):
+    """What a job trains: the base model, the method, the config and the GPUs."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="A base model of the registry (see GET /models).")
     method: Literal["lora", "ptuning_v2", "sft"]
-    training_dataset: str = Field(description="Id of a valid dataset of yours.")
-    validation_dataset: str | None = Field(default=None, description="Id of a valid dataset.")
     config: str | None = Field(
         default=None,
         description="A shipped preset name (`lora`, `tiny/lora`, ...) or an upstream-style YAML "
@@ -45,15 +43,47 @@ class JobCreate(BaseModel):
         default_factory=dict,
         description='Dotted config keys to set, e.g. {"training_args.max_steps": 500}.',
     )
-    gpus: int = Field(default=1, ge=0, description="GPUs for the job; 0 trains on CPU.")
-    priority: int = Field(
-        default=0,
-        ge=-100,
-        le=100,
-        description="Order inside your tenant's queue: higher starts first (tenants take "
-        "turns whatever their priorities).",
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs for the job; 0 trains on CPU. Default: the base model's `gpus` in the "
+        "registry, else 1 when a worker has GPUs and 0 when none has.",
     )
     seed: int | None = Field(default=None, ge=0, description="Sets training_args.seed.")
+
+
+class JobCheckRequest(JobSpec):
+    """A job to check without creating it (no dataset needed yet)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"model": "glm-4-tiny", "method": "lora", "config": "tiny/lora"}]
+        },
+    )
+
+
+class JobCheck(BaseModel):
+    """What POST /jobs would make of a request; nothing was stored or queued."""
+
+    object: Literal["job.check"] = "job.check"
+    model: str
+    method: str
+    gpus: int = Field(description="The GPUs the job would get (the default filled in).")
+    max_steps: int | None = None
+    config: dict[str, Any] = Field(description="The resolved config, fitted to the base model.")
+    notes: list[str] = Field(
+        default_factory=list, description="What was filled in or read differently, and why."
+    )
+
+
+class JobCreate(JobSpec):
+    """A fine-tuning job to run."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
+
+    training_dataset: str = Field(description="Id of a valid dataset of yours.")
+    validation_dataset: str | None = Field(default=None, description="Id of a valid dataset.")
     suffix: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
@@ -61,6 +91,13 @@ class JobCreate(BaseModel):
     )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, description=f"Up to {MAX_METADATA_KEYS} string pairs, filterable."
+    )
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Order inside your tenant's queue: higher starts first (tenants take "
+        "turns whatever their priorities).",
     )
 
     @field_validator("metadata")

@@ -137,13 +137,7 @@ def test_pool_evicts_the_least_recently_used_adapter_reuses_its_slot_and_reloads
 ) -> None:
     def unused_slots_are_zero() -> bool:
         held = {a.slot for a in engine.loaded().values()}
-        rank = engine.lora.rank
-        spans = [slice(s * rank, (s + 1) * rank) for s in set(range(engine.lora.slots)) - held]
-        return all(
-            not a[:, :, span].any() and not b[:, span].any()  # A: (layers, in, slots * rank)
-            for a, b in zip(engine.lora.a.values(), engine.lora.b.values(), strict=True)
-            for span in spans
-        )
+        return not any(engine.lora.holds(s) for s in set(range(engine.lora.slots)) - held)
 
     a, b, pt = (spec(chat_adapters, n) for n in ("lora-a", "lora-b", "pt"))
     assert ask(engine, a).text() == ANSWERS["lora-a"]
@@ -227,6 +221,22 @@ def test_deltas_add_up_to_the_text_and_stop_strings_end_it(
     assert short.final is not None and short.final.result is not None
     assert short.final.result.finish_reason == "length"
     assert short.final.result.completion_tokens == 3
+
+
+def test_a_request_without_streaming_gets_the_same_answer_and_no_deltas(
+    engine: Engine, chat_adapters: ChatAdapters
+) -> None:
+    a = spec(chat_adapters, "lora-a")
+    streamed = ask(engine, a)
+    quiet = Reply()
+    messages = [{"role": "user", "content": QUESTIONS[0]}]
+    prompt = render_ids(engine.tokenizer, messages, generation_prompt=True)
+    engine.submit(Request(prompt, GREEDY, quiet, adapter=a, stream=False))
+    assert quiet.text() == streamed.text() == ANSWERS["lora-a"]
+    assert quiet.deltas == [] and streamed.deltas
+    assert quiet.final is not None and streamed.final is not None
+    assert quiet.final.result is not None and streamed.final.result is not None
+    assert quiet.final.result.token_ids == streamed.final.result.token_ids
 
 
 def test_a_cancelled_request_leaves_the_batch_and_frees_its_cache(engine: Engine) -> None:
