@@ -16,16 +16,18 @@ EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, help="state directory (default: GLMFT_HOME)")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="create, list or revoke"
+    )
     create = actions.add_parser("create", help="make a key (printed once)")
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
     create.add_argument("--scopes", default="read,write", help="read, write, admin (comma list)")
     create.add_argument("--name", default="", help="what the key is for")
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help="print the key and its row as JSON")
     listing = actions.add_parser("list", help="every key: prefix, tenant, scopes, last use")
-    listing.add_argument("--tenant")
+    listing.add_argument("--tenant", help="only this tenant's keys")
     listing.add_argument("--active", action="store_true", help="leave out revoked keys")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     revoke = actions.add_parser("revoke", help="revoke a key by id or shown prefix")
     revoke.add_argument("key", help="key id (key-...) or prefix (sk-glmft-...)")
 

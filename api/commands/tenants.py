@@ -17,17 +17,19 @@ HELP = "tenants: 'glmft tenants list', 'show T', 'set T --weight 2 --quota max_g
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, help="state directory (default: GLMFT_HOME)")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = parser.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="list, show or set"
+    )
     actions.add_parser("list", help="every tenant with its quotas").add_argument(
-        "--json", action="store_true"
+        "--json", action="store_true", help="print JSON"
     )
     show = actions.add_parser("show", help="one tenant: quotas used and allowed")
-    show.add_argument("tenant")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("tenant", help="the tenant id")
+    show.add_argument("--json", action="store_true", help="print JSON")
     change = actions.add_parser("set", help="change a tenant's weight, name or quotas")
-    change.add_argument("tenant")
+    change.add_argument("tenant", help="the tenant id (made if it has no row)")
     change.add_argument("--weight", type=float, help="share of job starts (default 1)")
-    change.add_argument("--name")
+    change.add_argument("--name", help="a display name")
     change.add_argument(
         "--quota",
         action="append",
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     change.add_argument(
         "--reset", metavar="NAME", action="append", default=[], help="back to the default; repeat"
     )
-    change.add_argument("--json", action="store_true")
+    change.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
