@@ -61,7 +61,7 @@ def get_principal(
     elif credentials is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     else:
-        raise Unauthorized("unknown or revoked API key")
+        raise Unauthorized("unknown API key (or a revoked one)")
     request.state.principal = principal
     return principal
 
