@@ -7,26 +7,14 @@ FlashAttention's variable-length kernel; elsewhere the same computations run in 
 
 from __future__ import annotations
 
-import inspect
 from itertools import pairwise
-from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from serving import kernels
 from serving.kvcache import KVCache
-
-
-def _varlen_kernel() -> tuple[Any, frozenset[str]] | None:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
-
-
-_VARLEN = _varlen_kernel()
+from trainer.attention import each_conversation, varlen_available, varlen_causal
 
 
 def write_kv(
@@ -94,43 +82,12 @@ def prefill_attention(
     """Causal attention of packed rows: ``q`` ``(tokens, heads, dim)``; ``k``/``v``
     ``(keys, kv_heads, dim)``, each row's prefix followed by its own tokens. Row ``i`` holds
     queries ``bounds_q[i]:bounds_q[i+1]`` and keys ``bounds_k[i]:bounds_k[i+1]``; causality
-    is aligned to the last key, so every query sees the whole prefix."""
-    if _VARLEN is not None and q.is_cuda:
-        return _varlen(q, k, v, bounds_q, bounds_k, scale)
-    out = []
-    for i in range(len(bounds_q) - 1):
-        qs = q[bounds_q[i] : bounds_q[i + 1]].transpose(0, 1)  # (heads, tokens, dim)
-        ks, vs = (t[bounds_k[i] : bounds_k[i + 1]].transpose(0, 1) for t in (k, v))
-        causal = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool, device=q.device)
-        causal = causal.tril(ks.shape[1] - qs.shape[1])
-        o = F.scaled_dot_product_attention(
-            qs, ks, vs, attn_mask=causal, scale=scale, enable_gqa=ks.shape[0] != qs.shape[0]
-        )
-        out.append(o.transpose(0, 1))
-    return torch.cat(out)
-
-
-def _varlen(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bounds_q: list[int],
-    bounds_k: list[int],
-    scale: float,
-) -> torch.Tensor:
-    varlen_attn, params = _VARLEN  # type: ignore[misc]
-    # torch releases name the causal switch differently; causality aligned to the last key
-    options: dict[str, Any] = {"scale": scale}
-    options.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
-    if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in params:
-            options["enable_gqa"] = True
-        else:
-            repeat = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    is aligned to the last key, so every query sees the whole prefix (the trainer's packed
+    P-Tuning v2 attention, :mod:`trainer.attention`)."""
     cu_q = torch.tensor(bounds_q, dtype=torch.int32, device=q.device)
     cu_k = torch.tensor(bounds_k, dtype=torch.int32, device=q.device)
+    if not varlen_available(q.device):
+        return each_conversation(q, k, v, cu_q, cu_k, scale)
     longest_q = max(b - a for a, b in pairwise(bounds_q))
     longest_k = max(b - a for a, b in pairwise(bounds_k))
-    out: torch.Tensor = varlen_attn(q, k, v, cu_q, cu_k, longest_q, longest_k, **options)
-    return out
+    return varlen_causal(q, k, v, cu_q, cu_k, longest_q, longest_k, scale)

@@ -259,7 +259,9 @@ class Engine:
         return time.monotonic() - self._last_work
 
     def capacity(self) -> dict[str, int]:
-        """The cache and batch limits, and what is free now."""
+        """The cache and batch limits, and what is free now (nothing once closed)."""
+        if self._closed:
+            return {}
         return {
             "cache_tokens": self.cache.capacity_tokens,
             "free_cache_tokens": self.cache.free_tokens,
@@ -278,6 +280,8 @@ class Engine:
         self._loader.shutdown(wait=True, cancel_futures=True)
         self.adapters.clear()
         self.model = None
+        # the forward, its graphs, the cache and the pool hold the GPU memory: let it go
+        del self.graphs, self.glm, self.lora, self.cache
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

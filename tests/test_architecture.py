@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,21 @@ def test_trainer_package_is_not_empty() -> None:
 def test_service_facing_trainer_modules_do_not_import_torch(module: str) -> None:
     imported = top_level_imports(REPO / "trainer" / f"{module}.py", module_level_only=True)
     assert not imported & {"torch", "transformers", "peft", "deepspeed"}
+
+
+def test_the_api_loads_no_torch_until_it_serves_chat_itself() -> None:
+    # given a fresh interpreter
+    probe = (
+        "import sys\n"
+        "from api.main import create_app\n"
+        "create_app()\n"
+        "stack = ('torch', 'transformers', 'peft', 'safetensors')\n"
+        "print(','.join(m for m in stack if m in sys.modules))\n"
+    )
+    # when the app is built (routes, services, settings: everything but a chat engine)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    # then none of the ML stack was imported
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ""

@@ -45,6 +45,42 @@ def _varlen_kernel() -> tuple[Any, frozenset[str]] | None:
 _VARLEN = _varlen_kernel()
 
 
+def varlen_causal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bounds_q: torch.Tensor,
+    bounds_k: torch.Tensor,
+    longest_q: int,
+    longest_k: int,
+    scale: float | None,
+) -> torch.Tensor:
+    """FlashAttention's variable-length kernel over ``(tokens, heads, dim)`` sequences, causal
+    with each sequence's last query aligned to its last key (GPU; torch releases name the
+    options differently)."""
+    varlen_attn, params = _VARLEN  # type: ignore[misc]
+    options: dict[str, Any] = {}
+    if "window_size" in params:
+        options["window_size"] = (-1, 0)  # causal, aligned to the last key
+    else:
+        options["is_causal"] = True
+    if "scale" in params and scale is not None:
+        options["scale"] = scale
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            options["enable_gqa"] = True
+        else:
+            repeat = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    out: torch.Tensor = varlen_attn(q, k, v, bounds_q, bounds_k, longest_q, longest_k, **options)
+    return out
+
+
+def varlen_available(device: torch.device) -> bool:
+    """Whether :func:`varlen_causal` can run on ``device``."""
+    return _VARLEN is not None and device.type == "cuda"
+
+
 def packed_attention_available() -> bool:
     return torch.cuda.is_available() and _VARLEN is not None
 
@@ -86,23 +122,9 @@ def packed_attention(
     if prefix > 0:
         k, v, bounds_k = behind_prefix(k, v, bounds, prefix)
     if not varlen:
-        return _each_conversation(q, k, v, bounds, bounds_k, scaling).unsqueeze(0), None
-    varlen_attn, params = _VARLEN  # type: ignore[misc]
-    options: dict[str, Any] = {}
-    if "window_size" in params:
-        options["window_size"] = (-1, 0)  # causal, aligned to the last key
-    else:
-        options["is_causal"] = True
-    if "scale" in params and scaling is not None:
-        options["scale"] = scaling
-    if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in params:
-            options["enable_gqa"] = True
-        else:
-            repeat = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        return each_conversation(q, k, v, bounds, bounds_k, scaling).unsqueeze(0), None
     longest = int(kwargs["max_length_q"])
-    out = varlen_attn(q, k, v, bounds, bounds_k, longest, longest + prefix, **options)
+    out = varlen_causal(q, k, v, bounds, bounds_k, longest, longest + prefix, scaling)
     return out.unsqueeze(0), None
 
 
@@ -123,7 +145,7 @@ def behind_prefix(
     return key[source], value[source], bounds_k.to(torch.int32)
 
 
-def _each_conversation(
+def each_conversation(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,

@@ -321,3 +321,16 @@ def test_unservable_adapters_are_refused(tmp_path: Path, chat_adapters: ChatAdap
     model_config: Any = load_chat_model(chat_adapters.base).model.config
     with pytest.raises(AdapterError, match="DoRA"):
         read_lora(dora, model_config, torch.float32)
+
+
+def test_closing_an_engine_frees_its_cache_and_adapter_pool(chat_adapters: ChatAdapters) -> None:
+    import gc
+    import weakref
+
+    engine = Engine.open(chat_adapters.base, max_batch=4)
+    assert ask(engine, spec(chat_adapters, "lora-a")).text() == ANSWERS["lora-a"]
+    held = [weakref.ref(engine.cache.keys), *(weakref.ref(t) for t in engine.lora.a.values())]
+    engine.close()
+    gc.collect()
+    assert all(ref() is None for ref in held), "the engine's tensors outlive it"
+    assert engine.capacity() == {}
