@@ -1,10 +1,13 @@
-"""Request dependencies: settings, a SQL session, the caller's tenant, the enqueuer, a job."""
+"""Request dependencies: settings, a SQL session, the caller (key, tenant, scopes), the
+enqueuer, a job.
+
+Auth is resolved in one place, :func:`get_principal`; :func:`get_tenant` adds the scope check
+every tenant route gets from its method (GET: ``read``, else ``write``), and
+:func:`require_admin` guards the admin routes (keys, tenants, every tenant's metrics)."""
 
 from __future__ import annotations
 
-import hmac
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -13,13 +16,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from api.queue import Enqueuer
-from core.errors import JobNotFound, Unauthorized
+from core.errors import Forbidden, JobNotFound, Unauthorized
+from core.keys import SCOPES, Principal, authenticate
 from core.models import Job
 from core.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-_bearer = HTTPBearer(auto_error=False, description="An API key (only when keys are configured).")
-_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_bearer = HTTPBearer(
+    auto_error=False, description="An API key (`sk-glmft-...`, or one of `GLMFT_API_KEYS`)."
+)
 
 
 def get_engine(request: Request) -> Engine:
@@ -34,27 +39,61 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def api_keys(settings: Settings) -> Mapping[str, str]:
-    """``{api key: tenant}``; empty means auth is off (every caller is the default tenant)."""
-    return settings.api_keys
-
-
-def get_tenant(
+def get_principal(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The caller's tenant id (ARCHITECTURE.md decision 10)."""
-    keys = api_keys(settings)
-    if not keys:
-        return settings.default_tenant
-    if credentials is None:
+) -> Principal:
+    """Who calls: the tenant and scopes of the key presented (``GLMFT_API_KEYS`` or SQL), or in
+    the local mode (``allow_anonymous``) a caller without a known key as the default tenant
+    with every scope. Raises ``Unauthorized`` (401)."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    found = None
+    if credentials is not None:
+        with Session(get_engine(request), expire_on_commit=False) as session:
+            found = authenticate(session, settings, credentials.credentials)
+    if found is not None:
+        principal = found
+    elif settings.allow_anonymous:  # an unknown key too: clients that must send one (openai)
+        principal = Principal(settings.default_tenant, frozenset(SCOPES))
+    elif credentials is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    for key, tenant in keys.items():  # compare_digest: no timing hint about which prefix matched
-        if hmac.compare_digest(key.encode(), credentials.credentials.encode()):
-            if not _TENANT.match(tenant):
-                raise ValueError(f"tenant id {tenant!r} is not a safe path segment")
-            return tenant
-    raise Unauthorized("unknown API key")
+    else:
+        raise Unauthorized("unknown API key (or a revoked one)")
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def required_scope(method: str) -> str:
+    """``read`` for GET and HEAD, ``write`` for everything that changes something."""
+    return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
+
+
+def get_tenant(request: Request, principal: PrincipalDep) -> str:
+    """The caller's tenant id (ARCHITECTURE.md decision 10), once the key has the scope the
+    route's method needs (``required_scope``); raises ``Forbidden`` (403)."""
+    scope = required_scope(request.method)
+    if not principal.allows(scope):
+        raise Forbidden(
+            f"this API key lacks the {scope!r} scope",
+            details={"required": scope, "scopes": sorted(principal.scopes)},
+        )
+    return principal.tenant
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    """The caller, if its key has the ``admin`` scope; raises ``Forbidden`` (403)."""
+    if not principal.allows("admin"):
+        raise Forbidden(
+            "this route needs an API key with the 'admin' scope",
+            details={"required": "admin", "scopes": sorted(principal.scopes)},
+        )
+    return principal
 
 
 def get_enqueuer(request: Request) -> Enqueuer:
@@ -67,6 +106,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
 JobIdPath = Annotated[
     str, Path(description="The job id.", examples=["job-3f2a9c0d1e4b5a6f7c8d9e0f"])
 ]

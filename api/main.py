@@ -15,9 +15,10 @@ from functools import cache
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
+from api import scopes
 from api.chat_proxy import ChatProxyMiddleware
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
@@ -30,6 +31,7 @@ from api.telemetry import Telemetry
 from core.db import make_engine, prepare
 from core.models import BaseModelRecord
 from core.settings import Settings, get_settings
+from core.team_models import ApiKey
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +54,29 @@ def sync_registry(engine: Engine, settings: Settings) -> None:
         session.commit()
 
 
+def _announce_auth(engine: Engine, settings: Settings) -> None:
+    """Say loudly how callers are let in: the local mode, or keys (and whether any exist)."""
+    if settings.allow_anonymous:
+        logger.warning(
+            "LOCAL MODE: requests without an API key act as tenant %r with every scope "
+            "(GLMFT_ALLOW_ANONYMOUS); anything that reaches this port can use it",
+            settings.default_tenant,
+        )
+        return
+    with Session(engine) as session:
+        stored = session.exec(select(func.count()).where(col(ApiKey.revoked_at).is_(None))).one()
+    if not stored and not settings.api_keys:
+        logger.warning(
+            "no API key exists: every request answers 401 until one is made "
+            "(glmft keys create --tenant NAME --scopes admin) or GLMFT_API_KEYS is set"
+        )
+
+
 def _start_store(app: FastAPI, settings: Settings) -> None:
     try:
         app.state.engine = prepare(settings)
         sync_registry(app.state.engine, settings)
+        _announce_auth(app.state.engine, settings)
         app.state.schema_ready = True
     except (SQLAlchemyError, OSError):
         logger.exception("store unavailable at startup; /readyz will report it")
@@ -116,6 +137,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)
     install_dashboard(app)
+    scopes.install(app)
     return app
 
 

@@ -115,3 +115,7 @@ OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "The request is invalid; `param` names the field.",
     }.items()
 }
+#: Beside those, on the routes that add to a tenant's queue or storage.
+OPENAI_QUOTA_RESPONSE: dict[int | str, dict[str, Any]] = {
+    429: {"model": OpenAIError, "description": "A quota of the tenant would be passed."}
+}

@@ -24,29 +24,41 @@ logger = logging.getLogger(__name__)
 
 
 class JobStateCollector(Collector):
-    """``glmft_jobs{state}``: counted in SQL at scrape time, so every API replica agrees."""
+    """``glmft_jobs{state}``: counted in SQL at scrape time, so every API replica agrees. With
+    ``tenant``, that tenant's jobs only; without, every job, and ``glmft_tenant_jobs{tenant,
+    state}`` beside it."""
 
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+    def __init__(self, engine: Callable[[], Engine | None], tenant: str | None = None) -> None:
         self._engine = engine
+        self._tenant = tenant
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the gauge family (nothing when the database cannot be read)."""
+        """Yield the gauge families (nothing when the database cannot be read)."""
         engine = self._engine()
         if engine is None:
             return
-        family = GaugeMetricFamily("glmft_jobs", "Jobs by state", labels=["state"])
+        statement = select(col(Job.tenant_id), col(Job.state), func.count()).group_by(
+            col(Job.tenant_id), col(Job.state)
+        )
+        if self._tenant is not None:
+            statement = statement.where(col(Job.tenant_id) == self._tenant)
         try:
             with Session(engine) as session:
-                rows = session.execute(
-                    select(col(Job.state), func.count()).group_by(col(Job.state))
-                )
-                counts = {str(state): int(n) for state, n in rows}
+                rows = [(str(t), str(s), int(n)) for t, s, n in session.execute(statement)]
         except SQLAlchemyError:
             logger.warning("jobs gauge: database unavailable", exc_info=True)
             return
+        family = GaugeMetricFamily("glmft_jobs", "Jobs by state", labels=["state"])
         for state in JobState:
-            family.add_metric([state.value], counts.get(state.value, 0))
+            family.add_metric([state.value], sum(n for _, s, n in rows if s == state.value))
         yield family
+        if self._tenant is None:
+            tenants = GaugeMetricFamily(
+                "glmft_tenant_jobs", "Jobs by tenant and state", labels=["tenant", "state"]
+            )
+            for tenant, kind, count in sorted(rows):
+                tenants.add_metric([tenant, kind], count)
+            yield tenants
 
 
 class ChatEngineCollector(Collector):
@@ -82,6 +94,7 @@ class Telemetry:
         chat_capacity: Callable[[], dict[str, dict[str, int]]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
+        self._engine = engine
         self.requests = Counter(
             "glmft_http_requests",
             "HTTP requests by method, route template and status",
@@ -105,3 +118,9 @@ class Telemetry:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything in the registry."""
         return generate_latest(self.registry)
+
+    def render_tenant(self, tenant: str) -> bytes:
+        """What one tenant may see: its own jobs by state."""
+        registry = CollectorRegistry()
+        registry.register(JobStateCollector(self._engine, tenant))
+        return generate_latest(registry)

@@ -11,6 +11,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
+import core.team_models  # noqa: F401  (registers the teams tables beside core.models')
 from core.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

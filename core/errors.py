@@ -172,3 +172,37 @@ class ChatUnavailable(Unavailable):
     """The chat replica this API forwards to cannot be reached."""
 
     code = "chat_unavailable"
+
+
+class Forbidden(AppError):
+    """A known key without the scope this route needs (``read``, ``write`` or ``admin``)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class QuotaExceeded(AppError):
+    """A tenant's quota would be passed; ``details`` holds ``quota``, ``used``, ``allowed`` (and
+    ``requested`` where a request asks for an amount)."""
+
+    code = "quota_exceeded"
+    http_status = 429
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
+class InvalidWebhookUrl(Invalid):
+    """A webhook target that is not a plain http(s) URL, carries credentials, or points at a
+    private address while those are not allowed."""
+
+    code = "invalid_webhook_url"

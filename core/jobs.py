@@ -3,7 +3,9 @@
 ``validating -> queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and
 ``paused`` (ARCHITECTURE.md decision 2). Every change is a conditional UPDATE on the current state,
 so two workers (or a worker and the reaper) can never both move a job, and every change is recorded
-as a job event named after the state entered, in the same transaction as the change itself.
+as a job event named after the state entered, in the same transaction as the change itself; a
+change into ``queued``, ``running`` or a final state adds its ``job.<state>`` webhook deliveries
+to that transaction too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from core.errors import InvalidJobTransition, JobNotFound
 from core.models import Adapter, Checkpoint, Job, JobEvent, utcnow
+from core.webhooks import enqueue_job_state
 
 
 class JobState(StrEnum):
@@ -111,6 +114,7 @@ def transition(
         moved = result.rowcount == 1  # type: ignore[attr-defined]
         if moved:
             session.add(state_event(job_id, target, current, reason, **data))
+            enqueue_job_state(session, job_id, target.value)
         session.commit()  # when not moved, another writer changed it since our read: look again
         if moved:
             break

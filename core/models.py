@@ -55,6 +55,9 @@ class Dataset(SQLModel, table=True):
     filename: str
     path: str
     bytes: int
+    # what the dataset holds on disk when it differs from ``bytes`` (an archive, unpacked):
+    # the figure the storage quota counts
+    stored_bytes: int | None = Field(default=None, sa_type=BigInteger)
     sha256: str = Field(max_length=64, index=True)
     conversations: int = 0
     valid: bool = False
@@ -69,6 +72,8 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_state_created_at", "state", "created_at"),  # queue position, reaper
+        # the fair claim: a tenant's queued jobs, highest priority first, then oldest
+        Index("ix_jobs_state_tenant_priority", "state", "tenant_id", "priority", "created_at"),
     )
 
     id: str = Field(default_factory=lambda: new_id("job"), primary_key=True, max_length=40)
@@ -82,6 +87,7 @@ class Job(SQLModel, table=True):
     )
     config: dict[str, Any] = _json()
     gpus: int = 1
+    priority: int = 0  # inside its tenant's queue: higher runs first
     seed: int | None = None
     suffix: str | None = Field(default=None, max_length=64)
     user_metadata: dict[str, Any] = _json()

@@ -74,6 +74,40 @@ class EvaluationSettings(BaseModel):
     progress_interval_s: float = 5.0  # the longest gap between two ``progress`` events
 
 
+class QuotaSettings(BaseModel):
+    """Every tenant's default quotas; a tenant's row may override each one (``glmft tenants
+    set``, ``PUT /tenants/{id}/quotas``). ``None`` is no limit."""
+
+    max_running_jobs: int | None = Field(default=None, ge=0)  # more wait in the queue
+    max_queued_jobs: int | None = Field(default=None, ge=0)  # more are refused (429)
+    # GPUs the tenant's running jobs hold at once; a job asking for more is refused (429)
+    max_gpus: int | None = Field(default=None, ge=0)
+    # datasets (unpacked) + checkpoints; an upload or a checkpoint past it is refused
+    max_storage_bytes: int | None = Field(default=None, ge=0)
+
+
+class WebhookSettings(BaseModel):
+    """Webhook delivery: signed POSTs from the workers' dispatcher, retried from SQL."""
+
+    # targets on loopback, private, link-local or reserved addresses; None: allowed exactly
+    # when ``allow_anonymous`` is (the local mode of ``glmft up`` on loopback)
+    allow_private_targets: bool | None = None
+    timeout_s: float = 10.0
+    max_attempts: int = Field(default=12, ge=1)
+    retry_base_s: float = 10.0  # the wait after the first failure; doubles per attempt
+    retry_max_s: float = 3600.0
+    poll_interval_s: float = 2.0  # how often a dispatcher looks for due deliveries
+    lease_s: float = 60.0  # a delivery in flight is retried after this if its sender died
+    max_per_tenant: int = 20
+
+
+class EnvApiKey(BaseModel):
+    """A key of ``GLMFT_API_KEYS`` with its scopes (a bare tenant name gets read and write)."""
+
+    tenant: str
+    scopes: list[str] = Field(default_factory=lambda: ["read", "write"])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GLMFT_", env_nested_delimiter="__", extra="ignore"
@@ -92,8 +126,14 @@ class Settings(BaseSettings):
     chat: ChatSettings = Field(default_factory=ChatSettings)
     evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)
     default_tenant: str = "default"
-    # {api key: tenant}; empty turns auth off (every caller is the default tenant)
-    api_keys: dict[str, str] = Field(default_factory=dict)
+    # requests without a key act as ``default_tenant`` with every scope: the local mode that
+    # ``glmft up`` turns on when it binds to loopback; off, every request needs a key
+    allow_anonymous: bool = False
+    # {api key: tenant} or {api key: {"tenant", "scopes"}}, beside the keys kept in SQL
+    api_keys: dict[str, str | EnvApiKey] = Field(default_factory=dict)
+    key_touch_interval_s: float = 60.0  # a key's last_used_at is written at most this often
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -116,6 +156,12 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def private_webhook_targets(self) -> bool:
+        """Whether webhooks may target loopback and private addresses."""
+        allowed = self.webhooks.allow_private_targets
+        return self.allow_anonymous if allowed is None else allowed
 
     @property
     def artifacts(self) -> Path:

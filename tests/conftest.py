@@ -60,6 +60,11 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "postgresql":
         with engine.begin() as conn:
             for table in (
+                "webhook_attempts",
+                "webhook_deliveries",
+                "webhooks",
+                "api_keys",
+                "tenants",
                 "evaluation_events",
                 "evaluation_outputs",
                 "evaluation_samples",

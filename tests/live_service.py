@@ -29,6 +29,8 @@ API_KEY = "sk-glmft-clients-test"
 TENANT = "ci"
 #: A key of another tenant, which must see none of ``TENANT``'s datasets, jobs and adapters.
 OTHER_API_KEY = "sk-glmft-other-tenant"
+#: A key of GLMFT_API_KEYS with the admin scope (keys, tenants, every tenant's metrics).
+ADMIN_API_KEY = "sk-glmft-admin-test"
 MODEL = "glm-4-tiny"
 DEMO_TRAIN = REPO / "trainer" / "assets" / "demo" / "train.jsonl"
 #: A job of a few seconds on CPU: 4 steps, checkpoints at 2 and 4, no generation eval.
@@ -96,7 +98,14 @@ def run_live_service(
             "GLMFT_BROKER_URL": broker,
             # the shell form the docs give ("_" reads as "-"): glm-4-tiny
             "GLMFT_MODELS__glm_4_tiny__PATH": str(tiny_model_dir),
-            "GLMFT_API_KEYS": json.dumps({API_KEY: TENANT, OTHER_API_KEY: "other"}),
+            "GLMFT_API_KEYS": json.dumps(
+                {
+                    API_KEY: TENANT,
+                    OTHER_API_KEY: "other",
+                    ADMIN_API_KEY: {"tenant": "ops", "scopes": ["admin"]},
+                }
+            ),
+            "GLMFT_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",  # receivers of the tests: loopback
             "GLMFT_WORKER_GPUS": "[]",
             "GLMFT_WORKER_NAME": "clients-node",
             "GLMFT_HEARTBEAT_INTERVAL_S": "1",

@@ -128,6 +128,10 @@ class GpuLeases:
         with self._locked() as leases:
             return leases.pop(job_id, None) is not None
 
+    def free(self) -> int:
+        """How many of this node's GPUs no live lease holds now."""
+        return self.capacity() - sum(len(gpus) for gpus in self.held().values())
+
     def held(self) -> dict[str, list[int]]:
         """Live leases: job id -> GPU ids (dead owners' leases are reclaimed first)."""
         with self._locked() as leases:

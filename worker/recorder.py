@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from core import webhooks
 from core.models import Checkpoint, Job, JobEvent, Metric
 
 _STEP_METRICS = (
@@ -18,6 +19,7 @@ _STEP_METRICS = (
     "epoch",
     "trained_tokens",
 )
+WEBHOOK_KINDS = ("checkpoint", "eval")
 
 
 def record_events(session: Session, job: Job, events: list[dict[str, Any]], *, offset: int) -> None:
@@ -48,6 +50,8 @@ def record_events(session: Session, job: Job, events: list[dict[str, Any]], *, o
             )
         elif kind == "checkpoint":
             _add_checkpoint(session, job, event)
+        if kind in WEBHOOK_KINDS:  # delivered later, committed with the rows below
+            webhooks.enqueue(session, job.tenant_id, f"job.{kind}", _webhook_data(job, event))
     session.execute(update(Job).where(col(Job.id) == job.id).values(**progress))
     session.commit()
 
@@ -87,6 +91,14 @@ def _add_checkpoint(session: Session, job: Job, event: dict[str, Any]) -> None:
             metrics=metrics,
         )
     )
+
+
+def _webhook_data(job: Job, event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("event") == "checkpoint":
+        detail = {"step": event.get("step"), "bytes": event.get("bytes")}
+        return {"job": webhooks.job_view(job), "checkpoint": detail}
+    detail = {k: event.get(k) for k in ("step", "split", "metrics")}
+    return {"job": webhooks.job_view(job), "eval": detail}
 
 
 def _summary(event: dict[str, Any]) -> str:

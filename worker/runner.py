@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from core.errors import InvalidJobTransition
-from core.jobs import JobState, adapter_id, claim, save_adapter, transition
+from core.jobs import JobState, adapter_id, save_adapter, transition
 from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
+from core.scheduling import claim_next, waiting_job
 from core.settings import Settings
-from worker import jobdir
+from worker import jobdir, storage_quota
 from worker.events_tail import EventTail
 from worker.gpus import GpuLeases
 from worker.launcher import TrainerProcess, build_trainer_command, compile_cache_env
@@ -52,33 +54,24 @@ class Runner:
     leases: GpuLeases
     node: str
     poll_s: float = 1.0
+    # publishes a wake-up message for a job id (the Celery task's ``send_task``)
+    wake: Callable[[str], None] | None = None
 
     def run(self, job_id: str) -> str:
-        """Run ``job_id`` if it is queued; returns the final state, or ``"skipped"``."""
+        """Run the queued job next in fair order (``core.scheduling``): the message's
+        ``job_id`` only woke this worker up. Returns the final state, or ``"skipped"``."""
         with Session(self.engine, expire_on_commit=False) as session:
             job = session.get(Job, job_id)
-            if job is None or job.state != JobState.QUEUED:
-                return "skipped"  # a redelivery, a cancelled job, or one another worker has
-            try:
-                gpus = self.leases.acquire(job_id, job.gpus)
-            except ValueError as exc:  # this node can never hold the job
-                transition(
-                    session,
-                    job_id,
-                    JobState.FAILED,
-                    from_states=[JobState.QUEUED],
-                    error_code="insufficient_capacity",
-                    error_message=str(exc),
-                    user_error=False,
-                    reason=f"no worker like {self.node} can hold it",
-                )
+            if job is not None and job.state == JobState.QUEUED and self._never_fits(session, job):
                 return JobState.FAILED.value
-            if gpus is None:
-                raise NodeBusyError(f"{job.gpus} GPU(s) are not free on {self.node}")
+            claim = claim_next(session, self.settings, worker=self.node, leases=self.leases)
+            if claim.job is None:
+                if claim.reason == "busy":
+                    raise NodeBusyError(f"the next job's GPUs are not free on {self.node}")
+                return "skipped"  # nothing this node can start, or every tenant at its quota
+            claimed, gpus = claim.job, list(claim.job.gpu_ids)
+            job_id = claimed.id
             try:
-                claimed = claim(session, job_id, worker=self.node, gpu_ids=gpus)
-                if claimed is None:
-                    return "skipped"
                 logger.info(
                     "job %s: attempt %d on %s, GPUs %s", job_id, claimed.attempt, self.node, gpus
                 )
@@ -94,6 +87,32 @@ class Runner:
                 return self._finish(session, claimed, outcome)
             finally:
                 self.leases.release(job_id)
+                self._wake_waiting(session, claimed.tenant_id)
+
+    def _wake_waiting(self, session: Session, tenant: str) -> None:
+        try:
+            waiting = waiting_job(session, self.settings, tenant) if self.wake else None
+            if waiting is not None and self.wake is not None:
+                self.wake(waiting)
+        except Exception:  # the queue reconciler publishes it later
+            logger.exception("wake-up for tenant %s failed", tenant)
+
+    def _never_fits(self, session: Session, job: Job) -> bool:
+        """Fail a job asking for more GPUs than this node has (it could never run here)."""
+        if job.gpus <= self.leases.capacity():
+            return False
+        transition(
+            session,
+            job.id,
+            JobState.FAILED,
+            from_states=[JobState.QUEUED],
+            error_code="insufficient_capacity",
+            error_message=f"job {job.id} asks for {job.gpus} GPUs but this node declares only "
+            f"{self.leases.capacity()} ({self.leases.gpus})",
+            user_error=False,
+            reason=f"no worker like {self.node} can hold it",
+        )
+        return True
 
     def _attempt(self, session: Session, job: Job, gpus: list[int]) -> Outcome:
         model = self.settings.models.get(job.model)
@@ -149,6 +168,8 @@ class Runner:
             returncode = process.wait(self.poll_s)
             process.processes()  # remember the ranks, should torchrun die first
             status = self._record(session, job, tail) or status
+            if (over_quota := self._over_quota(process, tail, status)) is not None:
+                return over_quota
             if time.monotonic() - last_beat >= self.settings.heartbeat_interval_s:
                 last_beat = time.monotonic()
                 if not self._heartbeat(session, job.id):
@@ -161,8 +182,11 @@ class Runner:
                 returncode = process.terminate()
                 stopped = stop
         status = self._record(session, job, tail) or status
+        over_quota = self._over_quota(process, tail, status)
         if stopped is not None:
             return Outcome(stopped)
+        if over_quota is not None:
+            return over_quota
         if returncode == 0 and status.get("status") == "succeeded":
             return Outcome(JobState.SUCCEEDED)
         return Outcome(
@@ -172,13 +196,25 @@ class Runner:
             bool(status.get("user_error", False)),
         )
 
+    def _over_quota(
+        self, process: TrainerProcess, tail: EventTail, status: dict[str, Any]
+    ) -> Outcome | None:
+        """A checkpoint past the storage quota: stop the trainer before it writes more, remove
+        that checkpoint and any newer one, and fail the job."""
+        if status.get("code") != storage_quota.CODE:
+            return None
+        process.terminate()
+        storage_quota.discard_from(jobdir.JobDir(tail.path.parents[1]), int(status["step"]))
+        return Outcome(JobState.FAILED, storage_quota.CODE, status["message"], True)
+
     def _record(self, session: Session, job: Job, tail: EventTail) -> dict[str, Any] | None:
         events = tail.read_new()
         if not events:
             return None
+        events, over_quota = storage_quota.split_at_quota(session, self.settings, job, events)
         record_events(session, job, events, offset=tail.offset)
         statuses = [e for e in events if e.get("event") == "status"]
-        return statuses[-1] if statuses else None
+        return over_quota or (statuses[-1] if statuses else None)
 
     def _heartbeat(self, session: Session, job_id: str) -> bool:
         result = session.execute(

@@ -21,6 +21,7 @@ from worker.celery_app import REAP_STALE_JOBS, RUN_TRAINING_JOB, TRAINING_QUEUE,
 from worker.gpus import GpuLeases
 from worker.reaper import reap_stale_jobs as reap
 from worker.runner import NodeBusyError, Runner
+from worker.webhooks import Dispatcher
 
 logger = get_task_logger(f"{__name__}.celery")
 _log = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ def runtime() -> NodeRuntime:
     engine = prepare(settings)
     node = settings.worker_name or socket.gethostname()
     leases = GpuLeases(settings.home / "gpu-leases", settings.worker_gpus)
-    return NodeRuntime(engine, Runner(settings, engine, leases, node))
+    return NodeRuntime(engine, Runner(settings, engine, leases, node, wake=_enqueue))
+
+
+def _enqueue(job_id: str) -> None:
+    app.send_task(RUN_TRAINING_JOB, args=[job_id], queue=TRAINING_QUEUE)
 
 
 @app.task(name=RUN_TRAINING_JOB, bind=True, acks_late=True)
@@ -58,9 +63,7 @@ def reap_stale_jobs() -> list[str]:
         return reap(
             session,
             timeout_s=settings.heartbeat_timeout_s,
-            enqueue=lambda job_id: app.send_task(
-                RUN_TRAINING_JOB, args=[job_id], queue=TRAINING_QUEUE
-            ),
+            enqueue=_enqueue,
         )
 
 
@@ -88,6 +91,17 @@ def _start_node_heartbeat(**_: Any) -> None:
 
     stop = threading.Event()
     threading.Thread(target=beat, name="glmft-node-heartbeat", daemon=True).start()
+    _dispatchers.append(Dispatcher(state.engine, settings))
+    _dispatchers[-1].start()
+
+
+_dispatchers: list[Dispatcher] = []  # the main process's webhook dispatcher
+
+
+@signals.worker_shutdown.connect
+def _stop_dispatcher(**_: Any) -> None:
+    while _dispatchers:  # lets the delivery in flight finish and be recorded
+        _dispatchers.pop().stop()
 
 
 @signals.worker_process_init.connect

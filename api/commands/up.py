@@ -9,11 +9,16 @@ code runs against PostgreSQL and Redis: only the URLs differ.
 Once the API answers it prints where it is, its docs, its dashboard and the command to run next;
 the two processes write to ``<home>/logs/api.log`` and ``worker.log`` (``--verbose``: to the
 terminal).
+
+On a loopback address it runs in the local mode (``GLMFT_ALLOW_ANONYMOUS=true``, announced at
+start): a request without a known key is tenant ``default`` with every scope. On any other
+address every request needs an API key, and it refuses to start while none exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -110,6 +115,72 @@ def ensure_tiny_base(path: Path, *, vision: bool = False) -> None:
             build_tiny_model(path, hidden_size=128)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a --host value) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def key_count(database_url: str) -> int:
+    """Keys that work now: unrevoked ones in SQL plus those of ``GLMFT_API_KEYS``."""
+    from sqlmodel import Session, col, func, select
+
+    from core.db import make_engine
+    from core.settings import Settings
+    from core.team_models import ApiKey
+
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            stored = session.exec(
+                select(func.count()).where(col(ApiKey.revoked_at).is_(None))
+            ).one()
+    finally:
+        engine.dispose()
+    return int(stored) + len(Settings().api_keys)
+
+
+def choose_auth(host: str, env: dict[str, str], database_url: str) -> str | None:
+    """Set the children's ``GLMFT_ALLOW_ANONYMOUS``: the no-key local mode on loopback (unless
+    turned off), keys on any other address. Returns why it refuses to start, or None."""
+    asked = env.get("GLMFT_ALLOW_ANONYMOUS", "").strip().lower()
+    if is_loopback(host):
+        env.setdefault("GLMFT_ALLOW_ANONYMOUS", "true")
+        return None
+    if asked in ("1", "true", "yes", "on"):
+        return (
+            f"--host {host} serves other machines: the no-key local mode "
+            "(GLMFT_ALLOW_ANONYMOUS=true) is only for loopback addresses"
+        )
+    env["GLMFT_ALLOW_ANONYMOUS"] = "false"
+    if key_count(database_url) == 0:
+        return (
+            f"--host {host} serves other machines, so every request needs an API key, and "
+            "none exists. Make one first: glmft keys create --tenant ops --scopes admin "
+            "(with the same --home / GLMFT_HOME), or set GLMFT_API_KEYS; or bind --host "
+            "127.0.0.1 for the local no-key mode"
+        )
+    return None
+
+
+def announce_auth(env: dict[str, str], base: str) -> None:
+    if env["GLMFT_ALLOW_ANONYMOUS"].lower() in ("1", "true", "yes", "on"):
+        line = "=" * 78
+        print(
+            f"{line}\n LOCAL MODE on {base}: requests without an API key act as tenant "
+            "'default'\n with every scope (admin included). Anything that can reach this "
+            "port can\n use it. Bind another --host and API keys become mandatory.\n"
+            f"{line}",
+            flush=True,
+        )
+    else:
+        print(f"API keys required on {base} (glmft keys create ...)", flush=True)
+
+
 def next_steps(base_url: str, home: Path, *, verbose: bool = False) -> str:
     """What ``glmft up`` prints once the API answers: where things are and what to run next."""
     logs = "this terminal" if verbose else f"{home / 'logs' / 'api.log'}, worker.log beside it"
@@ -164,10 +235,16 @@ def run(args: argparse.Namespace) -> int:
     env = service_env(args.home)
     settings = Settings(home=Path(env["GLMFT_HOME"]))
     settings.home.mkdir(parents=True, exist_ok=True)
+    database_url = env.get("GLMFT_DATABASE_URL") or settings.resolved_database_url
+    upgrade(database_url)
+    refusal = choose_auth(args.host, env, database_url)
+    if refusal is not None:
+        print(f"glmft up: {refusal}", file=sys.stderr)
+        return 2
     ensure_tiny_base(Path(env[f"{TINY_ENV}__PATH"]))
     ensure_tiny_base(Path(env[f"{TINY_VISION_ENV}__PATH"]), vision=True)
-    upgrade(env.get("GLMFT_DATABASE_URL") or settings.resolved_database_url)
     base_url = dashboard_url(args.host, args.port).removesuffix("/ui/")  # wildcard: loopback
+    announce_auth(env, base_url)
     with ExitStack() as stack:
         outputs = {n: _log(settings.home, n, args.verbose, stack) for n in ("api", "worker")}
         worker = subprocess.Popen(  # noqa: S603 - our own command

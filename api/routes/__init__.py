@@ -12,9 +12,11 @@ from api.routes import (
     health,
     job_outputs,
     jobs,
+    keys,
     models,
     openai_chat,
     openai_finetuning,
+    webhooks,
 )
 
 api_router = APIRouter()
@@ -27,6 +29,8 @@ for module in (
     adapters,
     chat,
     evaluations,
+    webhooks,
+    keys,
     openai_chat,
     openai_finetuning,
 ):

@@ -20,7 +20,6 @@ from api.schemas.datasets import (
     report_public,
 )
 from api.services import datasets as service
-from api.uploads import receive_upload
 from core.models import new_id
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -59,7 +58,7 @@ _UPLOAD_BODY = {
     "",
     status_code=201,
     response_model=DatasetWithReport,
-    responses=error_responses(404, 413),
+    responses=error_responses(404, 413, 429),
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload_dataset(
@@ -68,7 +67,9 @@ async def upload_dataset(
     """Upload a dataset; it is validated and the full line-numbered report is returned."""
     dataset_id = new_id("ds")
     directory = service.dataset_dir(settings.artifacts, tenant, dataset_id)
-    upload = await receive_upload(request, directory, settings.limits.max_upload_bytes)
+    upload = await service.receive_within_quota(
+        request, engine=engine, settings=settings, tenant=tenant, directory=directory
+    )
     try:
         dataset = await run_in_threadpool(
             service.store_upload,

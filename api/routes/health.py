@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.deps import EngineDep, SettingsDep
+from api.deps import EngineDep, PrincipalDep, SettingsDep, TenantDep
 from api.schemas.common import error_responses
 from api.schemas.system import Health
 from api.telemetry import Telemetry
@@ -71,9 +71,14 @@ def readyz(request: Request, engine: EngineDep, settings: SettingsDep) -> Health
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        **error_responses(401, 403),
+    },
 )
-def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests by route and status, latency, jobs by state."""
+def metrics(request: Request, tenant: TenantDep, principal: PrincipalDep) -> Response:
+    """Prometheus metrics. With an `admin` key: requests by route and status, latency, jobs by
+    state and by tenant, the chat engines; with any other key: its tenant's jobs by state."""
     telemetry: Telemetry = request.app.state.telemetry
-    return Response(telemetry.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    body = telemetry.render() if principal.allows("admin") else telemetry.render_tenant(tenant)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

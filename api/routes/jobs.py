@@ -32,7 +32,7 @@ IdempotencyKey = Annotated[
     response_model=JobPublic,
     responses={
         200: {"model": JobPublic, "description": "Replay: the job this Idempotency-Key created."},
-        **error_responses(404, 409, 503),
+        **error_responses(404, 409, 429, 503),
     },
 )
 def create_job(
@@ -115,7 +115,9 @@ def pause_job(job: JobDep, session: SessionDep) -> JobPublic:
     return job_public(job_actions.pause_job(session=session, job=job))
 
 
-@router.post("/{job_id}/resume", response_model=JobPublic, responses=error_responses(404, 409, 503))
+@router.post(
+    "/{job_id}/resume", response_model=JobPublic, responses=error_responses(404, 409, 429, 503)
+)
 def resume_job(
     job: JobDep,
     session: SessionDep,

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, EnqueuerDep, JobDep, SessionDep, SettingsDep, TenantDep
-from api.openai_errors import OPENAI_ERROR_RESPONSES, OpenAIRoute
+from api.openai_errors import OPENAI_ERROR_RESPONSES, OPENAI_QUOTA_RESPONSE, OpenAIRoute
 from api.routes.jobs import IdempotencyKey
 from api.schemas.openai_finetuning import (
     FileDeleted,
@@ -33,7 +33,6 @@ from api.services import datasets as dataset_service
 from api.services import job_actions, jobs
 from api.services import openai_finetuning as mapping
 from api.services.job_queries import list_jobs
-from api.uploads import receive_upload
 from core.errors import AppError, DatasetNotFound, Invalid
 from core.models import Dataset, Job, new_id
 
@@ -69,14 +68,16 @@ def _file(session: Session, tenant: str, file_id: str) -> Dataset:
         raise DatasetNotFound(f"file {file_id} not found", param="file_id") from exc
 
 
-@router.post("/files", response_model=FileObject)
+@router.post("/files", response_model=FileObject, responses=OPENAI_QUOTA_RESPONSE)
 async def create_file(
     request: Request, settings: SettingsDep, tenant: TenantDep, engine: EngineDep
 ) -> FileObject:
     """Upload a fine-tuning file (purpose `fine-tune`); it is validated like POST /datasets."""
     dataset_id = new_id("ds")
     directory = dataset_service.dataset_dir(settings.artifacts, tenant, dataset_id)
-    upload = await receive_upload(request, directory, settings.limits.max_upload_bytes)
+    upload = await dataset_service.receive_within_quota(
+        request, engine=engine, settings=settings, tenant=tenant, directory=directory
+    )
     try:
         purpose = upload.fields.get("purpose")
         if purpose != PURPOSE:
@@ -143,7 +144,7 @@ def delete_file(file_id: FileId, session: SessionDep, tenant: TenantDep) -> File
     return FileDeleted(id=file_id)
 
 
-@router.post("/fine_tuning/jobs", response_model=FineTuningJob)
+@router.post("/fine_tuning/jobs", response_model=FineTuningJob, responses=OPENAI_QUOTA_RESPONSE)
 def create_fine_tuning_job(
     body: FineTuningJobCreate,
     session: SessionDep,

@@ -73,11 +73,13 @@ class ListOf(BaseModel, Generic[T]):
 
 
 _DESCRIPTIONS = {
-    401: "Missing or unknown API key.",
+    401: "Missing, unknown or revoked API key.",
+    403: "The API key lacks the scope this route needs.",
     404: "Not found (or owned by another tenant).",
     409: "Conflicts with the resource's current state.",
     413: "The upload is larger than the limit.",
     422: "The request is invalid; `param` names the field.",
+    429: "A quota of the tenant would be passed; `details` has `quota`, `used`, `allowed`.",
     503: "A backing service is unavailable; retry.",
 }
 

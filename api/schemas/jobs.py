@@ -92,6 +92,13 @@ class JobCreate(JobSpec):
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, description=f"Up to {MAX_METADATA_KEYS} string pairs, filterable."
     )
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Order inside your tenant's queue: higher starts first (tenants take "
+        "turns whatever their priorities).",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -155,11 +162,14 @@ class JobPublic(BaseModel):
     validation_dataset: str | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="The resolved config.")
     gpus: int
+    priority: int = 0
     seed: int | None = None
     suffix: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     queue_position: int | None = Field(
-        default=None, description="Queued jobs ahead of this one (GET /jobs/{id}, while queued)."
+        default=None,
+        description="Your tenant's queued jobs that start before this one (GET /jobs/{id}, "
+        "while queued); other tenants' jobs take turns with them.",
     )
     step: int = 0
     max_steps: int | None = None

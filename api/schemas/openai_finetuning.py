@@ -115,6 +115,9 @@ class GlmftOptions(BaseModel):
         description="GPUs for the job; 0 trains on CPU. Default: the base model's registry "
         "entry, else 1 when a worker has GPUs and 0 when none has.",
     )
+    priority: int = Field(
+        default=0, ge=-100, le=100, description="Order inside your tenant's queue (higher first)."
+    )
 
 
 class FineTuningJobCreate(BaseModel):

@@ -9,16 +9,20 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, or_, select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from api.archives import is_archive
 from api.pagination import newest_first, split_page
 from api.services.dataset_archives import unpack_upload, validate_archive
-from api.uploads import StoredUpload
+from api.uploads import StoredUpload, receive_upload
 from core.datasets import dataset_root
-from core.errors import DatasetInUse, DatasetNotFound, ModelNotFound
+from core.errors import DatasetInUse, DatasetNotFound, ModelNotFound, PayloadTooLarge
 from core.jobs import TERMINAL, JobState
 from core.models import BaseModelRecord, Dataset, Job
+from core.quotas import check_storage, quota_error, storage_left
 from core.settings import Settings
+from core.tenants import effective_quotas
 from trainer.tokenstats import compute_token_stats  # torch loads only when it runs
 from trainer.validation import validate_path
 
@@ -85,9 +89,11 @@ def create_dataset(
     upload: StoredUpload,
     report: dict[str, Any],
     base_model: str | None,
+    stored_bytes: int | None = None,
 ) -> Dataset:
-    """Record a stored, validated upload."""
+    """Record a stored, validated upload (``stored_bytes``: its size unpacked, if other)."""
     dataset = Dataset(
+        stored_bytes=stored_bytes,
         id=dataset_id,
         tenant_id=tenant,
         filename=upload.filename,
@@ -113,12 +119,15 @@ def store_upload(
     with Session(engine, expire_on_commit=False) as session:
         model = upload.fields.get("model") or None
         model_dir = Path(resolve_model(session, model).path) if model else None
+        stored = None
         if is_archive(upload.filename):
             upload.path, facts = unpack_upload(upload, settings)
+            stored = int(facts["bytes"])
             report = validate_archive(upload.path.parent, settings, facts)
             report["file"] = upload.filename  # callers see what they uploaded, not our paths
         else:
             report = validate_upload(upload.path, model_dir, upload.filename)
+        check_storage(session, settings, tenant, upload.bytes if stored is None else stored)
         return create_dataset(
             session=session,
             dataset_id=dataset_id,
@@ -126,7 +135,41 @@ def store_upload(
             upload=upload,
             report=report,
             base_model=model,
+            stored_bytes=stored,
         )
+
+
+def _storage_room(engine: Engine, settings: Settings, tenant: str) -> tuple[int | None, int | None]:
+    with Session(engine) as session:
+        allowed = effective_quotas(session, settings, tenant)["max_storage_bytes"]
+        return storage_left(session, settings, tenant), allowed
+
+
+async def receive_within_quota(
+    request: Request, *, engine: Engine, settings: Settings, tenant: str, directory: Path
+) -> StoredUpload:
+    """Receive an upload (``api.uploads``), refusing with 429 what would pass the tenant's
+    storage quota: at once when nothing is left, else as soon as the bytes received pass it."""
+    left, allowed = await run_in_threadpool(_storage_room, engine, settings, tenant)
+    limit = settings.limits.max_upload_bytes
+    if left is None or allowed is None or left >= limit:
+        return await receive_upload(request, directory, limit)
+    length = request.headers.get("content-length", "")
+    requested = int(length) if length.isdigit() else max(1, left + 1)
+    over = quota_error(
+        tenant,
+        "max_storage_bytes",
+        used=allowed - left,
+        allowed=allowed,
+        requested=requested,
+        param="file",
+    )
+    if left <= 0:
+        raise over
+    try:
+        return await receive_upload(request, directory, left)
+    except PayloadTooLarge as exc:
+        raise over from exc
 
 
 def get_dataset(

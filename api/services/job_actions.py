@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from api.queue import TRAINING_QUEUE, Enqueuer
 from api.schemas.common import as_utc
-from api.services.jobs import usable_dataset
+from api.services.jobs import enter_queue, usable_dataset
 from core.errors import Invalid, InvalidJobTransition, JobStillStopping, Unavailable
 from core.jobs import TERMINAL, JobState, transition
 from core.models import Checkpoint, Job, utcnow
@@ -136,6 +136,7 @@ def resume_job(
     usable_dataset(session, job.tenant_id, job.training_dataset_id, "training_dataset")
     if job.validation_dataset_id:
         usable_dataset(session, job.tenant_id, job.validation_dataset_id, "validation_dataset")
+    enter_queue(session, settings, job.tenant_id, job.gpus)  # committed with the transition
     job = transition(
         session,
         job.id,

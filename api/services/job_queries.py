@@ -37,13 +37,22 @@ def list_jobs(
 
 
 def queue_position(session: Session, job: Job) -> int | None:
-    """How many queued jobs (of any tenant) were created before ``job``; None unless queued."""
+    """How many queued jobs of the same tenant start before ``job`` (higher priority, or the
+    same priority and older); None unless queued. Other tenants' jobs take turns with these
+    (``core.scheduling``), so this is the job's place in its tenant's queue."""
     if job.state != JobState.QUEUED.value:
         return None
-    created, job_id = col(Job.created_at), col(Job.id)
+    created, job_id, priority = col(Job.created_at), col(Job.id), col(Job.priority)
     ahead = select(func.count()).where(
         Job.state == JobState.QUEUED.value,
-        or_(created < job.created_at, and_(created == job.created_at, job_id < job.id)),
+        Job.tenant_id == job.tenant_id,
+        or_(
+            priority > job.priority,
+            and_(
+                priority == job.priority,
+                or_(created < job.created_at, and_(created == job.created_at, job_id < job.id)),
+            ),
+        ),
     )
     return int(session.exec(ahead).one())
 
@@ -97,6 +106,7 @@ def job_public(job: Job, **extra: Any) -> JobPublic:
         validation_dataset=job.validation_dataset_id,
         config=job.config,
         gpus=job.gpus,
+        priority=job.priority,
         seed=job.seed,
         suffix=job.suffix,
         metadata=job.user_metadata,

@@ -23,6 +23,7 @@ from api.services.datasets import get_dataset, resolve_model
 from api.services.job_config import resolve_config
 from api.services.model_checks import fit_config_to_model
 from api.services.vision_jobs import check_base_and_data
+from core import webhooks
 from core.errors import (
     DatasetNotFound,
     IdempotencyKeyReused,
@@ -32,14 +33,20 @@ from core.errors import (
 )
 from core.jobs import JobState, state_event
 from core.models import BaseModelRecord, Dataset, Job, JobEvent, WorkerNode, utcnow
+from core.quotas import check_job_admission
+from core.scheduling import join
 from core.settings import Settings
+from core.tenants import lock_tenant
 
 logger = logging.getLogger(__name__)
 
 
 def request_hash(job_in: JobCreate) -> str:
     """A digest of the request's meaning (defaults filled in, key order irrelevant)."""
-    canonical = json.dumps(job_in.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    body = job_in.model_dump(mode="json")
+    if body.get("priority") == 0:  # the default: digests made before priorities stay valid
+        del body["priority"]
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -206,6 +213,7 @@ def build_job(
         validation_dataset_id=val.id if val else None,
         config=admission.config,
         gpus=admission.gpus,
+        priority=job_in.priority,
         seed=job_in.seed,
         suffix=job_in.suffix,
         user_metadata=job_in.metadata,
@@ -236,6 +244,7 @@ def create_job(
         if existing is not None:
             return existing, False
     job, notes = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
+    enter_queue(session, settings, tenant, job.gpus)
     job.idempotency_key, job.request_hash = idempotency_key, digest
     session.add(job)
     session.flush()  # the job's row first: its event refers to it
@@ -251,7 +260,37 @@ def create_job(
             raise
         return existing, False
     _enqueue_or_withdraw(session, enqueuer, job)
+    # after the publish: a job withdrawn for a broker failure never announced itself
+    webhooks.enqueue(session, tenant, "job.queued", {"job": webhooks.job_view(job)})
+    session.commit()
     return job, True
+
+
+def wake_waiting_jobs(session: Session, enqueuer: Enqueuer, tenant: str, limit: int = 100) -> int:
+    """Publish a wake-up message for each of the tenant's queued jobs (up to ``limit``): its
+    quotas changed, and jobs they kept waiting may have lost their messages to claims that
+    passed them over. Extra messages are harmless (a claim finds nothing and stops)."""
+    queued = session.exec(
+        select(Job.id)
+        .where(Job.tenant_id == tenant, Job.state == JobState.QUEUED.value)
+        .limit(limit)
+    ).all()
+    for job_id in queued:
+        try:
+            enqueuer.enqueue_job(job_id, TRAINING_QUEUE)
+        except Exception:  # the queue reconciler publishes them later
+            logger.exception("wake-up of tenant %s's jobs failed", tenant)
+            return 0
+    return len(queued)
+
+
+def enter_queue(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
+    """Before a job enters the queue: the tenant's row locked (admissions of one tenant take
+    turns), its quotas checked (429), its place in the fair order set (``scheduling.join``).
+    The caller's commit releases the lock."""
+    lock_tenant(session, tenant)
+    check_job_admission(session, settings, tenant, gpus)
+    join(session, tenant)
 
 
 def _enqueue_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None:

@@ -43,6 +43,7 @@ _PARAMS = {
     "validation_dataset": "validation_file",
     "method": "glmft.method",
     "gpus": "glmft.gpus",
+    "priority": "glmft.priority",
 }
 #: Hugging Face's TrainingArguments defaults, for configs that leave these unset.
 HF_LEARNING_RATE, HF_BATCH_SIZE, HF_EPOCHS, HF_SEED = 5e-5, 8, 3.0, 42
@@ -174,6 +175,7 @@ def job_create(body: FineTuningJobCreate) -> JobCreate:
             config=body.glmft.config,
             overrides=job_overrides(body),
             gpus=body.glmft.gpus,
+            priority=body.glmft.priority,
             seed=body.seed,
             suffix=body.suffix,
             metadata=body.metadata or {},

@@ -6,7 +6,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import core.models  # noqa: F401  (registers the tables)
+import core.models
+import core.team_models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -18,6 +18,11 @@ from tests.helpers import redis_url
 
 REDIS_URL = redis_url(9)
 TABLES = (
+    "webhook_attempts",
+    "webhook_deliveries",
+    "webhooks",
+    "api_keys",
+    "tenants",
     "evaluation_events",
     "evaluation_outputs",
     "evaluation_samples",
@@ -65,6 +70,7 @@ def settings(tmp_path: Path, store_url: str, tiny_model_dir: Path, broker: redis
         artifact_root=tmp_path / "artifacts",
         models={"glm-4-tiny": BaseModelEntry(path=tiny_model_dir, description="tiny test model")},
         heartbeat_timeout_s=60.0,
+        allow_anonymous=True,  # the local mode: a request without a key is the default tenant
     )
 
 

@@ -117,7 +117,11 @@ def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    defaults = {"GLMFT_BROKER_URL": redis_url(14), "OMP_NUM_THREADS": "1"}
+    defaults = {
+        "GLMFT_BROKER_URL": redis_url(14),
+        "GLMFT_ALLOW_ANONYMOUS": "true",  # no key: the default tenant (the local mode)
+        "OMP_NUM_THREADS": "1",
+    }
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **defaults, **env})
     base = f"http://127.0.0.1:{port}"
     try:

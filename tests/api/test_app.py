@@ -58,6 +58,7 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
         home=tmp_path,
         database_url="postgresql+psycopg://postgres@127.0.0.1:1/nope",
         broker_url="redis://127.0.0.1:1/0",
+        allow_anonymous=True,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.get("/healthz").status_code == 200
@@ -79,7 +80,8 @@ def test_prometheus_metrics(client: TestClient) -> None:
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_api_keys_map_callers_to_tenants(settings: Settings) -> None:
-    keyed = settings.model_copy(update={"api_keys": {"key-a": "team-a", "key-b": "team-b"}})
+    keys = {"key-a": "team-a", "key-b": "team-b"}
+    keyed = settings.model_copy(update={"api_keys": keys, "allow_anonymous": False})
     with TestClient(create_app(keyed), raise_server_exceptions=False) as client:
         response = client.get("/jobs")
         assert_error(response, 401, "unauthorized")

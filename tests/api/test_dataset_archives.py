@@ -45,6 +45,7 @@ def settings(
             ),
         },
         limits=Limits(max_archive_bytes=1_000_000, max_archive_files=50, max_image_pixels=10**6),
+        allow_anonymous=True,  # the local mode: no key, the default tenant
     )
 
 

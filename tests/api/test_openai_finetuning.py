@@ -215,7 +215,9 @@ def test_pause_keeps_checkpoints_resume_continues_from_the_newest_and_cancel_is_
 @pytest.fixture
 def keyed(settings: Settings) -> Iterator[TestClient]:
     """The app over the test store with one API key (``sk-1``)."""
-    app = create_app(settings.model_copy(update={"api_keys": {"sk-1": "t1"}}))
+    app = create_app(
+        settings.model_copy(update={"api_keys": {"sk-1": "t1"}, "allow_anonymous": False})
+    )
     with TestClient(app, raise_server_exceptions=False) as test_client:
         test_client.headers["Authorization"] = "Bearer sk-1"
         yield test_client

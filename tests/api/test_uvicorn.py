@@ -38,6 +38,7 @@ def server(
         "GLMFT_BROKER_URL": REDIS_URL,
         "GLMFT_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "GLMFT_MODELS": json.dumps({"glm-4-tiny": {"path": str(tiny_model_dir)}}),
+        "GLMFT_ALLOW_ANONYMOUS": "true",
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from glmft_client import team_types as tt
 from glmft_client import types as t
 from pydantic import BaseModel
 
@@ -46,6 +47,19 @@ RESPONSES: list[tuple[type[BaseModel], str, str, str]] = [
     (t.Page[t.EvaluationSample], "get", "/evaluations/{evaluation_id}/samples", "200"),
     (t.Page[t.EvaluationEvent], "get", "/evaluations/{evaluation_id}/events", "200"),
     (t.Evaluation, "post", "/evaluations/{evaluation_id}/cancel", "200"),
+    (tt.ApiKeyCreated, "post", "/keys", "201"),
+    (t.ListOf[tt.ApiKey], "get", "/keys", "200"),
+    (tt.ApiKey, "get", "/keys/{key_id}", "200"),
+    (tt.ApiKey, "delete", "/keys/{key_id}", "200"),
+    (t.ListOf[tt.Tenant], "get", "/tenants", "200"),
+    (tt.Tenant, "get", "/tenants/{tenant_id}", "200"),
+    (tt.Tenant, "patch", "/tenants/{tenant_id}", "200"),
+    (tt.Tenant, "get", "/tenant", "200"),
+    (tt.WebhookCreated, "post", "/webhooks", "201"),
+    (t.ListOf[tt.Webhook], "get", "/webhooks", "200"),
+    (tt.Webhook, "get", "/webhooks/{webhook_id}", "200"),
+    (tt.WebhookDelivery, "post", "/webhooks/{webhook_id}/test", "200"),
+    (t.Page[tt.WebhookDelivery], "get", "/webhooks/{webhook_id}/deliveries", "200"),
 ]
 REQUESTS: list[tuple[type[BaseModel], str, str]] = [
     (t.JobCreateRequest, "post", "/jobs"),
@@ -54,6 +68,9 @@ REQUESTS: list[tuple[type[BaseModel], str, str]] = [
     (t.AdapterLoadRequest, "post", "/adapters/{adapter_id}/load"),
     (t.ChatRequest, "post", "/chat"),
     (t.EvaluationCreateRequest, "post", "/evaluations"),
+    (tt.KeyCreateRequest, "post", "/keys"),
+    (tt.TenantUpdateRequest, "patch", "/tenants/{tenant_id}"),
+    (tt.WebhookCreateRequest, "post", "/webhooks"),
 ]
 
 

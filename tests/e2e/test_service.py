@@ -41,6 +41,7 @@ def service(
             "GLMFT_HOME": str(home),
             "GLMFT_DATABASE_URL": database_url,
             "GLMFT_BROKER_URL": REDIS_URL,
+            "GLMFT_ALLOW_ANONYMOUS": "true",
             "GLMFT_MODELS__glm-4-tiny__PATH": str(tiny_model_dir),
             "GLMFT_WORKER_GPUS": "[0, 1]",
             "GLMFT_WORKER_NAME": "gpu-node-1",

@@ -14,12 +14,18 @@ from glmft_client.resources import (
     AsyncDatasets,
     AsyncEvaluations,
     AsyncJobs,
+    AsyncKeys,
     AsyncModels,
+    AsyncTenants,
+    AsyncWebhooks,
     Chat,
     Datasets,
     Evaluations,
     Jobs,
+    Keys,
     Models,
+    Tenants,
+    Webhooks,
 )
 
 
@@ -54,6 +60,9 @@ class Client:
         self.chat = Chat(self._http)
         self.models = Models(self._http)
         self.evaluations = Evaluations(self._http)
+        self.webhooks = Webhooks(self._http)
+        self.keys = Keys(self._http)  # admin keys
+        self.tenants = Tenants(self._http)
 
     @property
     def base_url(self) -> str:
@@ -97,6 +106,9 @@ class AsyncClient:
         self.chat = AsyncChat(self._http)
         self.models = AsyncModels(self._http)
         self.evaluations = AsyncEvaluations(self._http)
+        self.webhooks = AsyncWebhooks(self._http)
+        self.keys = AsyncKeys(self._http)
+        self.tenants = AsyncTenants(self._http)
 
     @property
     def base_url(self) -> str:

@@ -27,6 +27,7 @@ from glmft_client.errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    QuotaExceededError,
     error_from_response,
 )
 
@@ -113,6 +114,8 @@ def retry_delay(options: Options, attempt: int, failure: APIError) -> float | No
     """How long to wait before retry number ``attempt + 1``; ``None``: do not retry."""
     if attempt >= options.max_retries:
         return None
+    if isinstance(failure, QuotaExceededError):
+        return None  # a quota does not lift within a retry's wait
     if isinstance(failure, APIStatusError):
         if failure.status_code not in RETRY_STATUSES:
             return None

@@ -109,6 +109,28 @@ class RateLimitError(APIStatusError):
     """429: too many requests (retried automatically, honouring ``Retry-After``)."""
 
 
+class QuotaExceededError(RateLimitError):
+    """429 ``quota_exceeded``: a quota of your tenant would be passed; ``details`` has
+    ``quota``, ``used``, ``allowed`` and ``requested``. Not retried: it lasts until jobs
+    finish or data is deleted."""
+
+    @property
+    def quota(self) -> str | None:
+        """The quota's name, e.g. ``max_queued_jobs``."""
+        value = self.details.get("quota")
+        return str(value) if value is not None else None
+
+    @property
+    def used(self) -> int | None:
+        value = self.details.get("used")
+        return int(value) if value is not None else None
+
+    @property
+    def allowed(self) -> int | None:
+        value = self.details.get("allowed")
+        return int(value) if value is not None else None
+
+
 class ServerError(APIStatusError):
     """5xx (retried automatically)."""
 
@@ -179,7 +201,10 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
     request_id = response.headers.get("x-request-id")
     if request_id is None and isinstance(body, dict):
         request_id = body.get("request_id")
-    return error_class(response.status_code)(
+    kind = error_class(response.status_code)
+    if kind is RateLimitError and code == "quota_exceeded":
+        kind = QuotaExceededError
+    return kind(
         message,
         status_code=response.status_code,
         code=code,

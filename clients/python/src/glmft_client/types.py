@@ -117,6 +117,7 @@ class JobCreateRequest(JobCheckRequest):
     validation_dataset: str | None = None
     suffix: str | None = Field(default=None, description="Part of the adapter id.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Filterable pairs.")
+    priority: int = Field(default=0, description="In your tenant's queue: higher first.")
 
 
 class JobCheck(_Response):
@@ -158,10 +159,13 @@ class Job(_Response):
     validation_dataset: str | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="The resolved config.")
     gpus: int
+    priority: int = 0
     seed: int | None = None
     suffix: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    queue_position: int | None = Field(default=None, description="Queued jobs ahead.")
+    queue_position: int | None = Field(
+        default=None, description="Your tenant's queued jobs that start before this one."
+    )
     step: int = 0
     max_steps: int | None = None
     progress: float | None = Field(default=None, description="step / max_steps, 0..1.")

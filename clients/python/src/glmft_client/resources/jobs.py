@@ -128,6 +128,7 @@ class Jobs:
         suffix: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
     ) -> Job:
         """Create a job; with the same ``idempotency_key`` the server returns the same job.
 
@@ -144,10 +145,12 @@ class Jobs:
             suffix: part of the adapter id ``ft:<base>:<suffix>:<job>``.
             metadata: string pairs, filterable in :meth:`list`.
             idempotency_key: default: a fresh key, reused by this call's retries.
+            priority: order inside your tenant's queue, -100..100 (higher starts first).
 
         Raises:
             InvalidRequestError: the config, a dataset or the model is refused (``param``).
             ConflictError: the key was used for a different request.
+            QuotaExceededError: the tenant's queued-jobs or GPU quota (``details``).
         """
         body = JobCreateRequest(
             model=model,
@@ -157,6 +160,7 @@ class Jobs:
             config=config,
             overrides=dict(overrides or {}),
             gpus=gpus,
+            priority=priority,
             seed=seed,
             suffix=suffix,
             metadata=dict(metadata or {}),
@@ -320,6 +324,7 @@ class AsyncJobs:
         suffix: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
     ) -> Job:
         """See :meth:`Jobs.create`."""
         body = JobCreateRequest(
@@ -330,6 +335,7 @@ class AsyncJobs:
             config=config,
             overrides=dict(overrides or {}),
             gpus=gpus,
+            priority=priority,
             seed=seed,
             suffix=suffix,
             metadata=dict(metadata or {}),
