@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.chat_proxy import ChatProxyMiddleware
 from api.errors import install_error_handlers
-from api.middleware import RequestContextMiddleware
+from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
 from api.services.chat import ChatService
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     install_error_handlers(app)
     if settings.chat.remote_url:  # chat runs on a replica: forward it there
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
+    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.limits.max_request_bytes)
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)
     return app

@@ -1,5 +1,12 @@
-"""Request context (pure ASGI, so streaming responses pass untouched): an ``X-Request-ID`` on
-every response, request metrics, and the last line of defence for unexpected exceptions."""
+"""Request context and guards (pure ASGI, so streaming responses pass untouched).
+
+:class:`RequestContextMiddleware`: an ``X-Request-ID`` on every response, request metrics, and
+the last line of defence for unexpected exceptions. :class:`RequestGuardMiddleware`: what a
+request may cost before any route sees it: a body over ``max_request_bytes`` is refused with
+413 before any of it is parsed (uploads stream under their own limit), and a NUL character in
+the path, the query or a JSON string is refused with 422 (PostgreSQL cannot store one, and no
+identifier or name of this API holds one).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,14 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import internal_error_response
+from api.errors import envelope, internal_error_response
+from api.openai_errors import openai_error
 from api.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -68,3 +78,128 @@ class RequestContextMiddleware:
             self.telemetry.observe(
                 scope["method"], _route_label(scope), int(status["code"]), elapsed
             )
+
+
+#: ``\u0000`` in a JSON text, not preceded by an escaping backslash
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+#: bytes of an oversized body read (and dropped) so the client can read its 413
+_DRAIN_LIMIT = 64 * 1024 * 1024
+_STREAMED = ("multipart/form-data",)  # uploads: streamed to disk under their own limit
+
+
+class RequestGuardMiddleware:
+    """Refuses oversized bodies (413) and NUL characters (422) before routing."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        where = _nul_in_url(scope)
+        if where is not None:
+            await _refuse(scope, receive, send, 422, "invalid_request", where)
+            return
+        headers = Headers(scope=scope)
+        if headers.get("content-type", "").lower().startswith(_STREAMED):
+            await self.app(scope, receive, send)
+            return
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await _drain(receive)
+            await _refuse(scope, receive, send, 413, "payload_too_large", None, self.max_body_bytes)
+            return
+        body, complete = await _read_body(receive, self.max_body_bytes)
+        if not complete:
+            await _drain(receive)
+            await _refuse(scope, receive, send, 413, "payload_too_large", None, self.max_body_bytes)
+            return
+        if _JSON_NUL.search(body):
+            await _refuse(scope, receive, send, 422, "invalid_request", "body")
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _nul_in_url(scope: Scope) -> str | None:
+    """Where a NUL character is: ``path``, a query parameter's name, or None."""
+    if "\x00" in scope.get("path", ""):
+        return "path"
+    query = scope.get("query_string", b"")
+    if b"%00" not in query and b"\x00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or "query"
+    return "query"
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The whole body, or what arrived before it passed ``limit`` (then ``False``)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), True  # the client went away: the app sees that
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", False
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+async def _drain(receive: Receive) -> None:
+    """Read (and drop) the rest of a refused body, up to a cap, so that the client finishes
+    sending and reads the answer instead of a reset connection."""
+    drained = 0
+    while drained < _DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect, for streaming responses
+
+    return replay
+
+
+async def _refuse(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    code: str,
+    param: str | None,
+    limit: int | None = None,
+) -> None:
+    if status == 413:
+        message = f"the request body is larger than the limit of {limit} bytes"
+    elif param == "body":
+        message = "a string in the body holds a NUL character (\\u0000)"
+    else:
+        message = f"{param}: holds a NUL character"
+    body: dict[str, Any] = {"code": code, "message": message}
+    if param is not None:
+        body["param"] = param
+    request = Request(scope, receive)
+    if scope.get("path", "").startswith("/v1/"):
+        response = openai_error(request, status, body)
+    else:
+        rid = scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+        response = envelope(status, body, rid)
+    await response(scope, receive, send)

@@ -56,12 +56,14 @@ def transition(
     target: JobState,
     *,
     from_states: Iterable[JobState] | None = None,
+    attempt: int | None = None,
     **fields: Any,
 ) -> Job:
     """Move ``job_id`` to ``target`` if its current state allows it; set ``fields`` with it.
 
-    ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim).
-    Raises ``JobNotFound`` or ``InvalidJobTransition``. Commits.
+    ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim);
+    ``attempt`` fences the change to that attempt of the job, so a worker that lost its job to
+    a newer attempt cannot move it. Raises ``JobNotFound`` or ``InvalidJobTransition``. Commits.
     """
     allowed = set(sources_of(target))
     if from_states is not None:
@@ -75,6 +77,8 @@ def transition(
         .where(col(Job.state).in_([s.value for s in allowed]))
         .values(**values)
     )
+    if attempt is not None:
+        statement = statement.where(col(Job.attempt) == attempt)
     result = session.execute(statement)
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
@@ -82,7 +86,8 @@ def transition(
         raise JobNotFound(f"job {job_id} not found")
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidJobTransition(
-            f"job {job_id} is {job.state}; it cannot become {target.value}",
+            f"job {job_id} is {job.state}; it cannot become {target.value}"
+            + (f" from attempt {attempt} (it is on {job.attempt})" if attempt is not None else ""),
             details={"state": job.state, "target": target.value},
         )
     return job

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from trainer import hf_fields
+from trainer import config_rules, hf_fields
 
 Method = Literal["lora", "ptuning_v2", "sft"]
 _PEFT_TABLES = {"LORA": "lora", "PREFIX_TUNING": "prefix_tuning"}
@@ -131,7 +131,10 @@ def load_config(path: str | Path) -> FinetuningConfig:
 def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue("", "a config must be a mapping of keys")], source)
-    issues: list[ConfigIssue] = []
+    shape = config_rules.check_shape(data)
+    if shape:  # the other checks walk the document: refuse a cycle or a tower first
+        raise ConfigError([ConfigIssue(k, m) for k, m in shape], source)
+    issues = [ConfigIssue(k, m) for k, m in config_rules.check_numbers(data)]
     config: FinetuningConfig | None = None
     try:
         config = FinetuningConfig.model_validate(data)
@@ -215,6 +218,9 @@ def _check_fields(values: dict[str, Any], table: str, prefix: str) -> list[Confi
                     f"{prefix}.{key}", f"expected {expected}, got {type(value).__name__} {value!r}"
                 )
             )
+        elif value is not None and spec.get("choices") and str(value) not in spec["choices"]:
+            shown = ", ".join(spec["choices"])
+            issues.append(ConfigIssue(f"{prefix}.{key}", f"must be one of {shown}; got {value!r}"))
     return issues
 
 
@@ -230,6 +236,9 @@ def _check_training_args(args: dict[str, Any]) -> list[ConfigIssue]:
         if k not in _RESERVED_TRAINING_ARGS and k != "generation_config"
     }
     issues += _check_fields(rest, "training_args", "training_args")
+    issues += [
+        ConfigIssue(f"training_args.{k}", m) for k, m in config_rules.check_training_args(args)
+    ]
     generation = args.get("generation_config")
     if generation is not None and not isinstance(generation, dict):
         issues.append(ConfigIssue("training_args.generation_config", "must be a mapping"))

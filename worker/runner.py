@@ -4,6 +4,12 @@ No Celery here (the task is a thin wrapper), so the whole path is testable with 
 The trainer runs in its own session and dies with this process; events are tailed into SQL every
 ``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel stops the whole
 process tree and keeps the checkpoints.
+
+The worker never loses track of its trainer. A store that cannot be reached is retried with
+backoff while the trainer goes on (its events wait in ``events.jsonl``); only past
+``store_outage_limit_s`` is the trainer stopped, and it is always stopped before the worker lets
+go of the job. Every write is fenced by the job's attempt, and the trainer holds the job
+directory's lock for its attempt (``trainer.fence``), so two trainers never run for one job.
 """
 
 from __future__ import annotations
@@ -14,33 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from core.errors import InvalidJobTransition
 from core.jobs import JobState, adapter_id, claim, save_adapter, transition
-from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
+from core.models import Adapter, Checkpoint, Dataset, Job
 from core.settings import Settings
 from worker import jobdir
 from worker.events_tail import EventTail
 from worker.gpus import GpuLeases
 from worker.launcher import TrainerProcess, build_trainer_command, compile_cache_env
-from worker.recorder import record_events
+from worker.store_retry import StoreRetry
+from worker.supervisor import LOST, STORE_LOST, Outcome, Supervisor, heartbeat, store_failed
 
 logger = logging.getLogger(__name__)
-ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value)
-LOST = "lost_ownership"
 
 
 class NodeBusyError(RuntimeError):
     """Not enough free GPUs on this node right now; the task should retry later."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: JobState
-    code: str | None = None
-    message: str | None = None
-    user_error: bool | None = None
 
 
 @dataclass
@@ -81,6 +80,9 @@ class Runner:
                 )
                 try:
                     outcome = self._attempt(session, claimed, gpus)
+                except SQLAlchemyError:  # before a trainer ran: the reaper re-queues the job
+                    logger.exception("job %s: the store failed before the trainer ran", job_id)
+                    return "store_unavailable"
                 except Exception as exc:  # never leave a claimed job running with no trainer
                     logger.exception("job %s: could not run the trainer", job_id)
                     outcome = Outcome(
@@ -88,6 +90,8 @@ class Runner:
                     )
                 if outcome.code == LOST:
                     return "lost"  # the reaper gave the job to another attempt: record nothing
+                if outcome.code == STORE_LOST:
+                    return "store_unavailable"  # trainer stopped; the reaper re-queues the job
                 return self._finish(session, claimed, outcome)
             finally:
                 self.leases.release(job_id)
@@ -113,6 +117,9 @@ class Runner:
             resume=_resume_argument(session, job),
             base_model_name=job.model,
             feature_cache=self.settings.feature_cache,
+            lock=directory.lock,
+            attempt=job.attempt,
+            lock_wait_s=self.settings.heartbeat_timeout_s,
         )
         events_file = directory.output / "events.jsonl"
         # from where the last attempt's recording stopped: what a dead worker left unread is
@@ -126,65 +133,33 @@ class Runner:
         )
         if gpus:  # the trainer's pid keeps the lease alive should this worker die first
             self.leases.attach(job.id, process.pid)
-        return self._supervise(session, job, process, tail)
-
-    def _supervise(
-        self, session: Session, job: Job, process: TrainerProcess, tail: EventTail
-    ) -> Outcome:
-        last_beat = 0.0
-        status: dict[str, Any] = {}
-        cancelled = False
-        returncode = None
-        while returncode is None:
-            returncode = process.wait(self.poll_s)
-            process.processes()  # remember the ranks, should torchrun die first
-            status = self._record(session, job, tail) or status
-            if time.monotonic() - last_beat >= self.settings.heartbeat_interval_s:
-                last_beat = time.monotonic()
-                if not self._heartbeat(session, job.id):
-                    logger.warning("job %s: no longer owned by %s; stopping", job.id, self.node)
-                    process.terminate()
-                    return Outcome(JobState.FAILED, LOST)
-            if returncode is None and self._cancel_requested(session, job.id):
-                logger.info("job %s: cancel requested; stopping the trainer", job.id)
-                returncode = process.terminate()
-                cancelled = True
-        status = self._record(session, job, tail) or status
-        if cancelled:
-            return Outcome(JobState.CANCELLED)
-        if returncode == 0 and status.get("status") == "succeeded":
-            return Outcome(JobState.SUCCEEDED)
-        return Outcome(
-            JobState.FAILED,
-            status.get("code") or "trainer_crashed",
-            status.get("message") or f"trainer exited with code {returncode}",
-            bool(status.get("user_error", False)),
-        )
-
-    def _record(self, session: Session, job: Job, tail: EventTail) -> dict[str, Any] | None:
-        events = tail.read_new()
-        if not events:
-            return None
-        record_events(session, job, events, offset=tail.offset)
-        statuses = [e for e in events if e.get("event") == "status"]
-        return statuses[-1] if statuses else None
-
-    def _heartbeat(self, session: Session, job_id: str) -> bool:
-        result = session.execute(
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.worker) == self.node, col(Job.state).in_(ACTIVE))
-            .values(heartbeat_at=utcnow())
-        )
-        session.commit()
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def _cancel_requested(self, session: Session, job_id: str) -> bool:
-        job = session.get(Job, job_id, populate_existing=True)
-        return job is not None and (job.cancel_requested or job.state == JobState.CANCELLING)
+        supervisor = Supervisor(self.settings, self.node, self.poll_s, session, job, directory)
+        try:
+            return supervisor.watch(process, tail)
+        finally:
+            if process.poll() is None:  # whatever ended supervision, the trainer goes with it
+                logger.warning("job %s: stopping the trainer before letting go", job.id)
+                process.terminate()
 
     def _finish(self, session: Session, job: Job, outcome: Outcome) -> str:
+        store = StoreRetry(limit_s=self.settings.store_outage_limit_s)
+        while True:
+            try:
+                return self._finish_once(session, job, outcome)
+            except InvalidJobTransition:
+                logger.warning("job %s: attempt %d no longer owns it", job.id, job.attempt)
+                return "lost"
+            except SQLAlchemyError as exc:
+                store_failed(session, job, store, exc)
+                if store.given_up():
+                    return "store_unavailable"  # the reaper re-queues it; checkpoints stay
+                time.sleep(store.wait_s())
+
+    def _finish_once(self, session: Session, job: Job, outcome: Outcome) -> str:
         fields: dict[str, Any] = {}
         if outcome.state == JobState.SUCCEEDED:
+            if not heartbeat(session, job, self.node):
+                raise InvalidJobTransition(f"job {job.id} moved on from attempt {job.attempt}")
             adapter = register_adapter(session, job)
             fields["adapter_id"] = adapter.id if adapter else None
         elif outcome.state == JobState.FAILED:
@@ -193,7 +168,7 @@ class Runner:
                 error_message=outcome.message,
                 user_error=outcome.user_error,
             )
-        transition(session, job.id, outcome.state, **fields)
+        transition(session, job.id, outcome.state, attempt=job.attempt, **fields)
         logger.info("job %s: %s", job.id, outcome.state.value)
         return outcome.state.value
 

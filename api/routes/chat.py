@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
 from api.schemas.chat import ChatRequest, ChatResponse
@@ -38,7 +39,9 @@ async def chat(
     one ``done`` frame holding the whole response, or an ``error`` frame."""
     service = chat_service(request)
     target, engine = await service.open(session, tenant, body.model)
-    prompt, params, names = service.prepare(engine, body.messages, body.tools, body)
+    prompt, params, names = await run_in_threadpool(
+        service.prepare, engine, body.messages, body.tools, body
+    )
     if body.stream:
         frames = _frames(service, engine, target, prompt, params, names)
         return StreamingResponse(frames, media_type="text/event-stream")

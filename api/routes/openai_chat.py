@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
 from api.openai_errors import OPENAI_ERROR_RESPONSES, OpenAIRoute, error_type
@@ -46,7 +47,9 @@ async def chat_completions(
     tools = None
     if body.tools and body.tool_choice != "none":
         tools = [t.model_dump(exclude_none=True) for t in body.tools]
-    prompt, params, names = service.prepare(engine, messages, tools, _fields(body))
+    prompt, params, names = await run_in_threadpool(
+        service.prepare, engine, messages, tools, _fields(body)
+    )
     created = int(time.time())
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if body.stream:

@@ -178,11 +178,22 @@ class ChatService:
         tools: list[dict[str, Any]] | None,
         fields: GenerationFields,
     ) -> tuple[list[int], GenerationParams, set[str]]:
-        """The prompt's token ids, the sampling parameters and the offered tool names."""
+        """The prompt's token ids, the sampling parameters and the offered tool names.
+
+        CPU work (validation, the template, the tokenizer): call it in a worker thread, never
+        on the event loop. Text too long for any prompt is refused before it is tokenized.
+        """
         limits = self.settings.chat
         if len(messages) > limits.max_messages:
             raise InvalidMessages(
                 f"{len(messages)} messages; at most {limits.max_messages}", param="messages"
+            )
+        chars = text_size(messages) + text_size(tools)
+        if chars > limits.max_prompt_chars:
+            raise PromptTooLong(
+                f"the messages and tools hold {chars} characters; at most "
+                f"{limits.max_prompt_chars} (and {limits.max_prompt_tokens} tokens)",
+                param="messages",
             )
         messages = with_tools(messages, tools)
         check_messages(messages)
@@ -237,6 +248,20 @@ class ChatService:
                     return
         finally:
             request.cancelled = True
+
+
+def text_size(value: Any) -> int:
+    """Characters of every string (keys included) in a JSON-like value."""
+    total, todo = 0, [value]
+    while todo:  # a loop, not recursion: a deeply nested body must not overflow the stack
+        item = todo.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            todo += list(item.keys()) + list(item.values())
+        elif isinstance(item, list | tuple):
+            todo += list(item)
+    return total
 
 
 def _checkpoint_ref(model: str) -> str | CheckpointRef:

@@ -6,8 +6,8 @@ import logging
 
 from sqlmodel import Session, col, select
 
-from api.queue import TRAINING_QUEUE, Enqueuer
-from api.services.jobs import usable_dataset
+from api.queue import Enqueuer
+from api.services.jobs import publish, usable_dataset
 from core.errors import Invalid, InvalidJobTransition, Unavailable
 from core.jobs import TERMINAL, JobState, transition
 from core.models import Checkpoint, Job
@@ -98,7 +98,7 @@ def resume_job(
         max_attempts=job.attempt + settings.limits.max_attempts,
     )
     try:
-        enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+        publish(session, enqueuer, job)
     except Exception as exc:  # any broker failure
         logger.exception("enqueue of resumed job %s failed", job.id)
         transition(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, col, select
 
 from api.queue import TRAINING_QUEUE, Enqueuer
 from api.schemas.common import as_utc
@@ -137,12 +139,16 @@ def create_job(
 
     Returns ``(job, created)``. The message is published only after the row is committed; if
     the broker refuses it the row is removed again (no worker can have seen it) and
-    ``Unavailable`` tells the client to retry with the same key.
+    ``Unavailable`` tells the client to retry with the same key. A replay of a queued job that
+    was never known to be published (the API died between commit and publish) publishes it;
+    the reaper's reconciler does the same for jobs nobody asks about again.
     """
     digest = request_hash(job_in)
     if idempotency_key is not None:
         existing = _replay(session, tenant, idempotency_key, digest)
         if existing is not None:
+            if existing.state == JobState.QUEUED.value and existing.enqueued_at is None:
+                publish(session, enqueuer, existing)
             return existing, False
     job = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
     job.idempotency_key, job.request_hash = idempotency_key, digest
@@ -155,13 +161,29 @@ def create_job(
         if existing is None:
             raise
         return existing, False
+    if settings.pause_after_commit_s:  # fault injection: a crash between commit and publish
+        time.sleep(settings.pause_after_commit_s)
     _enqueue_or_withdraw(session, enqueuer, job)
     return job, True
 
 
+def publish(session: Session, enqueuer: Enqueuer, job: Job) -> None:
+    """Publish ``job`` and record when (``enqueued_at``); raises what the broker raises."""
+    enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+    job.enqueued_at = utcnow()
+    try:
+        session.execute(
+            update(Job).where(col(Job.id) == job.id).values(enqueued_at=job.enqueued_at)
+        )
+        session.commit()
+    except SQLAlchemyError:  # published all the same: the reconciler finds the message
+        session.rollback()
+        logger.warning("job %s: published, but its enqueued_at was not stored", job.id)
+
+
 def _enqueue_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None:
     try:
-        enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+        publish(session, enqueuer, job)
     except Exception as exc:  # any broker failure: kombu raises many unrelated types
         logger.exception("enqueue of job %s failed; withdrawing it", job.id)
         session.delete(job)
