@@ -7,6 +7,8 @@ startup leaves the app alive but not ready (``/readyz`` retries the migration).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +26,7 @@ from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
 from api.services.chat import ChatService
+from api.services.datasets import sweep_orphan_uploads
 from api.telemetry import Telemetry
 from core.db import make_engine, prepare
 from core.models import BaseModelRecord
@@ -61,6 +64,22 @@ def _start_store(app: FastAPI, settings: Settings) -> None:
         app.state.schema_ready = False
 
 
+async def _sweep_uploads(app: FastAPI, settings: Settings) -> None:
+    """Now and then (at startup first), remove what uploads of a killed process left."""
+    every_s = min(3600.0, max(60.0, settings.upload_orphan_grace_s / 2))
+    while True:
+        try:
+            await run_in_threadpool(
+                sweep_orphan_uploads,
+                engine=app.state.engine,
+                artifacts=settings.artifacts,
+                grace_s=settings.upload_orphan_grace_s,
+            )
+        except (SQLAlchemyError, OSError):
+            logger.exception("upload sweep failed; retrying in %.0f s", every_s)
+        await asyncio.sleep(every_s)
+
+
 def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None) -> FastAPI:
     """Build the API.
 
@@ -79,9 +98,13 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         await run_in_threadpool(_start_store, app, settings)
         own = enqueuer is None
         app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer
+        sweeper = asyncio.create_task(_sweep_uploads(app, settings))
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if own:
                 app.state.enqueuer.close()
             await run_in_threadpool(app.state.chat.close)

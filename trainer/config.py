@@ -120,6 +120,8 @@ def load_yaml(text: str, source: str = "config") -> Any:
         return yaml.load(io.StringIO(text))
     except YAMLError as exc:
         raise ConfigError([ConfigIssue("", f"not valid YAML: {exc}")], source) from exc
+    except RecursionError as exc:  # ruamel composes nested nodes recursively
+        raise ConfigError([ConfigIssue("", "the YAML is nested too deeply")], source) from exc
 
 
 def load_config(path: str | Path) -> FinetuningConfig:

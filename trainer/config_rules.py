@@ -50,22 +50,29 @@ class Shape:
     depth: int = 0
     cycle: bool = False
     _seen: dict[int, tuple[int, int, int]] = field(default_factory=dict, repr=False)
+    _towering: bool = field(default=False, repr=False)
 
 
 def measure(data: Any) -> Shape:
     """The expanded shape of ``data`` in time linear in its *distinct* nodes: a YAML alias
-    bomb (a few hundred bytes that expand to gigabytes) is measured, never expanded."""
+    bomb (a few hundred bytes that expand to gigabytes) is measured, never expanded. Below
+    ``MAX_DEPTH`` levels it stops descending (``depth`` is then ``MAX_DEPTH + 1``)."""
     shape = Shape()
-    size, longest, depth = _measure(data, shape, set())
+    size, longest, depth = _measure(data, shape, set(), 0)
     shape.size, shape.longest, shape.depth = size, longest, depth
+    if shape._towering:
+        shape.depth = max(depth, MAX_DEPTH + 1)
     return shape
 
 
-def _measure(node: Any, shape: Shape, visiting: set[int]) -> tuple[int, int, int]:
+def _measure(node: Any, shape: Shape, visiting: set[int], level: int) -> tuple[int, int, int]:
     if isinstance(node, str):
         return len(node.encode("utf-8", "surrogatepass")) + 2, len(node), 0
     if not isinstance(node, dict | list):
         return len(repr(node)), 0, 0
+    if level > MAX_DEPTH:  # refused anyway: never recurse towards the interpreter's limit
+        shape._towering = True
+        return 0, 0, 1
     key = id(node)
     if key in shape._seen:
         return shape._seen[key]
@@ -78,7 +85,7 @@ def _measure(node: Any, shape: Shape, visiting: set[int]) -> tuple[int, int, int
     for name, value in children:
         if shape.cycle:
             break
-        child_size, child_longest, child_depth = _measure(value, shape, visiting)
+        child_size, child_longest, child_depth = _measure(value, shape, visiting, level + 1)
         size += child_size + 1
         longest = max(longest, child_longest)
         depth = max(depth, child_depth)

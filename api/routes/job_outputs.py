@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlmodel import col, select
 
 from api.deps import EngineDep, JobDep, SessionDep, SettingsDep
-from api.schemas.common import ListOf, Page, error_responses
+from api.schemas.common import ListOf, Page, error_responses, json_error_responses
 from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
 from api.sse import job_event_stream
 from core.models import Checkpoint, JobEvent, Metric
@@ -121,10 +121,7 @@ def tail_lines(path: Path, count: int) -> str:
 @router.get(
     "/logs",
     response_class=PlainTextResponse,
-    responses={
-        200: {"content": {"text/plain": {}}, "description": "The log's last lines."},
-        **error_responses(404),
-    },
+    responses={200: {"description": "The log's last lines."}, **json_error_responses(404)},
 )
 def get_logs(
     job: JobDep,

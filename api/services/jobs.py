@@ -107,6 +107,7 @@ def build_job(*, session: Session, settings: Settings, tenant: str, job_in: JobC
         seed=job_in.seed,
         train_file=Path(train.path),
         val_file=Path(val.path) if val else None,
+        limits=settings.limits,
     )
     check_capacity(session, settings, job_in.gpus)
     return Job(
