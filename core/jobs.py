@@ -56,13 +56,13 @@ def transition(
     target: JobState,
     *,
     from_states: Iterable[JobState] | None = None,
-    attempt: int | None = None,
+    at_attempt: int | None = None,
     **fields: Any,
 ) -> Job:
     """Move ``job_id`` to ``target`` if its current state allows it; set ``fields`` with it.
 
     ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim);
-    ``attempt`` fences the change to that attempt of the job, so a worker that lost its job to
+    ``at_attempt`` fences the change to that attempt of the job, so a worker that lost its job to
     a newer attempt cannot move it. Raises ``JobNotFound`` or ``InvalidJobTransition``. Commits.
     """
     allowed = set(sources_of(target))
@@ -77,8 +77,8 @@ def transition(
         .where(col(Job.state).in_([s.value for s in allowed]))
         .values(**values)
     )
-    if attempt is not None:
-        statement = statement.where(col(Job.attempt) == attempt)
+    if at_attempt is not None:
+        statement = statement.where(col(Job.attempt) == at_attempt)
     result = session.execute(statement)
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
@@ -87,7 +87,7 @@ def transition(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise InvalidJobTransition(
             f"job {job_id} is {job.state}; it cannot become {target.value}"
-            + (f" from attempt {attempt} (it is on {job.attempt})" if attempt is not None else ""),
+            + (f" at attempt {at_attempt} (it is on {job.attempt})" if at_attempt else ""),
             details={"state": job.state, "target": target.value},
         )
     return job

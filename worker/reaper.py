@@ -69,14 +69,14 @@ def reap_stale_jobs(
     for job in stale:
         try:
             if job.state == JobState.CANCELLING:
-                transition(session, job.id, JobState.CANCELLED, attempt=job.attempt)
+                transition(session, job.id, JobState.CANCELLED, at_attempt=job.attempt)
             elif job.attempt < job.max_attempts:
                 transition(
                     session,
                     job.id,
                     JobState.QUEUED,
                     from_states=[JobState.RUNNING],
-                    attempt=job.attempt,
+                    at_attempt=job.attempt,
                     worker=None,
                     gpu_ids=[],
                 )
@@ -94,7 +94,7 @@ def reap_stale_jobs(
                     session,
                     job.id,
                     JobState.FAILED,
-                    attempt=job.attempt,
+                    at_attempt=job.attempt,
                     error_code="worker_lost",
                     error_message=f"worker {job.worker} stopped responding on attempt "
                     f"{job.attempt} of {job.max_attempts}",

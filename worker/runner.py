@@ -168,7 +168,7 @@ class Runner:
                 error_message=outcome.message,
                 user_error=outcome.user_error,
             )
-        transition(session, job.id, outcome.state, attempt=job.attempt, **fields)
+        transition(session, job.id, outcome.state, at_attempt=job.attempt, **fields)
         logger.info("job %s: %s", job.id, outcome.state.value)
         return outcome.state.value
 

@@ -15,6 +15,7 @@ from api.schemas.common import ListOf, Page, error_responses, json_error_respons
 from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
 from api.sse import job_event_stream
 from core.models import Checkpoint, JobEvent, Metric
+from trainer.config_rules import INT_MAX
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["jobs"])
 LOG_FILE = "trainer.log"
@@ -32,7 +33,9 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 def _after_id(after: int | None, last_event_id: str | None) -> int:
     if after is not None:
         return after
-    return int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    if not (last_event_id and last_event_id.isdigit()):
+        return 0
+    return min(int(last_event_id), INT_MAX)  # ids are SQL integers
 
 
 @router.get(
@@ -45,7 +48,9 @@ def get_events(
     session: SessionDep,
     engine: EngineDep,
     request: Request,
-    after: Annotated[int | None, Query(ge=0, description="Events with a larger id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT_MAX, description="Events with a larger id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Page[EventPublic] | StreamingResponse:
@@ -78,7 +83,9 @@ def get_metrics(
     session: SessionDep,
     split: Annotated[str | None, Query(description="train | validation | test")] = None,
     name: Annotated[str | None, Query(examples=["loss"])] = None,
-    after: Annotated[int | None, Query(ge=0, description="Metrics with a larger id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT_MAX, description="Metrics with a larger id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Page[MetricPublic]:
     """The job's recorded metrics in the order they were written."""

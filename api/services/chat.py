@@ -267,7 +267,7 @@ def text_size(value: Any) -> int:
 def _checkpoint_ref(model: str) -> str | CheckpointRef:
     """``ft:<base>:<suffix>:<job>:ckpt-<step>`` as a job checkpoint, else ``model`` as it is."""
     adapter, found, step = model.rpartition(PROMOTED)
-    if not found or not step.isdigit() or ":" not in adapter:
+    if not found or not step.isdigit() or int(step) >= 2**31 or ":" not in adapter:
         return model
     return CheckpointRef(job=adapter.rsplit(":", 1)[1], checkpoint=int(step))
 

@@ -191,6 +191,11 @@ def _cost_issues(data: dict[str, Any], limits: Limits) -> list[ConfigIssue]:
     shape = measure(data)
     if shape.cycle or shape.depth > MAX_DEPTH:
         return []  # parse_config refuses it, with its own words
+    if shape.longest > limits.max_config_string and shape.size <= 64 * limits.max_config_bytes:
+        return [  # named, when the document is small enough to walk
+            ConfigIssue(key, f"is longer than {limits.max_config_string} characters")
+            for key in _long_strings(data, limits.max_config_string)
+        ]
     if shape.size > limits.max_config_bytes:
         return [
             ConfigIssue(
@@ -199,20 +204,15 @@ def _cost_issues(data: dict[str, Any], limits: Limits) -> list[ConfigIssue]:
                 f"at most {limits.max_config_bytes}",
             )
         ]
-    if shape.longest > limits.max_config_string:
-        return [
-            ConfigIssue(key, f"is longer than {limits.max_config_string} characters")
-            for key in _long_strings(data, limits.max_config_string)
-        ]
     return []
 
 
 def _long_strings(data: Any, limit: int, where: str = "") -> list[str]:
     if isinstance(data, str):
         return [where] if len(data) > limit else []
-    items = data.items() if isinstance(data, dict) else enumerate(data)
     if not isinstance(data, dict | list):
         return []
+    items = data.items() if isinstance(data, dict) else enumerate(data)
     found = []
     for name, value in items:
         key = f"{where}.{name}" if where else str(name)
