@@ -75,6 +75,9 @@ class Runner:
                 claimed = claim(session, job_id, worker=self.node, gpu_ids=gpus)
                 if claimed is None:
                     return "skipped"
+                # detached: a rollback after a failed write must not expire it, or reading
+                # claimed.id would need the store that just failed
+                session.expunge(claimed)
                 logger.info(
                     "job %s: attempt %d on %s, GPUs %s", job_id, claimed.attempt, self.node, gpus
                 )
@@ -138,8 +141,8 @@ class Runner:
             return supervisor.watch(process, tail)
         finally:
             if process.poll() is None:  # whatever ended supervision, the trainer goes with it
-                logger.warning("job %s: stopping the trainer before letting go", job.id)
                 process.terminate()
+                logger.warning("job %s: stopped the trainer before letting go", directory.root)
 
     def _finish(self, session: Session, job: Job, outcome: Outcome) -> str:
         store = StoreRetry(limit_s=self.settings.store_outage_limit_s)

@@ -1,7 +1,7 @@
 """Backoff for a store that stopped answering, while the work it records goes on.
 
 The runner asks :meth:`StoreRetry.due` before touching the store: after a failure the next try
-waits 1 s, then 2, 4, ... up to ``max_wait_s``; a success resets it. :meth:`given_up` says when
+waits 1 s, then 2, 4, ... up to ``max_wait_s`` (10 s); a success resets it. :meth:`given_up` says when
 the store has been away longer than ``limit_s`` (the runner then stops its trainer).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 class StoreRetry:
     limit_s: float
     first_wait_s: float = 1.0
-    max_wait_s: float = 30.0
+    max_wait_s: float = 10.0
     needs_resync: bool = False  # a write failed: where it got to must be read back first
     _failures: int = 0
     _down_since: float | None = None
