@@ -82,14 +82,10 @@ def test_a_job_committed_by_an_api_killed_before_publishing_runs(
 ) -> None:
     home = tmp_path / "home"
     env = service_env(home, database_url, redis_server.url(), tiny_model_dir, publish_grace_s=1)
-    first = start_api(env, tmp_path / "api.log")
-    try:
-        with first.client() as client:
-            dataset = upload_dataset(client)
-    finally:
-        stop(first.process)
     # an API that holds each new job between commit and publish, long enough to be killed there
     paused = start_api({**env, "GLMFT_PAUSE_AFTER_COMMIT_S": "120"}, tmp_path / "paused.log")
+    with paused.client() as client:
+        dataset = upload_dataset(client)
     answers: list[Any] = []
 
     def create(key: str | None) -> None:
@@ -123,7 +119,7 @@ def test_a_job_committed_by_an_api_killed_before_publishing_runs(
         assert retry.status_code == 200 and retry.json()["id"] == keyed.id
         assert covered_jobs(redis_server.url(), TRAINING_QUEUE) == {keyed.id}
         # the other job nobody asks about again: the reconciler publishes it
-        worker = start_worker(env, tmp_path / "worker.log")
+        worker = start_worker(env, tmp_path / "worker.log", concurrency=2)
         try:
             done = wait_for(
                 lambda: _all_succeeded(database_url, [keyed.id, other.id]), 180, "both jobs"
