@@ -20,9 +20,16 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from celery import Celery
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from api.commands.up import worker_command
+from core.jobs import JobState
+from core.models import Dataset, Job
 from tests.helpers import free_port, wait_for
+from tests.trainer.finetune_helpers import tiny_config
+from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "glm-4-tiny"
@@ -252,3 +259,52 @@ def trainer_launches(home: Path, job_id: str) -> int:
     if not log.is_file():
         return 0
     return sum(line.startswith("=== ") for line in log.read_text(errors="replace").splitlines())
+
+
+def queue_job(
+    engine: Engine,
+    broker_url: str,
+    tmp_path: Path,
+    *,
+    max_steps: int,
+    save_every: int,
+    log_every: int = 10,
+) -> str:
+    """A queued LoRA job of the tiny preset straight in SQL, published as the API would."""
+    data = tmp_path / "train.jsonl"
+    rows = (REPO / "trainer" / "assets" / "demo" / "train.jsonl").read_bytes().splitlines(True)
+    data.write_bytes(b"".join(rows[:8]))
+    config = tiny_config(
+        "lora",
+        training_args={
+            "max_steps": max_steps,
+            "logging_steps": log_every,
+            "save_steps": save_every,
+            "eval_strategy": "no",
+        },
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        dataset = Dataset(
+            tenant_id="default",
+            filename="train.jsonl",
+            path=str(data),
+            bytes=data.stat().st_size,
+            sha256="0" * 64,
+            conversations=8,
+            valid=True,
+        )
+        session.add(dataset)
+        session.commit()
+        job = Job(
+            tenant_id="default",
+            state=JobState.QUEUED.value,
+            model=MODEL,
+            method="lora",
+            training_dataset_id=dataset.id,
+            config=config,
+            gpus=0,
+        )
+        session.add(job)
+        session.commit()
+    Celery(broker=broker_url).send_task(RUN_TRAINING_JOB, args=[job.id], queue=TRAINING_QUEUE)
+    return job.id

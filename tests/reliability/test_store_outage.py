@@ -7,72 +7,26 @@ import json
 import time
 from pathlib import Path
 
-from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from core.db import make_engine
-from core.jobs import JobState
-from core.models import Checkpoint, Dataset, Job, JobEvent, Metric
+from core.models import Checkpoint, Job, JobEvent, Metric
 from tests.helpers import wait_for
 from tests.reliability.services import (
-    MODEL,
     PostgresCluster,
     RedisServer,
+    queue_job,
     service_env,
     start_worker,
     stop,
     trainer_launches,
 )
-from tests.trainer.finetune_helpers import tiny_config
 from trainer.fence import holders
-from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
-REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS, LOG_EVERY, SAVE_EVERY = 300, 10, 30
 OUTAGE_S = 15
-
-
-def queue_job(engine: Engine, broker_url: str, tmp_path: Path) -> str:
-    """A queued job straight in SQL, published as the API would."""
-    data = tmp_path / "train.jsonl"
-    rows = (REPO / "trainer" / "assets" / "demo" / "train.jsonl").read_bytes().splitlines(True)
-    data.write_bytes(b"".join(rows[:8]))
-    config = tiny_config(
-        "lora",
-        training_args={
-            "max_steps": MAX_STEPS,
-            "logging_steps": LOG_EVERY,
-            "save_steps": SAVE_EVERY,
-            "eval_strategy": "no",
-        },
-    )
-    with Session(engine, expire_on_commit=False) as session:
-        dataset = Dataset(
-            tenant_id="default",
-            filename="train.jsonl",
-            path=str(data),
-            bytes=data.stat().st_size,
-            sha256="0" * 64,
-            conversations=8,
-            valid=True,
-        )
-        session.add(dataset)
-        session.commit()
-        job = Job(
-            tenant_id="default",
-            state=JobState.QUEUED.value,
-            model=MODEL,
-            method="lora",
-            training_dataset_id=dataset.id,
-            config=config,
-            gpus=0,
-        )
-        session.add(job)
-        session.commit()
-    Celery(broker=broker_url).send_task(RUN_TRAINING_JOB, args=[job.id], queue=TRAINING_QUEUE)
-    return job.id
 
 
 def recorded_step(engine: Engine, job_id: str) -> int:
@@ -94,7 +48,14 @@ def test_a_store_outage_mid_training_runs_the_job_once(
     home = tmp_path / "home"
     env = service_env(home, database_url, redis_server.url(), tiny_model_dir)
     engine = make_engine(database_url)
-    job_id = queue_job(engine, redis_server.url(), tmp_path)
+    job_id = queue_job(
+        engine,
+        redis_server.url(),
+        tmp_path,
+        max_steps=MAX_STEPS,
+        log_every=LOG_EVERY,
+        save_every=SAVE_EVERY,
+    )
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         wait_for(lambda: recorded_step(engine, job_id) > 0, 120, "the first recorded step")
