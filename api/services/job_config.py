@@ -44,6 +44,8 @@ MAPPING_ARGS = (
     "gradient_checkpointing_kwargs",
     "lr_scheduler_kwargs",
 )
+#: training_args a CPU job (gpus 0) cannot run with
+GPU_ONLY_ARGS = ("fp16", "fp16_full_eval", "tf32")
 
 
 @dataclass(frozen=True)
@@ -229,12 +231,14 @@ def resolve_config(
     train_file: Path,
     val_file: Path | None,
     limits: Limits | None = None,
+    gpus: int | None = None,
 ) -> ResolvedConfig:
     """Build and check the job's config; raises ``InvalidConfig``.
 
     The trainer's own validation (``trainer.config.parse_config``) runs here with the
     service's rules on top, so a config admitted here is one the worker runs. ``limits``
-    (default: the defaults of ``core.settings.Limits``) bound its size and strings.
+    (default: the defaults of ``core.settings.Limits``) bound its size and strings; with
+    ``gpus`` 0 the arguments only a GPU runs (fp16, tf32) are refused.
     """
     try:
         data = _load_base(config, method)
@@ -252,6 +256,12 @@ def resolve_config(
     args = data.get("training_args")
     if isinstance(args, dict):
         issues += _check_seed(args, seed, overrides) + _service_rules(args)
+        if gpus == 0:
+            issues += [
+                ConfigIssue(f"training_args.{k}", "needs a GPU; the job has gpus 0")
+                for k in GPU_ONLY_ARGS
+                if args.get(k)
+            ]
     given = data.get("data_config")
     data["data_config"] = {
         **(given if isinstance(given, dict) else {}),

@@ -108,6 +108,7 @@ def build_job(*, session: Session, settings: Settings, tenant: str, job_in: JobC
         train_file=Path(train.path),
         val_file=Path(val.path) if val else None,
         limits=settings.limits,
+        gpus=job_in.gpus,
     )
     check_capacity(session, settings, job_in.gpus)
     return Job(

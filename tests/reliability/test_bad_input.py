@@ -206,8 +206,17 @@ def test_huge_strings_are_refused(client: TestClient) -> None:
         ("training_args.save_steps", 1),  # with max_steps 1000000: 10^6 checkpoints
         ("training_args.save_total_limit", 0),
         ("training_args.eval_strategy", "sometimes"),
+        ("training_args.tf32", True),  # the job has gpus 0
     ],
-    ids=["accelerator_config", "fsdp_config", "nan", "checkpoints", "save_total_limit", "enum"],
+    ids=[
+        "accelerator_config",
+        "fsdp_config",
+        "nan",
+        "checkpoints",
+        "save_total_limit",
+        "enum",
+        "gpu_only",
+    ],
 )
 def test_what_the_trainer_would_refuse_is_refused_at_admission(
     client: TestClient, override: str, value: Any
