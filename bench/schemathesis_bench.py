@@ -118,24 +118,12 @@ def request_counts(base_url: str) -> Counter[str]:
     return counts
 
 
-def failures_of(report: Path) -> list[dict[str, Any]]:
-    """Failed checks in schemathesis' JSON report (an empty list when there were none)."""
-    if not report.is_file():
-        return [{"error": f"no report at {report}"}]
-    return _walk_failures(json.loads(report.read_text()))
-
-
-def _walk_failures(node: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    if isinstance(node, dict):
-        if node.get("status") == "failure" and "name" in node:
-            out.append({k: node.get(k) for k in ("name", "message", "title") if k in node})
-        for value in node.values():
-            out += _walk_failures(value)
-    elif isinstance(node, list):
-        for value in node:
-            out += _walk_failures(value)
-    return out
+def report_of(path: Path) -> dict[str, Any]:
+    """Failures (checks that failed) and errors (the run itself) of schemathesis' JSON report."""
+    if not path.is_file():
+        return {"failures": [], "errors": [f"no report at {path}"], "test_cases": {}}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return {k: data.get(k) for k in ("failures", "errors", "test_cases", "warnings", "phases")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
             st = subprocess.run(command, cwd=REPO, env=st_env, capture_output=True, text=True)
             seconds = time.monotonic() - started
             counts = request_counts(base_url)
-            failures = failures_of(report)
+            st_report = report_of(report)
+            failures, errors = st_report["failures"] or [], st_report["errors"] or []
             (home / "st.out").write_text(st.stdout + st.stderr)
     finally:
         stop(worker)
@@ -196,11 +185,15 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 1),
         "requests": total,
         "server_errors": server_errors,
-        "schema_failures": len(failures),
+        "failed_checks": len(failures),
+        "run_errors": len(errors),
+        "test_cases": st_report["test_cases"],
+        "phases": st_report["phases"],
         "statuses": dict(sorted(counts.items())),
         "schemathesis_exit": st.returncode,
         "checks": list(CHECKS),
         "failures": failures[:50],
+        "errors": errors[:20],
         "summary": st.stdout.strip().splitlines()[-15:],
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
@@ -208,10 +201,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'requests':<16}{total:>10}")
     print(f"{'5xx':<16}{server_errors:>10}")
     print(f"{'failed checks':<16}{len(failures):>10}")
+    print(f"{'run errors':<16}{len(errors):>10}")
     print(f"{'seconds':<16}{seconds:>10.0f}")
     print("statuses: " + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())))
     print(f"schemathesis exit {st.returncode}; details in {RESULT} and {home / 'st.out'}")
-    ok = server_errors == 0 and not failures and st.returncode == 0
+    ok = server_errors == 0 and not failures and not errors and st.returncode == 0
     if total < args.min_requests:
         print(f"only {total} requests; at least {args.min_requests} were asked for")
         ok = False

@@ -30,7 +30,9 @@ _rng = random.Random(0)
 @schemathesis.hook
 def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[str, Any]:
     operation = getattr(context, "operation", None)
-    if operation is not None and operation.method.upper() == "DELETE":
+    if not isinstance(path_parameters, dict) or (
+        operation is not None and operation.method.upper() == "DELETE"
+    ):
         return path_parameters
     for name, kind in _PATH_IDS.items():
         if name in path_parameters and kind in IDS and _rng.random() < 0.5:
