@@ -1,6 +1,7 @@
-"""Chat on a separate replica: with ``GLMFT_CHAT__REMOTE_URL`` set, this API forwards every chat
-and adapter request to that glmft process (a GPU node running the engine embedded, sharing the
-store) and streams its answer back unchanged, so this process never loads a model.
+"""Chat on a separate replica: with ``GLMFT_CHAT__REMOTE_URL`` set, this API forwards every chat,
+adapter and evaluation request to that glmft process (a GPU node running the engine embedded,
+sharing the store; its runner runs the evaluations) and streams its answer back unchanged, so
+this process never loads a model.
 
 Pure ASGI, so Server-Sent Events pass through as they are produced. The caller's
 ``Authorization`` and ``X-Request-ID`` go along; a replica that cannot be reached is a 503.
@@ -17,7 +18,8 @@ from api.errors import envelope
 from core.errors import ChatUnavailable
 
 CHAT_PATHS = re.compile(
-    r"^/(chat|v1/chat/completions|adapters(/.*)?|jobs/[^/]+/checkpoints/[^/]+/promote)$"
+    r"^/(chat|v1/chat/completions|adapters(/.*)?|evaluations(/.*)?"
+    r"|jobs/[^/]+/checkpoints/[^/]+/promote)$"
 )
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length"}
 

@@ -21,12 +21,14 @@ from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
 from api.chat_proxy import ChatProxyMiddleware
+from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
 from api.services.chat import ChatService
 from api.services.datasets import sweep_orphan_uploads
+from api.services.evaluation_runner import EvaluationRunner
 from api.telemetry import Telemetry
 from core.db import make_engine, prepare
 from core.models import BaseModelRecord
@@ -99,6 +101,11 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         own = enqueuer is None
         app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer
         sweeper = asyncio.create_task(_sweep_uploads(app, settings))
+        if not settings.chat.remote_url:  # this process serves chat: it runs evaluations too
+            app.state.evaluations = EvaluationRunner(
+                lambda: app.state.engine, app.state.chat, settings
+            )
+            app.state.evaluations.start()
         try:
             yield
         finally:
@@ -107,6 +114,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
                 await sweeper
             if own:
                 app.state.enqueuer.close()
+            if app.state.evaluations is not None:  # hands its evaluation back first
+                await run_in_threadpool(app.state.evaluations.stop)
             await run_in_threadpool(app.state.chat.close)
             app.state.engine.dispose()
 
@@ -120,15 +129,22 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.engine = None
     app.state.schema_ready = False
     app.state.sse_poll_s = 0.5
-    app.state.telemetry = Telemetry(lambda: app.state.engine)
     app.state.chat = ChatService(settings)  # engines load on first use
+    app.state.telemetry = Telemetry(lambda: app.state.engine, app.state.chat.capacity)
+    app.state.evaluations = None  # the runner, while the lifespan runs
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     if settings.chat.remote_url:  # chat runs on a replica: forward it there
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.limits.max_request_bytes)
+    chat_bytes = settings.chat.max_request_bytes
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_body_bytes=settings.limits.max_request_bytes,
+        larger={"/chat": chat_bytes, "/v1/chat/completions": chat_bytes},
+    )
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)
+    install_dashboard(app)
     return app
 
 

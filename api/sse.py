@@ -1,31 +1,56 @@
-"""Server-Sent Events that follow a job live, polling SQL (the store is the truth).
+"""Server-Sent Events that follow a job or an evaluation live, polling SQL (the store is the
+truth).
 
 Queries run in the threadpool and waits are ``anyio.sleep``, so an open stream never blocks
-the event loop. The stream ends once the job is finished and every event has been sent.
+the event loop. A stream ends once its job or evaluation is finished and every event has been
+sent.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
+from api.schemas.evaluations import EvaluationEventPublic
 from api.schemas.jobs import EventPublic
+from core.evaluations import TERMINAL as EVALUATION_TERMINAL
 from core.jobs import TERMINAL
-from core.models import Job, JobEvent
+from core.models import Evaluation, EvaluationEvent, Job, JobEvent
 
 POLL_S = 0.5
 KEEPALIVE_S = 15.0
 BATCH = 500
 
+#: OpenAPI for an events route that answers a page or, on request, a live stream.
+SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page of events, or with `Accept: text/event-stream` a live SSE stream "
+        "(`id:` event id, `event:` kind, `data:` the event as JSON; a final `end` event).",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+#: ``(state of the followed object or None when gone, its events after an id)``
+Poll = Callable[[int], tuple[str | None, list[Any]]]
 
-def _poll(engine: Engine, job_id: str, after: int) -> tuple[str | None, list[JobEvent]]:
+
+def after_id(after: int | None, last_event_id: str | None) -> int:
+    """Where a stream or page starts: ``after``, else a reconnecting client's Last-Event-ID."""
+    if after is not None:
+        return after
+    if not (last_event_id and last_event_id.isdigit()):
+        return 0
+    return min(int(last_event_id), 2**31 - 1)  # ids are SQL integers
+
+
+def _poll_job(engine: Engine, job_id: str, after: int) -> tuple[str | None, list[Any]]:
     # the state is read before the events: events written before it turned terminal are seen
     with Session(engine) as session:
         job = session.get(Job, job_id)
@@ -39,6 +64,21 @@ def _poll(engine: Engine, job_id: str, after: int) -> tuple[str | None, list[Job
         return state, list(session.exec(statement).all())
 
 
+def _poll_evaluation(
+    engine: Engine, evaluation_id: str, after: int
+) -> tuple[str | None, list[Any]]:
+    with Session(engine) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        state = evaluation.state if evaluation is not None else None
+        statement = (
+            select(EvaluationEvent)
+            .where(EvaluationEvent.evaluation_id == evaluation_id, col(EvaluationEvent.id) > after)
+            .order_by(col(EvaluationEvent.id))
+            .limit(BATCH)
+        )
+        return state, list(session.exec(statement).all())
+
+
 def format_event(event_id: int | None, kind: str, data: dict[str, Any]) -> str:
     """One SSE frame (``id:``/``event:``/``data:`` lines, blank line)."""
     lines = [f"id: {event_id}"] if event_id is not None else []
@@ -47,20 +87,27 @@ def format_event(event_id: int | None, kind: str, data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-async def job_event_stream(
-    engine: Engine, job_id: str, after: int, poll_s: float = POLL_S
+async def follow(
+    poll: Poll,
+    after: int,
+    poll_s: float,
+    *,
+    public: type[BaseModel],
+    terminal: Collection[str],
+    end: Callable[[str | None], dict[str, Any]],
 ) -> AsyncIterator[str]:
-    """Frames for every event of ``job_id`` after ``after``, then an ``end`` frame."""
+    """Frames for every event after ``after`` as ``public``, then an ``end`` frame once the
+    followed object's state is in ``terminal`` (or it is gone)."""
     yield f"retry: {int(poll_s * 4000)}\n\n"
     last, quiet_since = after, time.monotonic()
     while True:
-        state, events = await run_in_threadpool(_poll, engine, job_id, last)
+        state, events = await run_in_threadpool(poll, last)
         for event in events:
-            payload = EventPublic.model_validate(event, from_attributes=True)
+            payload = public.model_validate(event, from_attributes=True)
             yield format_event(event.id, event.kind, payload.model_dump(mode="json"))
             last = event.id or last
-        if state is None or (state in TERMINAL and len(events) < BATCH):
-            yield format_event(None, "end", {"job_id": job_id, "state": state})
+        if state is None or (state in terminal and len(events) < BATCH):
+            yield format_event(None, "end", end(state))
             return
         if events:
             quiet_since = time.monotonic()
@@ -69,3 +116,31 @@ async def job_event_stream(
             quiet_since = time.monotonic()
             yield ": keepalive\n\n"
         await anyio.sleep(poll_s)
+
+
+def job_event_stream(
+    engine: Engine, job_id: str, after: int, poll_s: float = POLL_S
+) -> AsyncIterator[str]:
+    """Frames for every event of ``job_id`` after ``after``, then an ``end`` frame."""
+    return follow(
+        lambda last: _poll_job(engine, job_id, last),
+        after,
+        poll_s,
+        public=EventPublic,
+        terminal=TERMINAL,
+        end=lambda state: {"job_id": job_id, "state": state},
+    )
+
+
+def evaluation_event_stream(
+    engine: Engine, evaluation_id: str, after: int, poll_s: float = POLL_S
+) -> AsyncIterator[str]:
+    """Frames for every event of ``evaluation_id`` after ``after``, then an ``end`` frame."""
+    return follow(
+        lambda last: _poll_evaluation(engine, evaluation_id, last),
+        after,
+        poll_s,
+        public=EvaluationEventPublic,
+        terminal=EVALUATION_TERMINAL,
+        end=lambda state: {"evaluation_id": evaluation_id, "state": state},
+    )

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app: requests by route and status, latency, jobs by state.
+"""Prometheus metrics of one app: requests by route and status, latency, jobs by state, and
+the chat engines' cache and rows.
 
 Each app owns its registry (tests build many apps in one process); ``GET /metrics`` renders it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -47,10 +49,38 @@ class JobStateCollector(Collector):
         yield family
 
 
+class ChatEngineCollector(Collector):
+    """``glmft_chat_*{model}``: the key/value cache and rows of each engine this process runs
+    (nothing while it serves no chat)."""
+
+    GAUGES: ClassVar[dict[str, str]] = {
+        "cache_tokens": "Tokens the engine's key/value cache holds in all",
+        "free_cache_tokens": "Tokens of the cache not held by a row",
+        "running": "Rows being decoded",
+        "waiting": "Requests waiting to be admitted",
+    }
+
+    def __init__(self, capacity: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self._capacity = capacity
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield one gauge family per measure, a sample per loaded model."""
+        engines = self._capacity()
+        for name, help_text in self.GAUGES.items():
+            family = GaugeMetricFamily(f"glmft_chat_{name}", help_text, labels=["model"])
+            for model, figures in engines.items():
+                family.add_metric([model], figures.get(name, 0))
+            yield family
+
+
 class Telemetry:
     """The app's metrics registry and request instruments."""
 
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine | None],
+        chat_capacity: Callable[[], dict[str, dict[str, int]]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "glmft_http_requests",
@@ -65,6 +95,7 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(JobStateCollector(engine))
+        self.registry.register(ChatEngineCollector(chat_capacity))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""

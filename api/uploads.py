@@ -30,7 +30,7 @@ MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 8
 _FLUSH_BYTES = 1 << 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_SUFFIXES = (".jsonl", ".json")
+_SUFFIXES = (".jsonl", ".json", ".zip", ".tar.gz", ".tgz")  # archives: api.archives
 _MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries beside the file itself
 
 
@@ -46,11 +46,12 @@ class StoredUpload:
 
 
 def safe_filename(raw: str) -> str:
-    """The base name of ``raw`` if it is a plain ``.jsonl``/``.json`` name; raises ``Invalid``."""
+    """The base name of ``raw`` if it is a plain ``.jsonl``/``.json`` (or dataset archive)
+    name; raises ``Invalid``."""
     name = PurePath(raw.replace("\\", "/")).name
-    if not _SAFE_NAME.match(name) or not name.endswith(_SUFFIXES):
+    if not _SAFE_NAME.match(name) or not name.lower().endswith(_SUFFIXES):
         raise Invalid(
-            f"file name {raw!r} must be a plain name ending in .jsonl or .json "
+            f"file name {raw!r} must be a plain name ending in .jsonl, .json, .zip or .tar.gz "
             "(letters, digits, '.', '_', '-')",
             param=FILE_FIELD,
         )

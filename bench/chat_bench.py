@@ -1,23 +1,31 @@
-"""Chat engine benchmark: adapter hot-load time and output tokens/s with many adapters in flight.
+"""Serving engine benchmark: output tokens/s with many adapters, hot-load time, time to first
+token under load, and an evaluation-sized run, beside transformers' own ``generate`` measured in
+the same process.
 
-On a GPU it builds a GLM-4-9B-shaped model (``GlmConfig`` defaults: 40 layers, hidden 4096,
-32 heads, 2 KV groups) with random bf16 weights, writes ``--adapters`` LoRA adapters of the demo's
-size (r 8, alpha 32, q/k/v) with random weights to local disk, and measures through
-``serving.engine.Engine``:
+On a GPU it builds a GLM-4-9B-shaped model (``GlmConfig`` defaults: 40 layers, hidden 4096, 32
+heads, 2 KV groups, vocabulary 151,552) with random bf16 weights, writes LoRA adapters of the
+demo's size (r 8, alpha 32, q/k/v) and P-Tuning v2 prefixes of the demo's length (512 virtual
+tokens) with random weights to local disk, and drives ``serving.engine.Engine``:
 
-* ``load``: each adapter's load into the running engine (p50/p99 ms; target p50 <= 300 ms);
-* ``base``: ``--requests`` requests to the base model at once;
-* ``adapters-8`` / ``adapters-32``: the same requests spread over 8 and 32 distinct adapters
-  (target: >= 90% of the base's output tokens/s with 32);
-* ``upstream``: the upstream ``inference.py`` way, ``PeftModel.generate`` one request at a time
-  (the baseline, measured in the same run).
+* ``generate``: transformers' ``generate`` on ``--requests`` prompts at once (the baseline);
+* ``base``: the same requests through the engine;
+* ``lora-32``: the same requests, each with its own adapter (target: >= 90% of ``base``);
+* ``ptuning``: the same requests over 4 prefixes (target: >= 80% of ``base``);
+* ``hot-load``: ``--cycle`` adapters loaded in turn into a pool with fewer slots while 16 other
+  requests decode (target: p50 <= 50 ms, p99 <= 150 ms);
+* ``ttft``: time to the first token of a request that arrives while 31 others decode (target:
+  p50 <= 200 ms);
+* ``eval``: ``--eval-prompts`` prompts x 128 new tokens for 4 adapters at once (target: under
+  2 minutes for 1,000).
 
-Greedy decoding of ``--new-tokens`` tokens after a ``--prompt-tokens`` prompt; a random model
-rarely emits an end token, so every request runs to its length. ``--tiny`` runs the same code on
-the tiny CPU model (a smoke test of this script). Prints a table and writes
-``bench/results/chat_bench_<device>.json``.
+Before timing, ``checks`` compares the Triton attention kernel with the plain torch one, and the
+engine's greedy tokens with transformers' (base, LoRA through PEFT) on a 4-layer model of the
+same shape. Greedy decoding with the repetition penalty off; a random model seldom emits an end
+token, so nearly every request runs to its length (completion tokens are counted, not assumed).
+``--tiny`` runs every phase on the tiny CPU model (a smoke test of this script). Prints a table
+and writes ``<out>/chat_bench_<device>.json``.
 
-Run: ``python bench/chat_bench.py`` (GPU) or ``python bench/chat_bench.py --tiny``.
+Run: ``python bench/chat_bench.py [--out DIR]`` (GPU) or ``python bench/chat_bench.py --tiny``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,184 +47,529 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig
 
 from serving.adapters import AdapterSpec
-from serving.engine import Engine, Request
+from serving.engine import Engine
 from serving.events import Event
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
+from serving.requests import Request
 from trainer.tiny import build_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build_model(tiny: bool, tokenizer_dir: Path) -> Any:
+# ---- model and adapters ---------------------------------------------------------------------
+
+
+def build_model(tiny: bool, tokenizer_dir: Path, layers: int | None = None) -> Any:
     if tiny:
         return AutoModelForCausalLM.from_pretrained(tokenizer_dir, dtype=torch.float32)
     config = GlmConfig()  # glm-4-9b-chat's shape
+    if layers is not None:
+        config.num_hidden_layers = layers
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    return model
+    for module in model.modules():  # transformers' init is small; keep activations lively
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+    return model.eval()
 
 
-def write_adapters(model: Any, root: Path, count: int) -> list[AdapterSpec]:
-    """``count`` demo-sized LoRA adapters with random (non-zero) weights."""
-    config = LoraConfig(
-        r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"]
-    )
-    peft = get_peft_model(model, config)
+def _dims(config: Any) -> tuple[int, int, int, int]:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.hidden_size, head_dim, config.num_attention_heads, config.num_key_value_heads
+
+
+def write_lora(root: Path, config: Any, count: int, *, seed: int = 0) -> list[AdapterSpec]:
+    """``count`` demo-sized LoRA adapters (r 8, alpha 32, q/k/v) with random weights."""
+    hidden, head_dim, heads, kv_heads = _dims(config)
+    outs = {"q_proj": heads * head_dim, "k_proj": kv_heads * head_dim}
+    outs["v_proj"] = outs["k_proj"]
+    generator = torch.Generator().manual_seed(seed)
     specs = []
     for i in range(count):
-        with torch.no_grad():
-            for name, param in peft.named_parameters():
-                if "lora_" in name:
-                    param.normal_(0, 0.02)
-        path = root / f"adapter-{i:02d}"
-        peft.save_pretrained(path)
-        specs.append(AdapterSpec.from_dir(f"adapter-{i:02d}", path))
-    peft.unload()  # the base model back, without LoRA layers
+        tensors = {}
+        for layer in range(config.num_hidden_layers):
+            for kind, out in outs.items():
+                key = f"base_model.model.model.layers.{layer}.self_attn.{kind}"
+                tensors[f"{key}.lora_A.weight"] = _random((8, hidden), generator, 0.02)
+                tensors[f"{key}.lora_B.weight"] = _random((out, 8), generator, 0.02)
+        path = root / f"lora-{i:03d}"
+        path.mkdir(parents=True)
+        save_file(tensors, path / "adapter_model.safetensors")
+        adapter = {"peft_type": "LORA", "r": 8, "lora_alpha": 32, "target_modules": list(outs)}
+        (path / "adapter_config.json").write_text(json.dumps(adapter))
+        specs.append(AdapterSpec.from_dir(path.name, path))
     return specs
 
 
-def run_requests(
-    engine: Engine, adapters: list[AdapterSpec | None], prompt: list[int], new_tokens: int
-) -> dict[str, float]:
-    """All requests at once; output tokens/s over the wall time until the last one ends."""
+def write_prefixes(root: Path, config: Any, count: int, tokens: int) -> list[AdapterSpec]:
+    """``count`` P-Tuning v2 prefixes of ``tokens`` virtual tokens with random weights."""
+    _, head_dim, _, kv_heads = _dims(config)
+    layers = config.num_hidden_layers
+    generator = torch.Generator().manual_seed(1)
+    specs = []
+    for i in range(count):
+        path = root / f"prefix-{i}"
+        path.mkdir(parents=True)
+        embeddings = _random((tokens, layers * 2 * kv_heads * head_dim), generator, 0.5)
+        save_file({"prompt_embeddings": embeddings}, path / "adapter_model.safetensors")
+        adapter = {
+            "peft_type": "PREFIX_TUNING",
+            "num_virtual_tokens": tokens,
+            "num_layers": layers,
+            "num_attention_heads": kv_heads,
+            "token_dim": kv_heads * head_dim,
+        }
+        (path / "adapter_config.json").write_text(json.dumps(adapter))
+        specs.append(AdapterSpec.from_dir(path.name, path))
+    return specs
+
+
+def _random(shape: tuple[int, ...], generator: torch.Generator, std: float) -> torch.Tensor:
+    return (torch.randn(shape, generator=generator) * std).to(torch.bfloat16)
+
+
+# ---- driving the engine -------------------------------------------------------------------
+
+
+class Collector:
+    """Gathers the results of many requests; ``wait`` until all are done."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.tokens = 0
+        self.errors: list[str] = []
+        self.first: dict[int, float] = {}
+        self.texts: dict[int, str] = {}
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        if count == 0:
+            self.done.set()
+
+    def callback(self, index: int) -> Callable[[Event], None]:
+        def on_event(event: Event) -> None:
+            if index not in self.first:
+                self.first[index] = time.perf_counter()
+            if event.kind == "delta":
+                return
+            with self._lock:
+                if event.kind == "done" and event.result is not None:
+                    self.tokens += event.result.completion_tokens
+                    self.texts[index] = event.result.text
+                else:
+                    self.errors.append(event.message)
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+
+        return on_event
+
+
+def prompts(count: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    low = min(1000, vocab // 4)
+    return torch.randint(low, vocab // 2, (count, length), generator=generator).tolist()
+
+
+def run_batch(
+    engine: Engine,
+    batch: list[list[int]],
+    specs: Sequence[AdapterSpec | None],
+    new_tokens: int,
+    timeout: float = 600,
+) -> dict[str, Any]:
     params = GenerationParams(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
-    done = threading.Semaphore(0)
-    results: list[Event] = []
-
-    def finished(event: Event) -> None:
-        if event.kind != "delta":
-            results.append(event)
-            done.release()
-
+    collector = Collector(len(batch))
+    steps = engine.steps
     started = time.perf_counter()
-    for adapter in adapters:
-        engine.submit(Request(prompt, params, finished, adapter=adapter))
-    for _ in adapters:
-        done.acquire()
-    wall = time.perf_counter() - started
-    errors = [e.message for e in results if e.kind == "error"]
-    if errors:
-        raise RuntimeError(errors[0])
-    tokens = sum(e.result.completion_tokens for e in results if e.result)
-    n = len(adapters)
-    return {"requests": n, "tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+    for i, (prompt, spec) in enumerate(zip(batch, specs, strict=True)):
+        engine.submit(Request(prompt, params, collector.callback(i), adapter=spec))
+    if not collector.done.wait(timeout):
+        raise TimeoutError(f"{collector.left} of {len(batch)} requests unanswered")
+    elapsed = time.perf_counter() - started
+    if collector.errors:
+        raise RuntimeError(f"{len(collector.errors)} errors, first: {collector.errors[0]}")
+    return {
+        "requests": len(batch),
+        "seconds": round(elapsed, 3),
+        "output_tokens": collector.tokens,
+        "tokens_per_second": round(collector.tokens / elapsed, 1),
+        "engine_steps": engine.steps - steps,
+        "ms_per_step": round(elapsed * 1000 / max(engine.steps - steps, 1), 2),
+        "texts": collector.texts,
+    }
 
 
-def upstream(
-    model: Any, spec: AdapterSpec, prompt: list[int], new_tokens: int, n: int
-) -> dict[str, float]:
-    """PeftModel.generate, one request at a time (the upstream inference.py path)."""
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(pick(0.99), 2),
+        "max_ms": round(ordered[-1], 2),
+        "n": len(ordered),
+    }
+
+
+class Background:
+    """``rows`` requests kept in flight (a new one as each ends) until stopped."""
+
+    def __init__(self, engine: Engine, rows: int, vocab: int, new_tokens: int) -> None:
+        self.engine, self.vocab, self.new_tokens = engine, vocab, new_tokens
+        self.params = GenerationParams(
+            max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0
+        )
+        self.stopped = threading.Event()
+        self.tokens = 0
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        for i in range(rows):
+            self._submit(i)
+
+    def _submit(self, seed: int) -> None:
+        prompt = prompts(1, 64, self.vocab, seed=1000 + seed)[0]
+
+        def on_event(event: Event) -> None:
+            if event.kind == "delta":
+                return
+            with self._lock:
+                if event.result is not None:
+                    self.tokens += event.result.completion_tokens
+            if not self.stopped.is_set():
+                self._submit(seed + 1)
+
+        request = Request(prompt, self.params, on_event)
+        with self._lock:
+            self.requests.append(request)
+        self.engine.submit(request)
+
+    def stop(self) -> None:
+        """Cancel what still runs; return once the engine is idle."""
+        self.stopped.set()
+        with self._lock:
+            for request in self.requests:
+                request.cancelled = True
+        deadline = time.monotonic() + 120
+        while (self.engine.busy or self.engine.queued) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+# ---- the phases -------------------------------------------------------------------------------
+
+
+def phase_generate(model: Any, batch: list[list[int]], new_tokens: int) -> dict[str, Any]:
+    """transformers' ``generate`` on the batch at once (equal prompt lengths: no padding)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor(batch, device=device)
+    options = {"do_sample": False, "repetition_penalty": 1.0, "pad_token_id": 0}
+    with torch.inference_mode():
+        model.generate(ids[:, :8], max_new_tokens=4, min_new_tokens=4, **options)  # warm-up
+        _sync()
+        started = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **options)
+        _sync()
+    elapsed = time.perf_counter() - started
+    tokens = (out.shape[1] - ids.shape[1]) * ids.shape[0]
+    return {
+        "requests": len(batch),
+        "seconds": round(elapsed, 3),
+        "output_tokens": tokens,
+        "tokens_per_second": round(tokens / elapsed, 1),
+        "ms_per_step": round(elapsed * 1000 / new_tokens, 2),
+    }
+
+
+def phase_hot_load(
+    engine: Engine, specs: list[AdapterSpec], rounds: int, vocab: int
+) -> dict[str, Any]:
+    background = Background(engine, 16, vocab, new_tokens=64)
+    times = []
+    try:
+        started = time.perf_counter()
+        for i in range(rounds * len(specs)):
+            spec = specs[i % len(specs)]
+            began = time.perf_counter()
+            engine.load(spec).result(60)
+            times.append((time.perf_counter() - began) * 1000)
+        elapsed = time.perf_counter() - started
+    finally:
+        background.stop()
+    in_memory = [a.load_ms for a in engine.loaded().values() if a.spec.kind == "lora"]
+    return {
+        **percentiles(times),
+        "adapters": len(specs),
+        "slots": engine.max_adapters,
+        "background_tokens_per_second": round(background.tokens / elapsed, 1),
+        "engine_load_ms_p50": round(statistics.median(in_memory), 2) if in_memory else None,
+    }
+
+
+def phase_ttft(engine: Engine, vocab: int, probes: int) -> dict[str, Any]:
+    background = Background(engine, 31, vocab, new_tokens=4000)
+    time.sleep(1.0)  # all 31 decoding
+    waits = []
+    params = GenerationParams(max_new_tokens=2, temperature=0, repetition_penalty=1.0)
+    try:
+        for i, prompt in enumerate(prompts(probes, 64, vocab, seed=77)):
+            first = threading.Event()
+            submitted = time.perf_counter()
+            engine.submit(Request(prompt, params, _setter(first)))
+            if not first.wait(60):
+                raise TimeoutError(f"probe {i}: no first token in 60 s")
+            waits.append((time.perf_counter() - submitted) * 1000)
+            time.sleep(0.1)
+    finally:
+        background.stop()
+    return {**percentiles(waits), "decoding_meanwhile": 31}
+
+
+def _setter(flag: threading.Event) -> Callable[[Event], None]:
+    return lambda _event: flag.set()
+
+
+# ---- correctness checks -----------------------------------------------------------------------
+
+
+def check_attention(device: torch.device) -> dict[str, Any]:
+    """The Triton paged decode kernel against the plain torch computation."""
+    from serving import kernels
+    from serving.attention import gathered_decode_attention
+
+    if not kernels.available(device):
+        return {"skipped": "no Triton on this device"}
+    generator = torch.Generator(device=device).manual_seed(0)
+    blocks, block_size, kv_heads, dim, rows, heads = 512, 16, 2, 128, 24, 32
+    keys = torch.randn(blocks, block_size, kv_heads, dim, device=device, generator=generator)
+    values = torch.randn(blocks, block_size, kv_heads, dim, device=device, generator=generator)
+    keys, values = keys.bfloat16(), values.bfloat16()
+    q = torch.randn(rows, heads, dim, device=device, generator=generator).bfloat16()
+    lengths = torch.randint(1, 300, (rows,), device=device, generator=generator).to(torch.int32)
+    order = torch.randperm(blocks - 1, device=device, generator=generator) + 1
+    tables = order[: rows * 20].view(rows, 20).to(torch.int32)
+    fast = kernels.paged_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
+    slow = gathered_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
+    return {"max_abs_diff": float((fast.float() - slow.float()).abs().max())}
+
+
+def check_tokens(tokenizer: Any, tiny: bool, tokenizer_dir: Path, root: Path) -> dict[str, Any]:
+    """Greedy tokens of the engine against transformers' (and PEFT's, for a LoRA adapter) on a
+    4-layer model of the bench's shape."""
     from peft import PeftModel
 
-    peft = PeftModel.from_pretrained(model, spec.path)
-    ids = torch.tensor([prompt], device=model.device)
-    tokens, started = 0, time.perf_counter()
+    model = build_model(tiny, tokenizer_dir, layers=4)
+    spec = write_lora(root / "check", model.config, 1, seed=5)[0]
+    batch = prompts(4, 32, model.config.vocab_size, seed=3)
+    ids = torch.tensor(batch, device=next(model.parameters()).device)
+    options = {"do_sample": False, "repetition_penalty": 1.0, "pad_token_id": 0}
     with torch.inference_mode():
-        for _ in range(n):
-            out = peft.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-            )
-            tokens += out.shape[1] - ids.shape[1]
-    wall = time.perf_counter() - started
-    peft.unload()
-    return {"requests": n, "tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+        reference = model.generate(ids, max_new_tokens=24, min_new_tokens=24, **options)
+        peft = PeftModel.from_pretrained(model, spec.path)
+        adapted = peft.generate(input_ids=ids, max_new_tokens=24, min_new_tokens=24, **options)
+        model = peft.unload()
+    engine = Engine(model, tokenizer, max_batch=8, cache_bytes=256 * 1024**2)
+    results: dict[str, Any] = {}
+    try:
+        for name, expected, adapter in (("base", reference, None), ("lora", adapted, spec)):
+            ours = _engine_tokens(engine, batch, adapter, 24)
+            expected_rows = expected[:, ids.shape[1] :].tolist()
+            agree = [_common_prefix(a, b) for a, b in zip(ours, expected_rows, strict=True)]
+            results[name] = {"tokens_agreeing_per_row": agree, "of": 24}
+    finally:
+        engine.close()
+    return results
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def _engine_tokens(
+    engine: Engine, batch: list[list[int]], spec: AdapterSpec | None, new_tokens: int
+) -> list[list[int]]:
+    """Token ids the engine chooses (through its logits, so end tokens count too)."""
+    chosen: dict[int, list[int]] = {}
+    accept = engine._accept  # the bench records what the engine samples
+
+    def recording(logits: torch.Tensor, start: int, end: int) -> None:
+        for offset, row in enumerate(engine.batch.rows[start:end]):
+            chosen.setdefault(id(row.request), []).append(int(logits[offset].float().argmax()))
+        accept(logits, start, end)
+
+    engine._accept = recording  # type: ignore[method-assign]
+    try:
+        params = GenerationParams(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
+        collector = Collector(len(batch))
+        requests = [
+            Request(p, params, collector.callback(i), adapter=spec) for i, p in enumerate(batch)
+        ]
+        for request in requests:
+            engine.submit(request)
+        collector.done.wait(120)
+    finally:
+        engine._accept = accept  # type: ignore[method-assign]
+    return [chosen.get(id(r), [])[:new_tokens] for r in requests]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="the tiny model on CPU (smoke test)")
-    parser.add_argument("--adapters", type=int, default=32)
+    parser.add_argument("--tiny", action="store_true", help="the tiny CPU model (smoke test)")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if not args.tiny and not torch.cuda.is_available():
-        parser.error("no GPU: run with --tiny for the CPU smoke test")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "cpu"
-    slug = "tiny-cpu" if args.tiny else device.lower().replace(" ", "-")
-    out_file = args.out or RESULTS / f"chat_bench_{slug}.json"
+    parser.add_argument("--cycle", type=int, default=100, help="adapters cycled in hot-load")
+    parser.add_argument("--slots", type=int, default=48, help="adapter slots of the engine")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--eval-prompts", type=int, default=1000)
+    parser.add_argument("--prefix-tokens", type=int, default=512)
+    parser.add_argument("--phases", default="checks,generate,base,lora,ptuning,hot-load,ttft,eval")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.tiny:
+        args.requests, args.new_tokens, args.cycle, args.slots = 8, 16, 12, 8
+        args.eval_prompts, args.prefix_tokens, args.max_batch = 16, 16, 32
+    phases = set(args.phases.split(","))
+    device = "cpu" if args.tiny else torch.cuda.get_device_name(0)
     report: dict[str, Any] = {
-        "bench": "chat_bench",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": device,
-        "model": "tiny GLM-4" if args.tiny else "GLM-4-9B shape, random bf16 weights",
-        "settings": vars(args) | {"out": str(out_file)},
-        "results": {},
+        "date": dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "phases": {},
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_file = args.out / f"chat_bench_{device.lower().replace(' ', '-')}.json"
 
-    def save() -> None:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        tokenizer_dir = build_tiny_model(root / "tiny", seed=0)  # the GLM-4 tokenizer layout
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
-        t0 = time.perf_counter()
-        model = build_model(args.tiny, tokenizer_dir)
-        report["results"]["build_s"] = round(time.perf_counter() - t0, 1)
-        specs = write_adapters(model, root / "adapters", args.adapters)
-        engine = Engine(model, tokenizer, max_batch=args.requests, max_adapters=args.adapters + 1)
-        prompt = [int(t) for t in torch.randint(100, 1000, (args.prompt_tokens,))]
-        results = report["results"]
-        run_requests(engine, [None] * 2, prompt, 8)  # warm-up
-
-        loads = []
-        for spec in specs:
-            loaded = engine.load(spec).result(600)
-            loads.append(loaded.load_ms)
-        results["load_ms"] = {
-            "p50": round(statistics.median(loads), 1),
-            "p99": round(percentile(loads, 0.99), 1),
-            "first": round(loads[0], 1),
-            "all": [round(ms, 1) for ms in loads],
-            "bytes": engine.loaded()[specs[0].name].nbytes,
-        }
-        save()
-        n = args.requests
-        cases: dict[str, list[AdapterSpec | None]] = {
-            "base": [None] * n,
-            "adapters-8": [specs[i % min(8, len(specs))] for i in range(n)],
-            f"adapters-{min(32, len(specs))}": [specs[i % min(32, len(specs))] for i in range(n)],
-        }
-        for name, adapters in cases.items():
-            run = run_requests(engine, adapters, prompt, args.new_tokens)
-            results[name] = {k: round(v, 2) for k, v in run.items()}
-            save()
-        engine.close()
+    def record(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        if name not in phases:
+            return None
+        print(f"--- {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        result = {k: v for k, v in result.items() if k != "texts"}
+        result["phase_seconds"] = round(time.perf_counter() - started, 1)
         if torch.cuda.is_available():
-            results["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-        run = upstream(model, specs[0], prompt, args.new_tokens, 2)
-        results["upstream"] = {k: round(v, 2) for k, v in run.items()}
-        save()
+            result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+        report["phases"][name] = result
+        print(json.dumps(result), flush=True)
+        out_file.write_text(json.dumps(report, indent=2))
+        return result
 
-    base = results["base"]["tokens_per_s"]
-    print(f"chat_bench on {device} ({report['model']})")
-    print(f"adapter load: p50 {results['load_ms']['p50']} ms, p99 {results['load_ms']['p99']} ms")
-    print(f"{'case':<14}{'requests':>9}{'tokens':>8}{'seconds':>9}{'tok/s':>10}{'x base':>8}")
-    for name in (*cases, "upstream"):
-        r = results[name]
-        print(
-            f"{name:<14}{r['requests']:>9}{r['tokens']:>8}{r['seconds']:>9.2f}"
-            f"{r['tokens_per_s']:>10.1f}{r['tokens_per_s'] / base:>8.2f}"
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        tokenizer_dir = build_tiny_model(root / "tiny", seed=0)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        target = torch.device("cpu" if args.tiny else "cuda")
+        record("checks", lambda: {
+            "attention": check_attention(target),
+            "tokens": check_tokens(tokenizer, args.tiny, tokenizer_dir, root),
+        })  # fmt: skip
+        model = build_model(args.tiny, tokenizer_dir)
+        config = model.config
+        vocab = config.vocab_size
+        batch = prompts(args.requests, args.prompt_tokens, vocab)
+        base_rate = record("generate", lambda: phase_generate(model, batch, args.new_tokens))
+        started = time.perf_counter()
+        loras = write_lora(root / "lora", config, max(args.cycle, args.requests))
+        prefixes = write_prefixes(root / "prefix", config, 4, args.prefix_tokens)
+        report["adapter_files_seconds"] = round(time.perf_counter() - started, 1)
+        engine = Engine(
+            model, tokenizer, max_batch=args.max_batch, max_adapters=args.slots,
+            name="bench",
+        )  # fmt: skip
+        report["engine"] = engine.capacity()
+        try:
+            for spec in loras[: args.requests]:
+                engine.load(spec).result(120)
+            report["capture_seconds"] = {
+                "base": round(engine.warm().result(600), 1),
+                "lora": round(engine.warm(lora=True).result(600), 1),
+            }
+            run_batch(engine, batch, [None] * len(batch), args.new_tokens)  # warm-up
+            base = record(
+                "base", lambda: run_batch(engine, batch, [None] * len(batch), args.new_tokens)
+            )
+            lora = record(
+                "lora", lambda: run_batch(engine, batch, loras[: args.requests], args.new_tokens)
+            )
+            specs = [prefixes[i % 4] for i in range(len(batch))]
+            prefix = record("ptuning", lambda: run_batch(engine, batch, specs, args.new_tokens))
+            for spec in loras[: args.requests]:  # the hot-load phase needs the slots free
+                engine.unload(spec.name).result(60)
+            record("hot-load", lambda: phase_hot_load(engine, loras[: args.cycle], 2, vocab))
+            record("ttft", lambda: phase_ttft(engine, vocab, 20))
+            eval_batch = prompts(args.eval_prompts, args.prompt_tokens, vocab, seed=9)
+            eval_specs = [loras[i % 4] for i in range(4 * len(eval_batch))]
+            evaluation = record(
+                "eval",
+                lambda: run_batch(engine, eval_batch * 4, eval_specs, args.new_tokens, 1800),
+            )
+        finally:
+            engine.close()
+    summary = _summary(base_rate, base, lora, prefix, report["phases"], evaluation)
+    report["summary"] = summary
+    out_file.write_text(json.dumps(report, indent=2))
+    _print_table(report)
     print(f"wrote {out_file}")
     return 0
+
+
+def _summary(
+    upstream: dict[str, Any] | None,
+    base: dict[str, Any] | None,
+    lora: dict[str, Any] | None,
+    prefix: dict[str, Any] | None,
+    phases: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+) -> dict[str, Any]:
+    def rate(result: dict[str, Any] | None) -> float | None:
+        return result.get("tokens_per_second") if result else None
+
+    summary: dict[str, Any] = {"base_tokens_per_second": rate(base)}
+    if rate(base) and rate(upstream):
+        summary["base_vs_generate"] = round(rate(base) / rate(upstream), 2)  # type: ignore[operator]
+    if rate(base):
+        for name, result in (("lora_32_vs_base", lora), ("ptuning_vs_base", prefix)):
+            if rate(result):
+                summary[name] = round(rate(result) / rate(base), 3)  # type: ignore[operator]
+    load = phases.get("hot-load", {})
+    summary["hot_load_p50_ms"], summary["hot_load_p99_ms"] = load.get("p50_ms"), load.get("p99_ms")
+    summary["ttft_p50_ms"] = phases.get("ttft", {}).get("p50_ms")
+    if evaluation and "seconds" in evaluation:
+        summary["eval_seconds"] = evaluation["seconds"]
+    return summary
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    print(f"\nchat_bench on {report['device']} ({report['date']})")
+    print(f"{'phase':<10} {'tokens/s':>10} {'seconds':>9} {'ms/step':>9}  notes")
+    for name, result in report["phases"].items():
+        note = {k: v for k, v in result.items() if k.endswith("_ms") or k in ("error", "n")}
+        print(
+            f"{name:<10} {result.get('tokens_per_second', ''):>10} {result.get('seconds', ''):>9} "
+            f"{result.get('ms_per_step', ''):>9}  {note}"
+        )
+    print("summary:", json.dumps(report.get("summary", {})))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,10 @@ class CheckpointNotFound(NotFound):
     code = "checkpoint_not_found"
 
 
+class EvaluationNotFound(NotFound):
+    code = "evaluation_not_found"
+
+
 class Unauthorized(AppError):
     """No or an unknown API key while keys are configured."""
 
@@ -70,6 +74,10 @@ class InvalidJobTransition(Conflict):
     code = "invalid_job_transition"
 
 
+class InvalidEvaluationTransition(Conflict):
+    code = "invalid_evaluation_transition"
+
+
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
@@ -81,6 +89,18 @@ class Invalid(AppError):
 
 class InvalidDataset(Invalid):
     code = "invalid_dataset"
+
+
+class InvalidArchive(Invalid):
+    """A dataset archive that is unsafe or malformed (links, paths leaving it, non-images)."""
+
+    code = "invalid_archive"
+
+
+class UnsupportedModel(Invalid):
+    """A base model this job cannot train (untrusted remote code, a layout glmft cannot train)."""
+
+    code = "unsupported_model"
 
 
 class InvalidConfig(Invalid):

@@ -1,5 +1,6 @@
-"""SQLModel tables: the SQL store is the truth for datasets, jobs, events, metrics, checkpoints
-and adapters (ARCHITECTURE.md decision 1). Tenant-owned rows carry ``tenant_id`` (decision 10)."""
+"""SQLModel tables: the SQL store is the truth for datasets, jobs, events, metrics, checkpoints,
+adapters and evaluations (ARCHITECTURE.md decision 1). Tenant-owned rows carry ``tenant_id``
+(decision 10)."""
 
 from __future__ import annotations
 
@@ -176,3 +177,93 @@ class WorkerNode(SQLModel, table=True):
     queues: list[str] = _json(list)
     last_seen: datetime = _created()
     started_at: datetime = _created()
+
+
+class Evaluation(SQLModel, table=True):
+    """An evaluation: a dataset's prompts answered by 1..8 models, scored against the
+    references. ``models`` holds ``{"name", "ref"}`` per model as resolved at admission (``ref``
+    is what the caller named: a base model, an adapter id or ``{job, checkpoint}``).
+    ``dataset_id`` is no foreign key: the samples are copied at admission, so the dataset may
+    be deleted afterwards. ``runner`` and ``heartbeat_at`` fence the runner thread that owns a
+    running evaluation (``core.evaluations``)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant_id", "idempotency_key", name="uq_evaluations_tenant_idempotency_key"
+        ),
+        Index("ix_evaluations_state_created_at", "state", "created_at"),  # the runner's claim
+    )
+
+    id: str = Field(default_factory=lambda: new_id("eval"), primary_key=True, max_length=40)
+    tenant_id: str = Field(index=True, max_length=100)
+    name: str | None = Field(default=None, max_length=200)
+    state: str = Field(max_length=20)
+    models: list[dict[str, Any]] = _json(list)
+    dataset_id: str = Field(max_length=40)
+    params: dict[str, Any] = _json()
+    samples: int = 0
+    skipped: int = 0
+    done: int = 0  # outputs stored (of samples x models)
+    metrics: dict[str, Any] = _json()
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
+    runner: str | None = Field(default=None, max_length=200)
+    heartbeat_at: datetime | None = _ts()
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    error_param: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _created()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class EvaluationSample(SQLModel, table=True):
+    """One conversation of an evaluation: the prompt (every message before the last assistant
+    reply) and the reference (that reply). ``index`` is its 0-based position in the dataset."""
+
+    __tablename__ = "evaluation_samples"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "index", name="uq_evaluation_samples_index"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluation_id: str = Field(foreign_key="evaluations.id", index=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    index: int
+    line: int | None = None
+    messages: list[dict[str, Any]] = _json(list)
+    reference: str
+
+
+class EvaluationOutput(SQLModel, table=True):
+    """One model's answer to one sample and its scores; stored once (the unique key), so a
+    resumed evaluation never generates it again."""
+
+    __tablename__ = "evaluation_outputs"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "index", "model", name="uq_evaluation_outputs_sample"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluation_id: str = Field(foreign_key="evaluations.id", index=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    index: int
+    model: str = Field(max_length=300)
+    text: str
+    finish_reason: str = Field(max_length=20)
+    completion_tokens: int = 0
+    scores: dict[str, float] = _json()
+    created_at: datetime = _created()
+
+
+class EvaluationEvent(SQLModel, table=True):
+    __tablename__ = "evaluation_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluation_id: str = Field(foreign_key="evaluations.id", index=True, max_length=40)
+    tenant_id: str = Field(max_length=100)
+    kind: str = Field(max_length=32)
+    message: str = ""
+    data: dict[str, Any] = _json()
+    created_at: datetime = _created()

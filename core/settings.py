@@ -19,6 +19,9 @@ class BaseModelEntry(BaseModel):
 
     path: Path
     description: str = ""
+    # Load this checkpoint's own modeling code (e.g. the original GLM-4V-9B). The operator's
+    # choice for one entry (GLMFT_MODELS__<name>__TRUST_REMOTE_CODE=true); never a job's.
+    trust_remote_code: bool = False
 
 
 class Limits(BaseModel):
@@ -32,6 +35,10 @@ class Limits(BaseModel):
     max_config_string: int = 4096
     # bytes a job directory may hold (checkpoints, logs); the worker stops a job over it
     max_job_disk_bytes: int = 500 * 1024**3
+    # a dataset archive (.zip / .tar.gz of train.jsonl, dev.jsonl and images), once unpacked
+    max_archive_bytes: int = 8 * 1024**3
+    max_archive_files: int = 100_000
+    max_image_pixels: int = 40_000_000  # width x height an image may declare (decoded size)
     max_gpus_per_job: int = 8
     max_attempts: int = 3
 
@@ -43,15 +50,34 @@ class ChatSettings(BaseModel):
     # requests to a glmft replica there, which runs its own embedded engine
     remote_url: str = ""
     max_models: int = 2  # base models / full-SFT checkpoints loaded at once
-    max_adapters: int = 8  # per base model; least recently used unpinned ones are unloaded
+    # per base model: adapters loaded at once, and LoRA pool slots; least recently used idle
+    # unpinned ones are unloaded
+    max_adapters: int = 16
     max_adapter_bytes: int | None = None
-    max_batch: int = 16
+    max_lora_rank: int = 64
+    max_batch: int = 64  # rows decoded together
+    # the paged key/value cache; unset: 60% of the GPU memory free once the model is loaded
+    # (256 MiB on a CPU)
+    cache_gib: float | None = None
+    max_prefill_tokens: int = 8192  # prompt tokens prefilled in one step
+    cuda_graphs: bool = True
     max_new_tokens: int = 4096  # the most one request may ask for
     max_prompt_tokens: int = 8192
+    # a chat request's body: room for an image of 20 MiB, base64-encoded (other requests have
+    # limits.max_request_bytes); it is decoded off the event loop
+    max_request_bytes: int = 32 * 1024**2
     # characters of all messages and tools together, checked before any tokenizing: no
     # prompt this long can fit max_prompt_tokens, and tokenizing it would only cost time
     max_prompt_chars: int = 65536
     max_messages: int = 256
+
+
+class EvaluationSettings(BaseModel):
+    """Evaluations, run by a thread of each process that serves chat itself."""
+
+    max_samples: int = 10_000  # conversations one evaluation may hold (``limit`` takes fewer)
+    poll_interval_s: float = 2.0  # how often an idle runner looks for a queued evaluation
+    progress_interval_s: float = 5.0  # the longest gap between two ``progress`` events
 
 
 class Settings(BaseSettings):
@@ -80,6 +106,7 @@ class Settings(BaseSettings):
     pause_after_commit_s: float = 0.0
     limits: Limits = Field(default_factory=Limits)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)
     default_tenant: str = "default"
     # {api key: tenant}; empty turns auth off (every caller is the default tenant)
     api_keys: dict[str, str] = Field(default_factory=dict)

@@ -18,6 +18,11 @@ fi
 if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 fi
+# The dashboard's browser tests (tests/ui) drive Debian's Chromium through Playwright, never a
+# browser Playwright downloads; the CJK font renders the Chinese demo data in the screenshots.
+if ! command -v chromium >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # DeepSpeed JIT-builds its CPU ops (shm comm, CPU Adam) on first use, about 3-5 min on 2 cores;
 # torch caches them in ~/.cache/torch_extensions, so later runs on the machine skip the build.

@@ -1,16 +1,22 @@
-"""One base model in one process, answering many requests with many adapters.
+"""One model in one process, answering many requests with many adapters at once.
 
-A single engine thread owns the model: it loads and unloads adapters and runs every forward pass,
-so no request can see another's adapter (PEFT's ``set_adapter`` is global; this code never calls
-it). Requests wait in a queue; the thread takes a batch of them and decodes it step by step:
+A single engine thread owns the model and runs every step. Requests wait in a queue; at every
+step the thread admits the ones that fit (a batch row free, their cache blocks free, their
+adapter loaded), prefills their prompts together, then decodes one token for every running row:
+rows join and leave the batch at every step (continuous batching).
 
-- LoRA rows and base rows share a batch, each row naming its adapter (PEFT's mixed-adapter
-  batches, ``adapter_names=[...]``; ``__base__`` is the base model);
-- P-Tuning v2 rows batch with rows of the same prefix, whose keys and values start the cache.
+- The paged cache (:mod:`serving.kvcache`) is allocated once; a row holds all the blocks it can
+  ever need from admission on, so nothing runs out of memory mid-answer.
+- LoRA adapters sit in slots of one pool per projection (:mod:`serving.lora`): every row names
+  its slot, and one pair of matrix products per projection serves all of them. P-Tuning v2
+  prefixes are stored at the start of each row's cache, so both kinds share batches with the
+  base model's rows.
+- Adapters are read from disk on a loader thread, away from the step loop, and copied into a
+  slot between steps; an LRU policy with a count and a byte limit unloads idle unpinned ones.
+- On a GPU the decode step replays CUDA graphs (:mod:`serving.graphs`).
 
-Adapters load on first use into an LRU cache with a count and a byte limit; pinned ones stay.
-Loads and unloads asked for while a batch runs happen between its decode steps. Callers are
-told of text deltas, the result and failures through a callback run on the engine thread.
+Callers are told of text deltas, the result and failures through a callback run on the engine
+thread.
 """
 
 from __future__ import annotations
@@ -20,42 +26,33 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
-from transformers import DynamicCache
 
-from serving.adapters import AdapterSpec, Prefix, load_prefix
-from serving.decoding import Row, decode_batch
+from serving.adapters import AdapterError, AdapterSpec
+from serving.batch import Batch, Row
+from serving.errors import AdapterBusyError, AdapterCacheFullError, EngineClosedError
 from serving.events import Event
-from serving.sampling import GenerationParams
+from serving.graphs import DecodeGraphs
+from serving.kvcache import CacheCapacityError, KVCache
+from serving.lora import LoraPool, LoraWeights, read_lora
+from serving.model import Glm, PrefillRow
+from serving.requests import Request
+from serving.sampling import choose_tokens, make_generator
+from serving.text import RowText, decoder
+from serving.weights import load_prefix
 from trainer.modeling import check_model_dir, compute_dtype, load_model, load_tokenizer
 from trainer.template import SpecialTokens
 
 logger = logging.getLogger(__name__)
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-@dataclass
-class Request:
-    prompt: list[int]
-    params: GenerationParams
-    on_event: Callable[[Event], None]
-    adapter: AdapterSpec | None = None
-    cancelled: bool = False  # set by the caller (a client went away): the row stops
-    submitted: float = field(default_factory=time.monotonic)
-
-    @property
-    def lora_name(self) -> str | None:
-        return self.adapter.name if self.adapter and self.adapter.kind == "lora" else None
-
-    def is_cancelled(self) -> bool:
-        return self.cancelled
+CPU_CACHE_BYTES = 256 * 1024**2
+GPU_CACHE_SHARE = 0.6  # of the memory free once the model is loaded
+GPU_RESERVE_BYTES = 2 * 1024**3  # graphs, prefill activations, logits
 
 
 @dataclass
@@ -64,32 +61,46 @@ class LoadedAdapter:
     nbytes: int
     pinned: bool = False
     load_ms: float = 0.0
-    prefix: Prefix | None = None
+    slot: int = -1  # LoRA: its pool slot
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # P-Tuning v2, per layer
 
 
-class EngineClosedError(RuntimeError):
-    pass
+@dataclass
+class _Load:
+    """An adapter on its way in: read by the loader thread, installed by the engine thread."""
 
+    spec: AdapterSpec
+    started: float
+    futures: list[Future[LoadedAdapter]] = field(default_factory=list)
+    pin: bool | None = None
+    payload: LoraWeights | list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    error: Exception | None = None
 
-class AdapterCacheFullError(RuntimeError):
-    pass
-
-
-class AdapterBusyError(RuntimeError):
-    pass
+    @property
+    def done(self) -> bool:
+        """Read (or failed): ready for the engine thread."""
+        return self.payload is not None or self.error is not None
 
 
 class Engine:
     """Serves a loaded model and any number of its adapters (:meth:`open` loads one).
 
     Args:
-        model: a transformers causal LM, on its device.
+        model: a transformers GLM-4 causal LM, on its device.
         tokenizer: its tokenizer (GLM-4 special tokens).
         name: for logs and the thread's name.
         max_batch: rows decoded together.
-        max_adapters: adapters kept loaded (pinned ones included); the least recently used
-            unpinned one is unloaded to make room.
+        max_adapters: adapters kept loaded (pinned ones included), and LoRA pool slots; the
+            least recently used idle unpinned one is unloaded to make room.
         max_adapter_bytes: a byte budget for loaded adapters (their weights on disk), or None.
+        max_lora_rank: the largest LoRA rank served.
+        cache_bytes: the paged cache's size; None: a share of the free GPU memory, or 256 MiB
+            on the CPU.
+        max_context: the most tokens one row may hold (prefix, prompt and answer).
+        max_prefill_tokens: prompt tokens prefilled in one step (at least one row).
+        cuda_graphs: replay the decode step as CUDA graphs (GPU only).
+        fuse_qkv: make the model's q/k/v projections views of the engine's fused matrix; off,
+            the engine keeps a copy and leaves the model's modules as they are.
     """
 
     def __init__(
@@ -101,24 +112,68 @@ class Engine:
         max_batch: int = 16,
         max_adapters: int = 8,
         max_adapter_bytes: int | None = None,
+        max_lora_rank: int = 64,
+        cache_bytes: int | None = None,
+        max_context: int = 16384,
+        max_prefill_tokens: int = 8192,
+        cuda_graphs: bool = True,
+        fuse_qkv: bool = True,
     ) -> None:
         self.name = name
-        self.max_batch = max_batch
-        self.max_adapters = max_adapters
-        self.max_adapter_bytes = max_adapter_bytes
+        self.max_batch, self.max_adapters = max_batch, max_adapters
+        self.max_adapter_bytes, self.max_prefill_tokens = max_adapter_bytes, max_prefill_tokens
         self.tokenizer = tokenizer
+        self.decode = decoder(tokenizer)
         self.special = SpecialTokens.from_tokenizer(tokenizer)
+        self.eos_ids = set(self.special.eos_ids)
         self.model: Any = model.eval()
-        self.peft: PeftModel | None = None
         self.config = model.config
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.max_context = min(max_context, int(self.config.max_position_embeddings))
+        shape = Glm.cache_shape(self.config)
+        self.cache = KVCache.sized(
+            shape,
+            nbytes=cache_bytes or _default_cache_bytes(self.device),
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.lora = LoraPool(
+            self.config,
+            slots=max_adapters,
+            max_rank=max_lora_rank,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.glm = Glm(
+            model, self.cache, self.lora, max_positions=self.max_context, fuse_qkv=fuse_qkv
+        )
+        self.batch = Batch(
+            max_rows=max_batch,
+            max_blocks=self.cache.blocks_for(self.max_context),
+            vocab=self.config.vocab_size,
+            device=self.device,
+        )
+        self.graphs = DecodeGraphs(
+            self.glm.decode,
+            self.batch,
+            enabled=cuda_graphs and self.device.type == "cuda" and self.glm.graphable,
+        )
         self.adapters: OrderedDict[str, LoadedAdapter] = OrderedDict()
+        self._free_slots = list(range(max_adapters - 1, -1, -1))
+        self._users: dict[str, int] = {}  # adapter -> rows using it
+        self._loads: dict[str, _Load] = {}
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"adapters:{name}")
         self._waiting: deque[Request] = deque()
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
-        self._busy: set[str] = set()  # adapters of the batch being decoded
-        self._decoding = False
         self._wake = threading.Condition()
         self._closed = False
+        self._last_work = time.monotonic()
+        self.steps = 0
+        logger.info(
+            "engine %s: cache of %d tokens (%.2f GiB), batch %d, %d adapter slots",
+            name, self.cache.capacity_tokens, self.cache.nbytes / 1024**3, max_batch, max_adapters,
+        )  # fmt: skip
         self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
         self._thread.start()
 
@@ -130,12 +185,12 @@ class Engine:
             model_dir: a base model or full-SFT checkpoint directory.
             tokenizer_dir: where the tokenizer is when ``model_dir`` has none (a full-SFT
                 checkpoint's base model).
-            limits: ``max_batch``, ``max_adapters``, ``max_adapter_bytes``.
+            limits: the keyword arguments of :class:`Engine`.
         """
         check_model_dir(model_dir)
         has_tokenizer = (model_dir / "tokenizer_config.json").is_file()
         tokenizer = load_tokenizer(model_dir if has_tokenizer else tokenizer_dir or model_dir)
-        model = load_model(model_dir, dtype=compute_dtype(), use_cache=True)
+        model = load_model(model_dir, dtype=compute_dtype())
         if torch.cuda.is_available():
             model = model.to("cuda")
         return cls(model, tokenizer, name=model_dir.name, **limits)
@@ -151,11 +206,24 @@ class Engine:
 
     def load(self, spec: AdapterSpec, *, pin: bool | None = None) -> Future[LoadedAdapter]:
         """Load ``spec`` (a no-op when loaded); ``pin`` sets or clears its pin when given."""
-        return self._call(lambda: self._ensure(spec, pin=pin, keep=set()))
+        future: Future[LoadedAdapter] = Future()
+        self._call(lambda: self._request_load(spec, pin=pin, future=future))
+        return future
 
     def unload(self, name: str) -> Future[bool]:
         """Unload ``name`` (pinned or not); False when it was not loaded."""
         return self._call(lambda: self._unload(name))
+
+    def warm(self, *, lora: bool = False) -> Future[float]:
+        """Capture the decode step's graphs for every batch size now (with ``lora``: those
+        of LoRA rows, for the adapters loaded) rather than at first use; the seconds taken."""
+
+        def capture() -> float:
+            started = time.perf_counter()
+            self.graphs.warm(lora=lora)
+            return time.perf_counter() - started
+
+        return self._call(capture)
 
     def loaded(self) -> dict[str, LoadedAdapter]:
         """A snapshot of the loaded adapters, least recently used first."""
@@ -168,19 +236,36 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        """A batch is being decoded."""
-        return self._decoding
+        """Rows are being decoded."""
+        return bool(self.batch.rows)
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds since the engine last had a request (0 while it has one)."""
+        if self.batch.rows or self._waiting:
+            return 0.0
+        return time.monotonic() - self._last_work
+
+    def capacity(self) -> dict[str, int]:
+        """The cache and batch limits, and what is free now."""
+        return {
+            "cache_tokens": self.cache.capacity_tokens,
+            "free_cache_tokens": self.cache.free_tokens,
+            "max_batch": self.max_batch,
+            "running": len(self.batch),
+            "waiting": self.queued,
+            "adapter_slots": self.max_adapters,
+        }
 
     def close(self) -> None:
-        """Fail what waits, finish the batch being decoded, and free the model."""
+        """Fail what waits, stop the rows being decoded, and free the model."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=60)
+        self._loader.shutdown(wait=True, cancel_futures=True)
         self.adapters.clear()
-        if self.peft is not None:  # the caller's model back as it came, without LoRA layers
-            self.peft.base_model.unload()
-        self.model = self.peft = None
+        self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -198,18 +283,37 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._waiting or self._commands or self._closed):
+                while not (
+                    self._waiting
+                    or self._commands
+                    or self._closed
+                    or self.batch.rows
+                    or any(load.done for load in self._loads.values())
+                ):
                     self._wake.wait()
                 if self._closed:
                     self._fail_all("the engine is shutting down")
                     return
             try:
-                self._run_commands()
-                batch = self._next_batch()
-                if batch:
-                    self._decode(batch)
-            except Exception:  # the thread must outlive any one failure, or every caller hangs
-                logger.exception("chat engine %s: unexpected error", self.name)
+                self._step()
+            except Exception as exc:  # the thread must outlive any one failure
+                logger.exception("engine %s: step failed", self.name)
+                self._fail_rows(f"generation failed: {exc}")
+
+    def _step(self) -> None:
+        self._last_work = time.monotonic()
+        self._run_commands()
+        self._install_loads()
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        if self.batch.rows:  # the rows just admitted take their second token here
+            self._decode()
+        elif not admitted and self._waiting and not self.batch.rows:
+            with self._wake:  # everything waits for an adapter: sleep until a load lands
+                if not self._commands and not self._closed:
+                    self._wake.wait(timeout=0.05)
+        self.steps += 1
 
     def _run_commands(self) -> None:
         while True:
@@ -220,184 +324,321 @@ class Engine:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(fn())
+                result = fn()
             except Exception as exc:  # reported to the caller, the engine goes on
                 future.set_exception(exc)
-
-    def _next_batch(self) -> list[Request]:
-        """The oldest waiting request and the ones that can share its batch."""
-        with self._wake:
-            if not self._waiting:
-                return []
-            first = self._waiting[0]
-            prefix = _prefix_name(first.adapter)
-            batch: list[Request] = []
-            names: set[str] = set()
-            for request in list(self._waiting):
-                if len(batch) == self.max_batch:
-                    break
-                spec = request.adapter
-                if _prefix_name(spec) != prefix:
-                    continue
-                if spec is not None and spec.name not in names:
-                    if len(names) == self.max_adapters:
-                        continue  # no room to hold one more adapter for this batch
-                    names.add(spec.name)
-                batch.append(request)
-            for request in batch:
-                self._waiting.remove(request)
-        ready = []
-        for request in batch:
-            if request.adapter is None:
-                ready.append(request)
-                continue
-            try:
-                self._ensure(request.adapter, pin=None, keep=names)
-            except AdapterCacheFullError as exc:
-                request.on_event(Event("error", message=str(exc), code="capacity"))
-                continue
-            except Exception as exc:
-                logger.exception("could not load adapter %s", request.adapter.name)
-                request.on_event(Event("error", message=f"could not load the adapter: {exc}"))
-                continue
-            ready.append(request)
-        return ready
-
-    def _decode(self, batch: list[Request]) -> None:
-        names = {r.adapter.name for r in batch if r.adapter is not None}
-        self._busy, self._decoding = names, True
-        try:
-            first = batch[0].adapter
-            loaded = self.adapters.get(first.name) if first is not None else None
-            prefix = loaded.prefix if loaded is not None else None
-            rows = [
-                Row(
-                    request.prompt,
-                    request.params,
-                    adapter=request.lora_name or BASE,
-                    on_event=request.on_event,
-                    is_cancelled=request.is_cancelled,
-                    submitted=request.submitted,
-                )
-                for request in batch
-            ]
-            decode_batch(
-                self._forward,
-                rows,
-                tokenizer=self.tokenizer,
-                eos_ids=set(self.special.eos_ids),
-                pad_id=self.special.endoftext,
-                vocab_size=self.config.vocab_size,
-                device=self.device,
-                cache=self._new_cache(prefix, len(rows)),
-                prefix_length=prefix.length if prefix else 0,
-                between_steps=self._run_commands,
-            )
-        except Exception as exc:  # one failed batch fails its requests, not the engine
-            logger.exception("generation failed")
-            for request in batch:
-                request.on_event(Event("error", message=f"generation failed: {exc}"))
-        finally:
-            self._busy, self._decoding = set(), False
-
-    def _forward(self, adapter_names: list[str], **inputs: Any) -> torch.Tensor:
-        with torch.inference_mode():
-            if self.peft is not None:
-                out = self.peft(**inputs, adapter_names=adapter_names, logits_to_keep=1)
             else:
-                out = self.model(**inputs, logits_to_keep=1)
-        logits: torch.Tensor = out.logits[:, -1, :]
-        return logits
+                if result is not _PENDING:
+                    future.set_result(result)
 
-    def _new_cache(self, prefix: Prefix | None, rows: int) -> DynamicCache:
-        cache = DynamicCache(config=self.config)
-        if prefix is not None:
-            for layer, (keys, values) in enumerate(prefix.layers):
-                cache.update(
-                    keys.expand(rows, -1, -1, -1).contiguous(),
-                    values.expand(rows, -1, -1, -1).contiguous(),
-                    layer,
-                )
-        return cache
+    # ---- admission and the two kinds of step ------------------------------------------
 
-    def _ensure(self, spec: AdapterSpec, *, pin: bool | None, keep: set[str]) -> LoadedAdapter:
+    def _admit(self) -> list[tuple[Row, PrefillRow]]:
+        """Waiting requests that can start now, in arrival order, background ones last (one
+        waiting for its adapter lets later ones pass; one waiting for cache blocks does not)."""
+        admitted: list[tuple[Row, PrefillRow]] = []
+        budget = self.max_prefill_tokens
         with self._wake:
-            loaded = self.adapters.get(spec.name)
-        if loaded is None:
-            nbytes = _disk_bytes(spec.path)
-            self._make_room(nbytes, keep=keep | {spec.name})
-            loaded = self._load(spec, nbytes)
+            waiting = sorted(self._waiting, key=lambda r: r.background)  # stable: arrival order
+        for request in waiting:
+            if len(self.batch) + len(admitted) >= self.max_batch:
+                break
+            if request.cancelled:
+                self._drop(request)
+                continue
+            adapter = self._adapter_for(request)
+            if adapter is None:
+                continue
+            prefix = adapter.prefix
+            tokens = (len(prefix[0][0]) if prefix else 0) + len(request.prompt)
+            if admitted and tokens > budget:
+                break
+            needed = tokens + request.params.max_new_tokens
+            try:
+                if needed > self.max_context:
+                    raise CacheCapacityError(
+                        f"the request needs {needed} tokens of context (prefix, prompt and "
+                        f"max_new_tokens); this engine serves {self.max_context}"
+                    )
+                blocks = self.cache.allocate(needed)
+            except CacheCapacityError as exc:
+                self._drop(request, Event("error", message=str(exc), code="capacity"))
+                continue
+            if blocks is None:
+                break
+            budget -= tokens
+            with self._wake:
+                self._waiting.remove(request)
+            row = Row(
+                request=request,
+                blocks=blocks,
+                text=RowText(self.decode, request.params.stop),
+                generator=make_generator(request.params, self.device),
+                prompt_tokens=len(request.prompt),
+                lora_slot=adapter.slot,
+            )
+            if row.adapter:
+                self._users[row.adapter] = self._users.get(row.adapter, 0) + 1
+                self.adapters.move_to_end(row.adapter)
+            admitted.append((row, PrefillRow(request.prompt, blocks, adapter.slot, prefix)))
+        return admitted
+
+    def _adapter_for(self, request: Request) -> LoadedAdapter | None:
+        """The request's loaded adapter (``_NONE`` without one), or None while it loads."""
+        spec = request.adapter
+        if spec is None:
+            return _NONE
+        loaded = self.adapters.get(spec.name)
+        if loaded is not None:
+            return loaded
+        if spec.name not in self._loads:
+            self._start_load(spec)
+        return None
+
+    def _prefill(self, admitted: list[tuple[Row, PrefillRow]]) -> None:
+        start = len(self.batch)
+        for row, prefill in admitted:
+            self.batch.add(row, seen=prefill.tokens)
+        with torch.inference_mode():
+            logits = self.glm.prefill([p for _, p in admitted])
+        end = start + len(admitted)
+        for position, (_, prefill) in enumerate(admitted, start):
+            self.batch.positions[position] = prefill.prefix_length + len(prefill.tokens)
+        self._accept(logits, start, end)
+
+    def _decode(self) -> None:
+        rows = len(self.batch)
+        logits = self.graphs(rows, lora=self.batch.uses_lora)
+        self.batch.positions[:rows] += 1
+        self._accept(logits, 0, rows)
+
+    def _accept(self, logits: torch.Tensor, start: int, end: int) -> None:
+        """Choose the next token of rows ``start:end`` from their ``logits``; stream, finish
+        and remove rows."""
+        rows = self.batch.rows[start:end]
+        with torch.inference_mode():
+            tokens = choose_tokens(
+                logits,
+                self.batch.seen[start:end],
+                [r.request.params for r in rows],
+                [r.generator for r in rows],
+            )
+            index = torch.arange(start, end, device=self.device)
+            self.batch.seen[index, tokens] = True
+            self.batch.tokens[start:end] = tokens
+        now = time.monotonic()
+        finished = []
+        for offset, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            if not row.text.ids and not row.first_token:
+                row.first_token = now
+            if self._advance(row, token):
+                finished.append(start + offset)
+        if finished:  # freed before their callers hear of it
+            for row in self.batch.remove(finished):
+                self._release(row)
+                if row.finish != "cancelled":
+                    row.request.on_event(Event("done", result=row.result()))
+
+    def _advance(self, row: Row, token: int) -> bool:
+        """Add ``token`` to ``row``; stream what is final of its text; True when it ends (the
+        caller removes the row, then tells it ``done``)."""
+        request = row.request
+        if request.cancelled:
+            row.finish = "cancelled"
+            return True
+        if token in self.eos_ids:
+            row.finish = "stop"
+        else:
+            row.text.add(token)
+            if row.text.stopped:
+                row.finish = "stop"
+            elif len(row.text.ids) >= request.params.max_new_tokens:
+                row.finish = "length"
+        final = row.finish is not None
+        if final:
+            row.text.finish()
+        piece = row.text.delta(final)
+        if piece:
+            request.on_event(Event("delta", text=piece))
+        return final
+
+    def _release(self, row: Row) -> None:
+        self.cache.release(row.blocks)
+        if row.adapter:
+            self._users[row.adapter] -= 1
+            if not self._users[row.adapter]:
+                del self._users[row.adapter]
+
+    def _drop(self, request: Request, event: Event | None = None) -> None:
         with self._wake:
-            self.adapters[spec.name] = loaded
-            self.adapters.move_to_end(spec.name)
+            if request in self._waiting:
+                self._waiting.remove(request)
+        if event is not None:
+            request.on_event(event)
+
+    # ---- adapters (engine thread) -----------------------------------------------------------
+
+    def _request_load(
+        self, spec: AdapterSpec, *, pin: bool | None, future: Future[LoadedAdapter]
+    ) -> object:
+        loaded = self.adapters.get(spec.name)
+        if loaded is not None:
             if pin is not None:
                 loaded.pinned = pin
+            self.adapters.move_to_end(spec.name)
+            future.set_result(loaded)
+            return _PENDING
+        load = self._loads.get(spec.name) or self._start_load(spec)
+        load.futures.append(future)
+        if pin is not None:
+            load.pin = pin
+        return _PENDING
+
+    def _start_load(self, spec: AdapterSpec) -> _Load:
+        load = _Load(spec, started=time.perf_counter())
+        self._loads[spec.name] = load
+
+        def read() -> None:
+            try:
+                load.payload = self._read(spec)
+            except Exception as exc:  # reported when the engine thread installs it
+                load.error = exc
+            with self._wake:
+                self._wake.notify()
+
+        self._loader.submit(read)
+        return load
+
+    def _read(self, spec: AdapterSpec) -> LoraWeights | list[tuple[torch.Tensor, torch.Tensor]]:
+        """The adapter's tensors on the CPU (loader thread)."""
+        if spec.kind == "lora":
+            return read_lora(spec.path, self.config, self.dtype)
+        prefix = load_prefix(spec.path, self.config, device=torch.device("cpu"), dtype=self.dtype)
+        return [(k[0].transpose(0, 1), v[0].transpose(0, 1)) for k, v in prefix.layers]
+
+    def _install_loads(self) -> None:
+        for name, load in list(self._loads.items()):
+            if not load.done:
+                continue  # still reading
+            try:
+                if load.error is not None:
+                    raise load.error
+                if not self._make_room(_disk_bytes(load.spec.path), keep={name}):
+                    continue  # the adapters in the way are answering: try after this step
+                loaded = self._install(load)
+            except Exception as exc:
+                del self._loads[name]
+                self._fail_load(load, exc)
+                continue
+            del self._loads[name]
+            for future in load.futures:
+                future.set_result(loaded)
+
+    def _install(self, load: _Load) -> LoadedAdapter:
+        spec, payload = load.spec, load.payload
+        loaded = LoadedAdapter(spec, _disk_bytes(spec.path), pinned=bool(load.pin))
+        if isinstance(payload, LoraWeights):
+            if self.lora.fit(payload):
+                self.graphs.invalidate_lora()
+            loaded.slot = self._free_slots.pop()
+            self.lora.write(loaded.slot, payload)
+        elif payload is not None:
+            loaded.prefix = [(k.to(self.device), v.to(self.device)) for k, v in payload]
+        loaded.load_ms = (time.perf_counter() - load.started) * 1000
+        with self._wake:
+            self.adapters[spec.name] = loaded
+        logger.info("loaded adapter %s (%s) in %.0f ms", spec.name, spec.kind, loaded.load_ms)
         return loaded
 
-    def _load(self, spec: AdapterSpec, nbytes: int) -> LoadedAdapter:
-        started = time.perf_counter()
-        prefix = None
-        if spec.kind == "prefix":
-            dtype = next(self.model.parameters()).dtype
-            prefix = load_prefix(spec.path, self.config, device=self.device, dtype=dtype)
-        elif self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.model, spec.path, adapter_name=spec.name)
-            self.peft.eval()
-        else:
-            self.peft.load_adapter(spec.path, adapter_name=spec.name)
-            self.peft.eval()
-        load_ms = (time.perf_counter() - started) * 1000
-        logger.info("loaded adapter %s (%s) in %.0f ms", spec.name, spec.kind, load_ms)
-        return LoadedAdapter(spec, nbytes, load_ms=load_ms, prefix=prefix)
+    def _fail_load(self, load: _Load, exc: Exception) -> None:
+        capacity = isinstance(exc, AdapterCacheFullError)
+        if not capacity and not isinstance(exc, AdapterError):
+            logger.exception("could not load adapter %s", load.spec.name, exc_info=exc)
+        message = str(exc) if capacity else f"could not load the adapter: {exc}"
+        for future in load.futures:
+            future.set_exception(exc)
+        with self._wake:
+            waiting = [r for r in self._waiting if r.adapter and r.adapter.name == load.spec.name]
+        event = Event("error", message=message, code="capacity" if capacity else "failed")
+        for request in waiting:
+            self._drop(request, event)
 
-    def _make_room(self, nbytes: int, *, keep: set[str]) -> None:
+    def _make_room(self, nbytes: int, *, keep: set[str]) -> bool:
+        """Unload least recently used idle adapters until one more of ``nbytes`` fits; False
+        while the ones in the way answer requests.
+
+        Raises:
+            AdapterCacheFullError: every adapter in the way is pinned.
+        """
+
         def full() -> bool:
             used = sum(a.nbytes for a in self.adapters.values()) + nbytes
             budget = self.max_adapter_bytes
             return len(self.adapters) >= self.max_adapters or (budget is not None and used > budget)
 
+        busy = False
         for name, adapter in list(self.adapters.items()):  # least recently used first
             if not full():
-                return
-            if adapter.pinned or name in keep or name in self._busy:
+                return True
+            if adapter.pinned or name in keep:
+                continue
+            if name in self._users:
+                busy = True
                 continue
             self._unload(name)
-        if full():
-            raise AdapterCacheFullError(
-                f"no room for another adapter: {len(self.adapters)} loaded "
-                f"(limit {self.max_adapters}), all pinned or in use"
-            )
+        if not full():
+            return True
+        if busy:
+            return False
+        raise AdapterCacheFullError(
+            f"no room for another adapter: {len(self.adapters)} loaded "
+            f"(limit {self.max_adapters}), all pinned"
+        )
 
     def _unload(self, name: str) -> bool:
-        if name in self._busy:
+        if name in self._users:
             raise AdapterBusyError(f"adapter {name} is answering requests; unload it after them")
         with self._wake:
             adapter = self.adapters.pop(name, None)
         if adapter is None:
             return False
-        if adapter.spec.kind == "lora" and self.peft is not None:
-            if len(self.peft.peft_config) == 1:  # the last one: take the LoRA layers out
-                self.model = self.peft.base_model.unload()
-                self.peft = None
-            else:
-                self.peft.delete_adapter(name)
+        if adapter.slot >= 0:
+            self.lora.clear(adapter.slot)
+            self._free_slots.append(adapter.slot)
         adapter.prefix = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
         logger.info("unloaded adapter %s", name)
         return True
 
+    # ---- failures ---------------------------------------------------------------------------
+
+    def _fail_rows(self, message: str) -> None:
+        rows = self.batch.remove(list(range(len(self.batch))))
+        for row in rows:
+            self._release(row)
+            row.request.on_event(Event("error", message=message))
+
     def _fail_all(self, message: str) -> None:
+        self._fail_rows(message)
         for request in self._waiting:
             request.on_event(Event("error", message=message))
         self._waiting.clear()
         for _, future in self._commands:
             future.set_exception(EngineClosedError(message))
         self._commands.clear()
+        for load in self._loads.values():
+            for future in load.futures:
+                future.set_exception(EngineClosedError(message))
 
 
-def _prefix_name(spec: AdapterSpec | None) -> str | None:
-    return spec.name if spec is not None and spec.kind == "prefix" else None
+_PENDING = object()  # a command that resolves its future itself, later
+_NONE = LoadedAdapter(AdapterSpec("", Path(), "lora"), 0)  # "no adapter": the base model
+
+
+def _default_cache_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return CPU_CACHE_BYTES
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(int((free - GPU_RESERVE_BYTES) * GPU_CACHE_SHARE), 64 * 1024**2)
 
 
 def _disk_bytes(path: Path) -> int:

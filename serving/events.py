@@ -15,6 +15,7 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     timings: dict[str, float]
+    token_ids: tuple[int, ...] = ()  # the answer's tokens (the end token excluded)
 
 
 @dataclass(frozen=True)

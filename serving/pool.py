@@ -9,27 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from serving.engine import Engine
+from serving.errors import ModelCacheFullError
 
-
-class ModelCacheFullError(RuntimeError):
-    pass
+IDLE_BEFORE_CLOSE_S = 2.0
 
 
 class EnginePool:
-    def __init__(
-        self,
-        *,
-        max_models: int = 2,
-        max_batch: int = 16,
-        max_adapters: int = 8,
-        max_adapter_bytes: int | None = None,
-    ) -> None:
+    """Engines by model directory.
+
+    Args:
+        max_models: engines kept open at once.
+        engine_args: the keyword arguments every :class:`Engine` gets (limits).
+    """
+
+    def __init__(self, *, max_models: int = 2, **engine_args: Any) -> None:
         self.max_models = max_models
-        self._engine_args: dict[str, Any] = {
-            "max_batch": max_batch,
-            "max_adapters": max_adapters,
-            "max_adapter_bytes": max_adapter_bytes,
-        }
+        self._engine_args = engine_args
         self._engines: OrderedDict[Path, Engine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Path, threading.Lock] = {}
@@ -69,6 +64,12 @@ class EnginePool:
         engine.close()
         return True
 
+    def capacity(self) -> dict[str, dict[str, int]]:
+        """Each open engine's :meth:`Engine.capacity`, by model directory name."""
+        with self._lock:
+            engines = list(self._engines.values())
+        return {engine.name: engine.capacity() for engine in engines}
+
     def close(self) -> None:
         with self._lock:
             engines = list(self._engines.values())
@@ -78,7 +79,8 @@ class EnginePool:
 
     def _make_room(self) -> None:
         while len(self._engines) >= self.max_models:
-            idle = [k for k, e in self._engines.items() if e.queued == 0 and not e.busy]
+            # an engine idle only a moment may be between a caller's requests (an evaluation)
+            idle = [k for k, e in self._engines.items() if e.idle_s >= IDLE_BEFORE_CLOSE_S]
             if not idle:
                 raise ModelCacheFullError(
                     f"{len(self._engines)} models are loaded and busy (limit {self.max_models})"

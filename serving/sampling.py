@@ -1,28 +1,10 @@
-"""Per-request generation parameters and the next-token choice for a batch whose rows each
-carry their own parameters (the upstream inference defaults: temperature 0.8, top_p 0.8,
-repetition_penalty 1.2)."""
+"""The next-token choice for a batch whose rows each carry their own sampling parameters."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """How one request samples. ``temperature == 0`` is greedy decoding."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.8
-    top_p: float = 0.8
-    repetition_penalty: float = 1.2
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from serving.params import GenerationParams
 
 
 def make_generator(params: GenerationParams, device: torch.device) -> torch.Generator | None:
@@ -56,9 +38,11 @@ def choose_tokens(
         ``(batch,)`` token ids.
     """
     scores = logits.float()
-    penalty = scores.new_tensor([p.repetition_penalty for p in params]).unsqueeze(1)
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    scores = torch.where(seen, penalised, scores)
+    penalties = [p.repetition_penalty for p in params]
+    if any(p != 1.0 for p in penalties):
+        penalty = scores.new_tensor(penalties).unsqueeze(1)
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(seen, penalised, scores)
     chosen = scores.argmax(dim=-1)
     for row, (p, generator) in enumerate(zip(params, generators, strict=True)):
         if p.greedy:

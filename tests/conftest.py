@@ -60,6 +60,10 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "postgresql":
         with engine.begin() as conn:
             for table in (
+                "evaluation_events",
+                "evaluation_outputs",
+                "evaluation_samples",
+                "evaluations",
                 "adapters",
                 "checkpoints",
                 "metrics",
@@ -109,3 +113,12 @@ def live_service(
 
     with run_live_service(tmp_path_factory.mktemp("live_service"), tiny_model_dir) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ``Glm4vForConditionalGeneration`` with its tokenizer and image processor (hidden
+    64, 2 layers, a one-block vision tower), built once, offline; treat it as read-only."""
+    from trainer.tiny_vision import build_tiny_vision_model
+
+    return build_tiny_vision_model(tmp_path_factory.mktemp("tiny_glm4v"), seed=0)

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = redis_url(10)
 API_KEY = "sk-glmft-clients-test"
 TENANT = "ci"
+#: A key of another tenant, which must see none of ``TENANT``'s datasets, jobs and adapters.
+OTHER_API_KEY = "sk-glmft-other-tenant"
 MODEL = "glm-4-tiny"
 DEMO_TRAIN = REPO / "trainer" / "assets" / "demo" / "train.jsonl"
 #: A job of a few seconds on CPU: 4 steps, checkpoints at 2 and 4, no generation eval.
@@ -77,22 +79,32 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def run_live_service(home: Path, tiny_model_dir: Path) -> Iterator[LiveService]:
-    """Start the API and a worker; stop both (and their process groups) afterwards."""
-    redis.Redis.from_url(REDIS_URL).flushdb()
+def run_live_service(
+    home: Path,
+    tiny_model_dir: Path,
+    *,
+    more_models: dict[str, Path] | None = None,
+    redis_db: int = 10,
+) -> Iterator[LiveService]:
+    """Start the API and a worker; stop both (and their process groups) afterwards.
+    ``more_models`` registers more bases (name -> directory) beside ``glm-4-tiny``; a
+    service beside the shared one needs its own ``redis_db`` (queue)."""
+    broker = redis_url(redis_db)
+    redis.Redis.from_url(broker).flushdb()
     with postgres_database("glmft_clients") as database_url:
         upgrade(database_url)
         env = {
             **os.environ,
             "GLMFT_HOME": str(home),
             "GLMFT_DATABASE_URL": database_url,
-            "GLMFT_BROKER_URL": REDIS_URL,
+            "GLMFT_BROKER_URL": broker,
             f"GLMFT_MODELS__{MODEL}__PATH": str(tiny_model_dir),
-            "GLMFT_API_KEYS": json.dumps({API_KEY: TENANT}),
+            "GLMFT_API_KEYS": json.dumps({API_KEY: TENANT, OTHER_API_KEY: "other"}),
             "GLMFT_WORKER_GPUS": "[]",
             "GLMFT_WORKER_NAME": "clients-node",
             "GLMFT_HEARTBEAT_INTERVAL_S": "1",
             "OMP_NUM_THREADS": "1",
+            **{f"GLMFT_MODELS__{n}__PATH": str(p) for n, p in (more_models or {}).items()},
         }
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
@@ -117,4 +129,4 @@ def run_live_service(home: Path, tiny_model_dir: Path) -> Iterator[LiveService]:
             for process in processes:
                 _stop(process)
             log.close()
-            redis.Redis.from_url(REDIS_URL).flushdb()
+            redis.Redis.from_url(broker).flushdb()

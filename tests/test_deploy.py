@@ -334,6 +334,22 @@ def test_dockerfile_copies_and_runs_what_exists(dockerfile: Path) -> None:
     assert any(kw == "RUN" and re.search(r"pip install -e \S*\.", r) for kw, r in instructions)
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_every_package_of_the_distribution(dockerfile: Path) -> None:
+    # given: the packages pyproject.toml installs (an editable install imports them in place)
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in found["packages"]["find"]["include"]}
+    packages -= {"api"} if dockerfile.name == "worker.Dockerfile" else set()  # no web in workers
+    # when
+    copied = {
+        rest.split()[0].rstrip("/")
+        for kw, rest in _instructions(dockerfile)
+        if kw == "COPY" and not rest.startswith("--from=")
+    }
+    # then
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
 def test_dockerfiles_pin_the_ml_stack_of_pyproject() -> None:
     pins = _pins()
     api = (DEPLOY / "docker" / "api.Dockerfile").read_text()

@@ -84,6 +84,10 @@ class FinetuningConfig(BaseModel):
     # the elementwise work around the matrix products; one graph serves every layer (same loss).
     # Under DeepSpeed ZeRO-3 it compiles the layers' RMSNorm, SwiGLU and RoPE instead
     compile: bool = False
+    # glmft: generate the eval answers (predict_with_generate) with the serving engine: the whole
+    # eval set continuously batched (trainer.generation); false keeps transformers' generate,
+    # one eval batch at a time. Several ranks and DeepSpeed always use transformers' path
+    eval_engine: bool = True
 
     @property
     def method(self) -> Method:

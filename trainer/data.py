@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 
 from trainer.config import DataConfig
+from trainer.images import ImageCheck
 from trainer.template import (
     IGNORE_INDEX,
     ChatTokenizer,
@@ -47,11 +49,26 @@ def split_files(data_dir: Path, data_config: DataConfig) -> dict[str, Path]:
     return files
 
 
-def load_conversations(path: Path) -> list[list[Message]]:
-    """All conversations of ``path``; raises ``DataError`` listing the errors if any is invalid."""
+def load_conversations(
+    path: Path,
+    *,
+    vision: bool = False,
+    on_row: Callable[[int, list[Message]], None] | None = None,
+) -> list[list[Message]]:
+    """All conversations of ``path``; raises ``DataError`` listing the errors if any is invalid.
+
+    ``vision`` accepts GLM-4V data and checks each image file (:mod:`trainer.images`);
+    ``on_row(line_or_index, messages)`` is called for each conversation as it is read.
+    """
     conversations: list[list[Message]] = []
+
+    def keep(messages: list[Message], pos: int) -> None:
+        conversations.append(messages)
+        if on_row is not None:
+            on_row(pos, messages)
+
     report = validate_path(
-        path, on_conversation=lambda messages, _pos: conversations.append(messages)
+        path, vision=vision, on_conversation=keep, images=ImageCheck() if vision else None
     )
     if not report.valid:
         shown = "; ".join(

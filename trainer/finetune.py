@@ -61,6 +61,7 @@ from trainer.distributed import (
 from trainer.events import EventLog
 from trainer.fence import FenceError
 from trainer.fence import acquire as acquire_fence
+from trainer.generation import engine_unusable, generated_eval
 from trainer.loss import chunked_causal_lm_loss
 from trainer.memory import CHUNK_TOKENS, plan_for_config
 from trainer.metrics import score_texts
@@ -76,6 +77,14 @@ from trainer.modeling import (
     parameter_counts,
 )
 from trainer.template import IGNORE_INDEX, SpecialTokens
+from trainer.vision_data import (
+    ImageTokens,
+    VisionCollator,
+    VisionDataset,
+    check_vision_run,
+    vision_datasets,
+    vision_eval_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +117,7 @@ class RunArgs:
     lock: Path | None = None
     attempt: int = 0
     lock_wait_s: float = 60.0
+    trust_remote_code: bool = False
 
 
 class GlmSeq2SeqTrainer(Seq2SeqTrainer):
@@ -120,11 +130,31 @@ class GlmSeq2SeqTrainer(Seq2SeqTrainer):
         *args: Any,
         chunked_loss: bool = False,
         loss_chunk_tokens: int = CHUNK_TOKENS,
+        eval_tokenizer: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.chunked_loss = chunked_loss
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.eval_tokenizer = eval_tokenizer  # set: generate eval answers with the engine
+
+    def evaluation_loop(self, dataloader: Any, *args: Any, **kwargs: Any) -> Any:
+        """With generation, every eval prompt through the serving engine at once
+        (:mod:`trainer.generation`) where it can run; else transformers' loop."""
+        dataset = dataloader.dataset
+        reason = engine_unusable(
+            self.model, world_size=self.args.world_size, deepspeed=self.is_deepspeed_enabled
+        )
+        if (
+            self.eval_tokenizer is None
+            or not self.args.predict_with_generate
+            or self.compute_metrics is None
+            or not isinstance(dataset, FeatureDataset)
+            or reason is not None
+        ):
+            return super().evaluation_loop(dataloader, *args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
+        return generated_eval(self, dataset, self.eval_tokenizer, prefix)
 
     def compute_loss(
         self,
@@ -204,6 +234,11 @@ def parse_args(argv: Sequence[str] | None) -> RunArgs:
         default=60.0,
         help="with --lock: seconds to wait for the holder to exit (default 60)",
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load a checkpoint whose modeling code ships with it (the operator's choice)",
+    )
     ns = parser.parse_args(argv)
     try:
         resume = Resume.parse(ns.resume)
@@ -220,6 +255,7 @@ def parse_args(argv: Sequence[str] | None) -> RunArgs:
         ns.lock,
         ns.attempt,
         ns.lock_wait,
+        ns.trust_remote_code,
     )
 
 
@@ -373,10 +409,12 @@ def checkpoint_metadata(
 
 
 def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
-    model_config = check_model_dir(run_args.model_dir)
+    trust = run_args.trust_remote_code
+    model_config = check_model_dir(run_args.model_dir, trust_remote_code=trust)
+    vision = check_vision_run(model_config, config)
     configure_cuda_kernels()
     files = split_files(run_args.data_dir, config.data_config)
-    tokenizer = load_tokenizer(run_args.model_dir)
+    tokenizer = load_tokenizer(run_args.model_dir, trust_remote_code=trust)
     special = SpecialTokens.from_tokenizer(tokenizer)
     has_eval = "validation" in files and config.training_args.get("eval_strategy", "no") != "no"
     generation = GenerationConfig(
@@ -386,18 +424,26 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         do_sample=False,
     )
     generate = bool(config.training_args.get("predict_with_generate", False))
-    train_data, val_data = build_datasets(
-        tokenizer,
-        special,
-        config,
-        files,
-        with_eval=has_eval,
-        generate=generate,
-        cache=(run_args.feature_cache, run_args.model_dir) if run_args.feature_cache else None,
-    )
+    tokens = ImageTokens.load(run_args.model_dir, tokenizer) if vision else None
+    train_data: FeatureDataset | VisionDataset
+    val_data: FeatureDataset | VisionDataset | None
+    if tokens is not None:
+        train_data, val_data = vision_datasets(
+            tokenizer, special, tokens, config, files, with_eval=has_eval, generate=generate
+        )
+    else:
+        train_data, val_data = build_datasets(
+            tokenizer,
+            special,
+            config,
+            files,
+            with_eval=has_eval,
+            generate=generate,
+            cache=(run_args.feature_cache, run_args.model_dir) if run_args.feature_cache else None,
+        )
     memory = plan_for_config(
         config,
-        model_config,
+        model_config.get("text_config", model_config) if vision else model_config,
         [len(f["input_ids"]) for f in train_data.features],
         config_path=run_args.config_path,
         dtype_bytes=compute_dtype().itemsize,
@@ -423,7 +469,12 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     set_seed(args.seed)  # before the adapter's random init: a run repeats with its seed
     prefix = config.method == "ptuning_v2"
     attention = register_packed_attention(prefix=prefix) if config.packing else None
-    model = load_model(run_args.model_dir, dtype=compute_dtype(), attn_implementation=attention)
+    model = load_model(
+        run_args.model_dir,
+        dtype=compute_dtype(),
+        attn_implementation=attention,
+        trust_remote_code=trust,
+    )
     if memory.host_embeddings:
         keep_embeddings_on_host(model)
     model = attach_method(model, config, gradient_checkpointing=memory.gradient_checkpointing)
@@ -434,7 +485,9 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         model=model,
         args=args,
         data_collator=(
-            PackingCollator(special.endoftext)
+            VisionCollator(special.endoftext, tokens.image_token)
+            if tokens is not None
+            else PackingCollator(special.endoftext)
             if config.packing
             else LeftPadCollator(pad_id=special.endoftext)
         ),
@@ -442,6 +495,7 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         eval_dataset=val_data,
         processing_class=tokenizer if config.method == "sft" else None,
         compute_metrics=make_compute_metrics(tokenizer) if generate else None,
+        eval_tokenizer=tokenizer if generate and config.eval_engine else None,
         callbacks=[EventCallback(events, checkpoint_metadata(run_args, config, files))]
         + ([CompileReport(events, compiled)] if compiled else []),
     )
@@ -462,13 +516,17 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if "test" in files and generate:
-        test_data = eval_dataset(
-            tokenizer,
-            special,
-            load_conversations(files["test"]),
-            combine=config.combine,
-            max_input_length=config.max_input_length,
-            max_output_length=config.max_output_length,
+        test_data: FeatureDataset | VisionDataset = (
+            vision_eval_dataset(tokenizer, special, tokens, config, files["test"])
+            if tokens is not None
+            else eval_dataset(
+                tokenizer,
+                special,
+                load_conversations(files["test"]),
+                combine=config.combine,
+                max_input_length=config.max_input_length,
+                max_output_length=config.max_output_length,
+            )
         )
         result = trainer.predict(test_data, metric_key_prefix="test")
         events.emit(

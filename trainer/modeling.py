@@ -9,31 +9,52 @@ from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_config, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from trainer.config import ConfigError, ConfigIssue, FinetuningConfig
 from trainer.prefix import serve_prefix_by_layer
+from trainer.vision import (
+    VISION_MODEL_TYPES,
+    is_vision_config,
+    lora_target_pattern,
+    read_model_config,
+)
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("glm", "glm4")
+SUPPORTED_MODEL_TYPES = ("glm", "glm4", *VISION_MODEL_TYPES)
 
 
 class UnsupportedModelError(ValueError):
     """The model directory holds no native GLM-4 checkpoint."""
 
 
-def check_model_dir(model_dir: Path) -> dict[str, Any]:
-    """Read ``config.json`` and refuse what glmft cannot train (remote code, other families)."""
+def is_remote_code(config: dict[str, Any]) -> bool:
+    """A checkpoint whose modeling code ships with it (``auto_map``, ChatGLM's layout)."""
+    return config.get("model_type") == "chatglm" or "auto_map" in config
+
+
+def check_model_dir(model_dir: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Read ``config.json`` and refuse what glmft cannot train (other families, and remote
+    code unless ``trust_remote_code``: the operator's choice for one registry entry)."""
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise UnsupportedModelError(f"{model_dir}: no config.json (not a model directory)")
     config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
     model_type = config.get("model_type")
-    if model_type == "chatglm" or "auto_map" in config:
+    if is_remote_code(config):
+        if trust_remote_code:
+            return config
         raise UnsupportedModelError(
-            f"{model_dir} is a remote-code ChatGLM checkpoint (model_type {model_type!r}); glmft "
-            "trains the native transformers classes: use THUDM/glm-4-9b-chat-hf or GLM-4-9B-0414"
+            f"{model_dir} is a remote-code checkpoint (model_type {model_type!r}) and its code "
+            "is not trusted; glmft trains the native transformers classes: use "
+            "THUDM/glm-4-9b-chat-hf or GLM-4-9B-0414 (GLM-4.1V-9B for images), or have the "
+            "operator trust this base (trust_remote_code on its registry entry)"
         )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
@@ -62,8 +83,9 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(model_dir: Path) -> Any:
-    return AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+def load_tokenizer(model_dir: Path, *, trust_remote_code: bool = False) -> Any:
+    options = {"trust_remote_code": True} if trust_remote_code else {}
+    return AutoTokenizer.from_pretrained(model_dir, padding_side="left", **options)
 
 
 def load_model(
@@ -72,9 +94,23 @@ def load_model(
     dtype: torch.dtype,
     use_cache: bool = False,
     attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+    """The model of ``model_dir``: a causal LM, or a native GLM-4 vision model
+    (``Glm4vForConditionalGeneration``); remote code only when ``trust_remote_code``."""
+    options: dict[str, Any] = (
+        {"attn_implementation": attn_implementation} if attn_implementation else {}
+    )
+    if trust_remote_code:
+        options["trust_remote_code"] = True
+    vision = is_vision_config(read_model_config(model_dir))
+    if vision:  # use_cache lives on its text config
+        model: PreTrainedModel = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=dtype, **options
+        )
+        model.config.text_config.use_cache = use_cache
+        return model
+    model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, use_cache=use_cache, **options
     )
     return model
@@ -164,10 +200,19 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 def attach_method(
     model: PreTrainedModel, config: FinetuningConfig, *, gradient_checkpointing: bool = False
 ) -> PreTrainedModel:
-    """Wrap ``model`` for the config's method; full SFT returns it unchanged."""
+    """Wrap ``model`` for the config's method; full SFT returns it unchanged (a vision model's
+    tower frozen under ``freezeV``, as upstream's ``finetune_vision.py``)."""
+    vision = getattr(model.config, "model_type", None) in VISION_MODEL_TYPES
     if config.peft_config is None:
+        if vision and config.freezeV:
+            for parameter in model.model.visual.parameters():
+                parameter.requires_grad_(False)
         return model
     peft = dict(config.peft_config)
+    if vision and "target_modules" in peft:
+        peft["target_modules"] = lora_target_pattern(
+            peft["target_modules"], freeze_vision=config.freezeV
+        )
     if peft["peft_type"] == "PREFIX_TUNING":
         check_prefix_shape(peft, model.config)
     peft.setdefault("task_type", "CAUSAL_LM")

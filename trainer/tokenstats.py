@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from trainer.template import Message, SpecialTokens, encode_train
 
 # The upstream yaml defaults, used when no config is given.
 DEFAULT_LENGTHS = {"max_input_length": 512, "max_output_length": 512, "combine": True}
+#: Bins of the token length histogram (the dashboard draws it).
+HISTOGRAM_BINS = 20
 
 
 def encoding_options(config_path: Path | str | None) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def compute_token_stats(
         **options,
         "max_length": max_length,
         "tokens": _summary(lengths),
+        "histogram": length_histogram(lengths),
         "target_tokens": _summary(targets),
         "truncated": len(truncated_lines),
         "truncated_lines": truncated_lines[:100],
@@ -62,6 +66,22 @@ def compute_token_stats(
         "no_target": len(no_target_lines),
         "no_target_lines": no_target_lines[:100],
     }
+
+
+def length_histogram(values: list[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Equal-width bins over ``values``: ``counts[i]`` values lie in ``[edges[i], edges[i+1])``.
+
+    The width is a whole number of tokens, so there are at most ``bins`` bins (fewer when the
+    lengths span less than ``bins`` tokens).
+    """
+    if not values:
+        return {"edges": [], "counts": []}
+    low, high = min(values), max(values)
+    width = max(1, math.ceil((high - low + 1) / bins))
+    counts = [0] * ((high - low) // width + 1)
+    for value in values:
+        counts[(value - low) // width] += 1
+    return {"edges": [low + i * width for i in range(len(counts) + 1)], "counts": counts}
 
 
 def _summary(values: list[int]) -> dict[str, float]:

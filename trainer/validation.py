@@ -59,6 +59,11 @@ tool_unknown                       W   called tool not declared in the system to
 image_not_allowed                  E   ``image`` without ``vision=True``
 image_not_first                    E   ``image`` on a message other than the first
 image_invalid                      E   ``image`` not a non-empty string
+image_not_found                    E   the image file does not exist (``images`` checks on)
+image_path_invalid                 E   absolute image path, or one leaving the data's root,
+                                       where paths are confined (uploaded archives)
+image_unreadable                   E   the file is not a PNG/JPEG/WEBP/GIF/BMP image
+image_too_large                    E   the image declares more pixels than the limit
 =================================  ==  =====================================================
 
 Decisions: unknown *message* keys are errors (the template would ignore them, so they are
@@ -78,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.datafiles import RawRecord, ReadError, is_jsonl, iter_records
+from trainer.images import ImageCheck
 from trainer.validation_codes import WARNING_CODES, Code
 from trainer.validation_rules import Found, find_issues
 from trainer.validation_rules import _Found as _Found  # re-exported for the tests
@@ -191,8 +197,10 @@ def validate_records(
     *,
     vision: bool = False,
     on_conversation: OnConversation | None = None,
+    images: ImageCheck | None = None,
 ) -> ValidationReport:
-    """Validate already-read records (see :func:`trainer.datafiles.iter_records`)."""
+    """Validate already-read records (see :func:`trainer.datafiles.iter_records`); with
+    ``images`` (vision data) each conversation's image file is checked too."""
     report = ValidationReport()
     for rec in records:  # the hot loop: no per-row allocation beyond the check itself
         if rec.error is not None:
@@ -202,6 +210,8 @@ def validate_records(
             continue
         report.conversations += 1
         found = find_issues(rec.value, vision)
+        if images is not None and not found:
+            found = _image_issues(rec, images)
         if found:
             errors, warnings = _to_issues(found, rec.file, rec.line, rec.index or 0)
             report.errors.extend(errors)
@@ -215,15 +225,31 @@ def validate_records(
 
 
 def validate_path(
-    path: str | Path, *, vision: bool = False, on_conversation: OnConversation | None = None
+    path: str | Path,
+    *,
+    vision: bool = False,
+    on_conversation: OnConversation | None = None,
+    images: ImageCheck | None = None,
 ) -> ValidationReport:
     """Validate a ``.jsonl``/``.json`` file or a data dir; collect every error and warning.
 
     ``on_conversation(messages, line_or_index)`` is called for each valid conversation: with its
-    line for JSONL, its array index for ``.json``. Raises :class:`trainer.datafiles.DataFileError`
-    when the input cannot be read at all (missing, unsupported suffix, no data file in dir).
+    line for JSONL, its array index for ``.json``. ``images`` checks each conversation's image
+    file (:class:`trainer.images.ImageCheck`; relative paths from the data file's directory).
+    Raises :class:`trainer.datafiles.DataFileError` when the input cannot be read at all
+    (missing, unsupported suffix, no data file in dir).
     """
-    return validate_records(iter_records(path), vision=vision, on_conversation=on_conversation)
+    return validate_records(
+        iter_records(path), vision=vision, on_conversation=on_conversation, images=images
+    )
+
+
+def _image_issues(rec: RawRecord, images: ImageCheck) -> Found:
+    image = rec.value["messages"][0].get("image")
+    if image is None:
+        return []
+    problem = images.problem(image, rec.file)
+    return [] if problem is None else [("messages[0].image", problem.code, str(problem))]
 
 
 def iter_conversations(

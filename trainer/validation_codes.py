@@ -54,6 +54,10 @@ class Code(StrEnum):
     IMAGE_NOT_ALLOWED = "image_not_allowed"
     IMAGE_NOT_FIRST = "image_not_first"
     IMAGE_INVALID = "image_invalid"
+    IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_PATH_INVALID = "image_path_invalid"
+    IMAGE_UNREADABLE = "image_unreadable"
+    IMAGE_TOO_LARGE = "image_too_large"
 
 
 WARNING_CODES: frozenset[Code] = frozenset(

@@ -1,7 +1,9 @@
 """The job directory: everything one training attempt reads and writes, under the artifact root.
 
 <artifact_root>/jobs/<job_id>/
-    data/train.jsonl, data/dev.jsonl   copies of the job's datasets (immutable inputs)
+    data/train.jsonl, data/dev.jsonl   copies of the job's datasets (immutable inputs); for a
+                                       dataset archive its whole tree (images beside the
+                                       files that name them, by relative path), hard-linked
     config.yaml                        the resolved config the trainer runs
     output/                            events.jsonl and checkpoint-N/ (the trainer's)
     trainer.log                        the trainer's stdout and stderr
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+
+from core.datasets import is_archive_dataset as is_archive_dataset
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -71,15 +75,35 @@ def trainer_config(config: dict[str, Any], *, has_validation: bool) -> dict[str,
     return resolved
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # the dataset is immutable: share its bytes
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def prepare(
-    job_dir: JobDir, *, config: dict[str, Any], train_file: Path, validation_file: Path | None
+    job_dir: JobDir,
+    *,
+    config: dict[str, Any],
+    train_file: Path,
+    validation_file: Path | None,
+    tree: Path | None = None,
 ) -> None:
-    """Write the data and config of an attempt; checkpoints of earlier attempts are kept."""
+    """Write the data and config of an attempt; checkpoints of earlier attempts are kept.
+
+    ``tree`` (an unpacked dataset archive) is linked into ``data/`` whole, so the images keep
+    their paths relative to the data files.
+    """
     job_dir.data.mkdir(parents=True, exist_ok=True)
     job_dir.output.mkdir(parents=True, exist_ok=True)
-    _copy(train_file, job_dir.data / "train.jsonl")
-    if validation_file is not None:
-        _copy(validation_file, job_dir.data / "dev.jsonl")
+    if tree is not None:  # an archive's tree holds its own train.jsonl and dev.jsonl
+        shutil.rmtree(job_dir.data)
+        shutil.copytree(tree, job_dir.data, copy_function=_link_or_copy)
+    else:
+        _copy(train_file, job_dir.data / "train.jsonl")
+        if validation_file is not None:
+            _copy(validation_file, job_dir.data / "dev.jsonl")
     resolved = trainer_config(config, has_validation=validation_file is not None)
     training_args = resolved["training_args"]
     if training_args.get("deepspeed"):  # one of the shipped files (the API checks), by name

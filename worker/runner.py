@@ -110,7 +110,13 @@ class Runner:
             )
         directory = jobdir.JobDir.for_job(self.settings.artifacts, job.id)
         train, validation = _dataset_paths(session, job)
-        jobdir.prepare(directory, config=job.config, train_file=train, validation_file=validation)
+        jobdir.prepare(
+            directory,
+            config=job.config,
+            train_file=train,
+            validation_file=validation,
+            tree=train.parent if jobdir.is_archive_dataset(train) else None,
+        )
         command = build_trainer_command(
             nproc=max(1, job.gpus),
             data_dir=directory.data,
@@ -123,6 +129,7 @@ class Runner:
             lock=directory.lock,
             attempt=job.attempt,
             lock_wait_s=self.settings.heartbeat_timeout_s,
+            trust_remote_code=model.trust_remote_code,
         )
         events_file = directory.output / "events.jsonl"
         # from where the last attempt's recording stopped: what a dead worker left unread is
@@ -193,6 +200,9 @@ def _dataset_paths(session: Session, job: Job) -> tuple[Path, Path | None]:
     validation = (
         session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
     )
+    if validation is None and jobdir.is_archive_dataset(Path(train.path)):
+        dev = Path(train.path).parent / "dev.jsonl"  # an archive carries its own dev split
+        return Path(train.path), dev if dev.is_file() else None
     return Path(train.path), Path(validation.path) if validation else None
 
 

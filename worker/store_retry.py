@@ -1,8 +1,8 @@
 """Backoff for a store that stopped answering, while the work it records goes on.
 
 The runner asks :meth:`StoreRetry.due` before touching the store: after a failure the next try
-waits 1 s, then 2, 4, ... up to ``max_wait_s`` (10 s); a success resets it. :meth:`given_up` says when
-the store has been away longer than ``limit_s`` (the runner then stops its trainer).
+waits 1 s, then 2, 4, ... up to ``max_wait_s`` (10 s); a success resets it. :meth:`given_up`
+says when the store has been away longer than ``limit_s`` (the runner then stops its trainer).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Starts the API (uvicorn) and one worker (Celery, solo pool, with the reaper's beat) against SQLite
 and an SQLite-backed broker under ``--home`` (``GLMFT_HOME``, default ``~/.glmft``), registers the
-tiny GLM-4 base ``glm-4-tiny`` (built offline on first start) beside any configured bases, and stops
+tiny GLM-4 bases ``glm-4-tiny`` and ``glm-4v-tiny`` (a vision model; both built offline on first
+start) beside any configured bases, and stops
 both on Ctrl-C or SIGTERM. The same code runs against PostgreSQL and Redis: only the URLs differ.
 """
 
@@ -20,6 +21,7 @@ from types import FrameType
 NAME = "up"
 HELP = "run the API and a worker on this machine (SQLite, embedded broker, tiny base model)"
 TINY_BASE = "glm-4-tiny"
+TINY_VISION_BASE = "glm-4v-tiny"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +41,8 @@ def service_env(home: Path | None) -> dict[str, str]:
         env["GLMFT_HOME"] = str(home.resolve())
     home_dir = Path(env["GLMFT_HOME"]) if "GLMFT_HOME" in env else Settings().home
     env["GLMFT_HOME"] = str(home_dir)
-    tiny = home_dir / "models" / TINY_BASE
-    env.setdefault(f"GLMFT_MODELS__{TINY_BASE}__PATH", str(tiny))
+    for name in (TINY_BASE, TINY_VISION_BASE):
+        env.setdefault(f"GLMFT_MODELS__{name}__PATH", str(home_dir / "models" / name))
     return env
 
 
@@ -67,12 +69,25 @@ def worker_command(
     return command
 
 
-def ensure_tiny_base(path: Path) -> None:
+def dashboard_url(host: str, port: int) -> str:
+    """Where the web dashboard of a service on ``host:port`` is (a wildcard host: loopback)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/ui/"
+
+
+def ensure_tiny_base(path: Path, *, vision: bool = False) -> None:
     if not (path / "config.json").is_file():
         from trainer.tiny import build_tiny_model
+        from trainer.tiny_vision import build_tiny_vision_model
 
-        print(f"building the tiny base model {TINY_BASE} in {path} (offline, once)", flush=True)
-        build_tiny_model(path, hidden_size=128)
+        name = TINY_VISION_BASE if vision else TINY_BASE
+        print(f"building the tiny base model {name} in {path} (offline, once)", flush=True)
+        if vision:
+            build_tiny_vision_model(path, hidden_size=128)
+        else:
+            build_tiny_model(path, hidden_size=128)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(home=Path(env["GLMFT_HOME"]))
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_tiny_base(Path(env[f"GLMFT_MODELS__{TINY_BASE}__PATH"]))
+    ensure_tiny_base(Path(env[f"GLMFT_MODELS__{TINY_VISION_BASE}__PATH"]), vision=True)
     upgrade(env.get("GLMFT_DATABASE_URL") or settings.resolved_database_url)
     worker = subprocess.Popen(  # noqa: S603 - our own command
         worker_command(pool="solo", beat_schedule=settings.home / "beat-schedule"),
@@ -103,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         env=env,
     )
     print(
-        f"glmft is up on http://{args.host}:{args.port} (home {settings.home}); Ctrl-C stops it",
+        f"glmft is up on http://{args.host}:{args.port} (home {settings.home}); Ctrl-C stops it\n"
+        f"dashboard: {dashboard_url(args.host, args.port)}",
         flush=True,
     )
     stopping = False

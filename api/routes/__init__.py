@@ -8,6 +8,7 @@ from api.routes import (
     adapters,
     chat,
     datasets,
+    evaluations,
     health,
     job_outputs,
     jobs,
@@ -25,6 +26,7 @@ for module in (
     models,
     adapters,
     chat,
+    evaluations,
     openai_chat,
     openai_finetuning,
 ):

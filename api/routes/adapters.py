@@ -18,7 +18,7 @@ from api.services.adapters import find_checkpoint, promote, visible_adapters
 from api.services.chat import ChatService
 from core.errors import AdapterBusy, AdapterNotFound, ChatCapacity
 from core.models import Adapter, Job
-from serving.engine import AdapterBusyError, AdapterCacheFullError
+from serving.errors import AdapterBusyError, AdapterCacheFullError
 from trainer.config_rules import INT_MAX
 
 router = APIRouter(tags=["adapters"])

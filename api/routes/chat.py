@@ -9,14 +9,22 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
+from api.json_route import ThreadedJsonRoute
 from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
-from api.services.chat import ChatService, Target, answer, engine_error, response_of
+from api.services.chat import (
+    ChatEngine,
+    ChatService,
+    Prompt,
+    Target,
+    answer,
+    engine_error,
+    response_of,
+)
 from api.sse import format_event
-from serving.engine import Engine
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=ThreadedJsonRoute)
 
 
 def chat_service(request: Request) -> ChatService:
@@ -50,9 +58,9 @@ async def chat(
 
 async def _frames(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
 ) -> AsyncIterator[str]:

@@ -38,7 +38,9 @@ _UPLOAD_BODY = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "A .jsonl (one conversation per line) or .json file.",
+                            "description": "A .jsonl (one conversation per line) or .json "
+                            "file, or a .zip / .tar.gz holding train.jsonl (and dev.jsonl) "
+                            "plus the images they name by relative path (vision models).",
                         },
                         "model": {
                             "type": "string",
@@ -69,7 +71,12 @@ async def upload_dataset(
     upload = await receive_upload(request, directory, settings.limits.max_upload_bytes)
     try:
         dataset = await run_in_threadpool(
-            service.store_upload, engine=engine, tenant=tenant, dataset_id=dataset_id, upload=upload
+            service.store_upload,
+            engine=engine,
+            settings=settings,
+            tenant=tenant,
+            dataset_id=dataset_id,
+            upload=upload,
         )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from api.deps import EngineDep, JobDep, SessionDep, SettingsDep
 from api.schemas.common import ListOf, Page, error_responses, json_error_responses
 from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
-from api.sse import job_event_stream
+from api.sse import SSE_DOC, after_id, job_event_stream
 from core.models import Checkpoint, JobEvent, Metric
 from trainer.config_rules import INT_MAX
 
@@ -21,27 +21,11 @@ router = APIRouter(prefix="/jobs/{job_id}", tags=["jobs"])
 LOG_FILE = "trainer.log"
 _TAIL_BLOCK = 64 * 1024
 
-_SSE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "A page of events, or with `Accept: text/event-stream` a live SSE stream "
-        "(`id:` event id, `event:` kind, `data:` the event as JSON; a final `end` event).",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-}
-
-
-def _after_id(after: int | None, last_event_id: str | None) -> int:
-    if after is not None:
-        return after
-    if not (last_event_id and last_event_id.isdigit()):
-        return 0
-    return min(int(last_event_id), INT_MAX)  # ids are SQL integers
-
 
 @router.get(
     "/events",
     response_model=Page[EventPublic],
-    responses={**_SSE_DOC, **error_responses(404)},
+    responses={**SSE_DOC, **error_responses(404)},
 )
 def get_events(
     job: JobDep,
@@ -55,7 +39,7 @@ def get_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Page[EventPublic] | StreamingResponse:
     """The job's events in order; `Accept: text/event-stream` follows the job live."""
-    start = _after_id(after, last_event_id)
+    start = after_id(after, last_event_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         poll_s = float(getattr(request.app.state, "sse_poll_s", 0.5))
         session.close()  # give the connection back: the stream polls with its own sessions

@@ -15,18 +15,31 @@ from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
+from api.json_route import ThreadedJsonRoute
 from api.openai_errors import OPENAI_ERROR_RESPONSES, OpenAIRoute, error_type
 from api.routes.chat import chat_service
 from api.schemas.chat import GenerationFields
 from api.schemas.openai_chat import ChatCompletion, ChatCompletionRequest, ModelList, ModelObject
 from api.services.adapters import visible_adapters
-from api.services.chat import ChatService, Target, answer, engine_error, response_of
+from api.services.chat import (
+    ChatEngine,
+    ChatService,
+    Prompt,
+    Target,
+    answer,
+    engine_error,
+    response_of,
+)
 from api.services.openai_chat import completion_of, glm_messages
 from core.models import BaseModelRecord
-from serving.engine import Engine
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+class _OpenAIChatRoute(OpenAIRoute, ThreadedJsonRoute):
+    """OpenAI's error shape around a body decoded off the event loop."""
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=_OpenAIChatRoute)
 
 
 @router.post(
@@ -76,9 +89,9 @@ def _fields(body: ChatCompletionRequest) -> GenerationFields:
 
 async def _chunks(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
     completion_id: str,

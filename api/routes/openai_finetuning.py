@@ -87,6 +87,7 @@ async def create_file(
         dataset = await run_in_threadpool(
             dataset_service.store_upload,
             engine=engine,
+            settings=settings,
             tenant=tenant,
             dataset_id=dataset_id,
             upload=upload,

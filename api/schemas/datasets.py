@@ -42,7 +42,8 @@ class ReportPublic(BaseModel):
     warnings: list[IssuePublic]
     stats: dict[str, Any] = Field(
         default_factory=dict,
-        description="Token statistics under the `model` given at upload (tokens, truncated, ...).",
+        description="Token statistics under the `model` given at upload (tokens, truncated, "
+        "histogram: {edges, counts} of conversation lengths, ...).",
     )
     truncated: bool = Field(
         default=False, description="True when more issues existed than the report keeps."

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -32,20 +33,31 @@ from core.jobs import PROMOTED, adapter_id
 from core.models import Adapter, Job
 from core.settings import Settings
 from serving.adapters import AdapterError, AdapterSpec
-from serving.engine import Engine, Request
+from serving.errors import ModelCacheFullError
 from serving.events import Event, Result
-from serving.pool import EnginePool, ModelCacheFullError
-from serving.sampling import GenerationParams
+from serving.params import GenerationParams
+from serving.requests import Request
 from serving.toolcalls import parse_tool_call, tool_names
 from trainer.template import clean_message, render_ids
 from trainer.validation import validate_conversation
 from trainer.validation_codes import Code
+from trainer.vision import is_vision_model
+
+if TYPE_CHECKING:  # the engines load torch: imported when this process first serves a chat
+    from serving.engine import Engine
+    from serving.pool import EnginePool
+    from serving.vision import VisionEngine, VisionPrompt
+    from serving.vision_pool import VisionPool
 
 logger = logging.getLogger(__name__)
 
 _TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}  # a chat needs no answer to train on
 _TURN_ROLES = ("user", "observation")
 DEFAULT_MAX_NEW_TOKENS = 1024
+PREFIX_ALLOWANCE = 1024  # context a P-Tuning v2 prefix may take besides prompt and answer
+# --- vision (serving.vision, api.services.vision_chat): a vision base gets a VisionEngine
+ChatEngine: TypeAlias = "Engine | VisionEngine"
+Prompt: TypeAlias = "list[int] | VisionPrompt"
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,56 @@ class ChatService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        chat = settings.chat
-        self.pool = EnginePool(
-            max_models=chat.max_models,
-            max_batch=chat.max_batch,
-            max_adapters=chat.max_adapters,
-            max_adapter_bytes=chat.max_adapter_bytes,
-        )
+        self._pool: EnginePool | None = None
+        self._vision: VisionPool | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def pool(self) -> EnginePool:
+        """This process's engines; the first use loads torch (an API that forwards chat to a
+        replica never does)."""
+        with self._pool_lock:
+            if self._pool is None:
+                from serving.pool import EnginePool
+
+                chat = self.settings.chat
+                self._pool = EnginePool(
+                    max_models=chat.max_models,
+                    max_batch=chat.max_batch,
+                    max_adapters=chat.max_adapters,
+                    max_adapter_bytes=chat.max_adapter_bytes,
+                    max_lora_rank=chat.max_lora_rank,
+                    cache_bytes=int(chat.cache_gib * 1024**3) if chat.cache_gib else None,
+                    max_context=chat.max_prompt_tokens + chat.max_new_tokens + PREFIX_ALLOWANCE,
+                    max_prefill_tokens=chat.max_prefill_tokens,
+                    cuda_graphs=chat.cuda_graphs,
+                )
+            return self._pool
+
+    @property
+    def vision(self) -> VisionPool:
+        """This process's vision engines (:mod:`serving.vision`), made on first use."""
+        with self._pool_lock:
+            if self._vision is None:
+                from serving.vision_pool import VisionPool
+
+                chat = self.settings.chat
+                self._vision = VisionPool(
+                    max_models=chat.max_models,
+                    max_adapters=chat.max_adapters,
+                    max_adapter_bytes=chat.max_adapter_bytes,
+                )
+            return self._vision
 
     def close(self) -> None:
-        self.pool.close()
+        if self._pool is not None:
+            self._pool.close()
+        if self._vision is not None:
+            self._vision.close()
+
+    def capacity(self) -> dict[str, dict[str, int]]:
+        """Each loaded engine's cache and rows (:meth:`serving.engine.Engine.capacity`)."""
+        return self._pool.capacity() if self._pool is not None else {}
 
     # ---- naming -----------------------------------------------------------------------------
 
@@ -124,21 +176,40 @@ class ChatService:
 
     async def open(
         self, session: Session, tenant: str, model: str | CheckpointRef
-    ) -> tuple[Target, Engine]:
+    ) -> tuple[Target, ChatEngine]:
         """Resolve ``model`` and get its engine; the session is closed before the (possibly
         long) model load and generation, so the request holds no database connection."""
         target = await run_in_threadpool(self.resolve, session, tenant, model)
         session.close()
         return target, await self.engine(target)
 
-    async def engine(self, target: Target) -> Engine:
+    async def engine(self, target: Target) -> ChatEngine:
         """The target's engine; the first request for a model waits for it to load."""
+        from trainer.modeling import UnsupportedModelError
+
         try:
+            if is_vision_model(target.model_dir):  # vision: serving.vision
+                return await run_in_threadpool(self._vision_engine, target)
             return await run_in_threadpool(
                 self.pool.get, target.model_dir, tokenizer_dir=target.tokenizer_dir
             )
         except ModelCacheFullError as exc:
             raise ChatCapacity(str(exc)) from exc
+        except UnsupportedModelError as exc:  # e.g. remote code: the registry's model, not ours
+            raise ModelUnavailable(str(exc), param="model") from exc
+
+    def _vision_engine(self, target: Target) -> VisionEngine:
+        entry = self.settings.models.get(target.base_model)
+        return self.vision.get(
+            target.model_dir,
+            tokenizer_dir=target.tokenizer_dir,
+            trust_remote_code=bool(entry and entry.trust_remote_code),
+        )
+
+    def _find(self, model_dir: Path) -> ChatEngine | None:
+        """The loaded engine of ``model_dir``, text or vision (never loads one)."""
+        text = self._pool.find(model_dir) if self._pool is not None else None
+        return text or (self._vision.find(model_dir) if self._vision is not None else None)
 
     def _model_dir(self, base_model: str, method: str, path: str) -> Path | None:
         if method == "sft":
@@ -149,7 +220,7 @@ class ChatService:
     def state_of(self, name: str, base_model: str, method: str, path: str) -> tuple[bool, bool]:
         """Whether the adapter is loaded in this process, and pinned."""
         model_dir = self._model_dir(base_model, method, path)
-        engine = self.pool.find(model_dir) if model_dir else None
+        engine = self._find(model_dir) if model_dir else None
         if engine is None:
             return False, False
         if method == "sft":
@@ -163,9 +234,11 @@ class ChatService:
         if model_dir is None:
             return
         if method == "sft":
-            await run_in_threadpool(self.pool.close_model, model_dir)
+            for pool in (self._pool, self._vision):
+                if pool is not None:
+                    await run_in_threadpool(pool.close_model, model_dir)
             return
-        engine = self.pool.find(model_dir)
+        engine = self._find(model_dir)
         if engine is not None:
             await asyncio.wrap_future(engine.unload(name))
 
@@ -173,27 +246,36 @@ class ChatService:
 
     def prepare(
         self,
-        engine: Engine,
+        engine: ChatEngine,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         fields: GenerationFields,
-    ) -> tuple[list[int], GenerationParams, set[str]]:
+    ) -> tuple[Prompt, GenerationParams, set[str]]:
         """The prompt's token ids, the sampling parameters and the offered tool names.
 
-        CPU work (validation, the template, the tokenizer): call it in a worker thread, never
-        on the event loop. Text too long for any prompt is refused before it is tokenized.
+        CPU work (validation, the template, the tokenizer, images): call it in a worker thread,
+        never on the event loop. Text too long for any prompt is refused before it is tokenized.
         """
+        from api.services.vision_chat import has_images, prepare_vision
+        from serving.vision import VisionEngine
+
         limits = self.settings.chat
-        if len(messages) > limits.max_messages:
-            raise InvalidMessages(
-                f"{len(messages)} messages; at most {limits.max_messages}", param="messages"
-            )
         chars = text_size(messages) + text_size(tools)
         if chars > limits.max_prompt_chars:
             raise PromptTooLong(
                 f"the messages and tools hold {chars} characters; at most "
                 f"{limits.max_prompt_chars} (and {limits.max_prompt_tokens} tokens)",
                 param="messages",
+            )
+        if isinstance(engine, VisionEngine):  # images allowed: api.services.vision_chat
+            return prepare_vision(self.settings, engine, messages, tools, fields)
+        if has_images(messages):
+            raise InvalidMessages(
+                "this model is not a vision model: images need a vision base", param="messages"
+            )
+        if len(messages) > limits.max_messages:
+            raise InvalidMessages(
+                f"{len(messages)} messages; at most {limits.max_messages}", param="messages"
             )
         messages = with_tools(messages, tools)
         check_messages(messages)
@@ -227,7 +309,7 @@ class ChatService:
         return prompt, params, tool_names(messages)
 
     async def events(
-        self, engine: Engine, target: Target, prompt: list[int], params: GenerationParams
+        self, engine: ChatEngine, target: Target, prompt: Prompt, params: GenerationParams
     ) -> AsyncIterator[Event]:
         """The engine's events for one request, ending with ``done`` or ``error``; leaving
         early (a client that went away) stops the request's generation."""
@@ -238,8 +320,17 @@ class ChatService:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        request = Request(prompt, params, deliver, adapter=target.adapter)
-        engine.submit(request)
+        from serving.vision import VisionEngine, VisionPrompt, VisionRequest
+
+        request: Request | VisionRequest
+        if isinstance(engine, VisionEngine) and isinstance(prompt, VisionPrompt):
+            request = VisionRequest(prompt, params, deliver, adapter=target.adapter)
+            engine.submit(request)
+        elif not isinstance(engine, VisionEngine) and isinstance(prompt, list):
+            request = Request(prompt, params, deliver, adapter=target.adapter)
+            engine.submit(request)
+        else:
+            raise TypeError("a prompt was prepared for another kind of engine")
         try:
             while True:
                 event = await queue.get()
@@ -251,12 +342,13 @@ class ChatService:
 
 
 def text_size(value: Any) -> int:
-    """Characters of every string (keys included) in a JSON-like value."""
+    """Characters of every string (keys included) in a JSON-like value, but for ``data:`` URLs
+    (images, which are no text of the prompt)."""
     total, todo = 0, [value]
     while todo:  # a loop, not recursion: a deeply nested body must not overflow the stack
         item = todo.pop()
         if isinstance(item, str):
-            total += len(item)
+            total += 0 if item.startswith("data:") else len(item)
         elif isinstance(item, dict):
             todo += list(item.keys()) + list(item.values())
         elif isinstance(item, list | tuple):
@@ -274,9 +366,9 @@ def _checkpoint_ref(model: str) -> str | CheckpointRef:
 
 async def answer(
     service: ChatService,
-    engine: Engine,
+    engine: ChatEngine,
     target: Target,
-    prompt: list[int],
+    prompt: Prompt,
     params: GenerationParams,
     names: set[str],
 ) -> ChatResponse:

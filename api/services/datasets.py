@@ -11,11 +11,15 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, or_, select
 
+from api.archives import is_archive
 from api.pagination import newest_first, split_page
+from api.services.dataset_archives import unpack_upload, validate_archive
 from api.uploads import StoredUpload
+from core.datasets import dataset_root
 from core.errors import Conflict, DatasetNotFound, ModelNotFound
 from core.jobs import TERMINAL
 from core.models import BaseModelRecord, Dataset, Job
+from core.settings import Settings
 from trainer.tokenstats import compute_token_stats  # torch loads only when it runs
 from trainer.validation import validate_path
 
@@ -96,12 +100,19 @@ def create_dataset(
     return dataset
 
 
-def store_upload(*, engine: Engine, tenant: str, dataset_id: str, upload: StoredUpload) -> Dataset:
-    """Validate a received upload (token stats under its ``model`` field) and record it."""
+def store_upload(
+    *, engine: Engine, settings: Settings, tenant: str, dataset_id: str, upload: StoredUpload
+) -> Dataset:
+    """Validate a received upload (token stats under its ``model`` field) and record it; a
+    dataset archive is unpacked and checked first (:mod:`api.services.dataset_archives`)."""
     with Session(engine, expire_on_commit=False) as session:
         model = upload.fields.get("model") or None
         model_dir = Path(resolve_model(session, model).path) if model else None
-        report = validate_upload(upload.path, model_dir)
+        if is_archive(upload.filename):
+            upload.path, facts = unpack_upload(upload, settings)
+            report = validate_archive(upload.path.parent, settings, facts)
+        else:
+            report = validate_upload(upload.path, model_dir)
         return create_dataset(
             session=session,
             dataset_id=dataset_id,
@@ -150,7 +161,7 @@ def delete_dataset(*, session: Session, dataset: Dataset) -> None:
             param="dataset_id",
             details={"jobs": [job.id for job in active]},
         )
-    directory = Path(dataset.path).parent
+    directory = dataset_root(Path(dataset.path))
     if users:
         dataset.path, dataset.valid = TOMBSTONE, False
         session.add(dataset)

@@ -29,6 +29,10 @@ SHIPPED_DEEPSPEED = (
 )
 #: training_args that are paths: relative, inside the job directory, if set at all.
 PATH_ARGS = ("output_dir", "logging_dir")
+TRUST_REMOTE_CODE = (
+    "cannot be set by a job: the operator trusts a base's code on its registry entry "
+    "(GLMFT_MODELS__<name>__TRUST_REMOTE_CODE)"
+)
 _FORBIDDEN_ARGS = {
     "resume_from_checkpoint": "resume a job with POST /jobs/{id}/resume",
     "push_to_hub": "glmft never uploads; adapters are served by this service",
@@ -109,6 +113,8 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> list[Co
     for key, value in overrides.items():
         if not key or any(not part for part in key.split(".")):
             issues.append(ConfigIssue(key, "not a dotted key like training_args.max_steps"))
+        elif key.split(".")[-1] == "trust_remote_code":
+            issues.append(ConfigIssue(key, TRUST_REMOTE_CODE))
         elif key == "data_config" or key.startswith("data_config."):
             issues.append(ConfigIssue(key, "set by glmft from training_dataset/validation_dataset"))
         else:
@@ -253,6 +259,8 @@ def resolve_config(
         refusal = _refuse(cost, overrides)
         refusal.param = refusal.param if refusal.param != "config" else "overrides"
         raise refusal
+    if data.pop("trust_remote_code", None) is not None:
+        issues.append(ConfigIssue("trust_remote_code", TRUST_REMOTE_CODE))
     args = data.get("training_args")
     if isinstance(args, dict):
         issues += _check_seed(args, seed, overrides) + _service_rules(args)

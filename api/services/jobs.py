@@ -18,6 +18,7 @@ from api.schemas.common import as_utc
 from api.schemas.jobs import JobCreate
 from api.services.datasets import get_dataset, resolve_model
 from api.services.job_config import resolve_config
+from api.services.vision_jobs import check_base_and_data
 from core.errors import (
     DatasetNotFound,
     IdempotencyKeyReused,
@@ -95,7 +96,7 @@ def check_capacity(session: Session, settings: Settings, gpus: int) -> None:
 
 def build_job(*, session: Session, settings: Settings, tenant: str, job_in: JobCreate) -> Job:
     """Validate ``job_in`` fully and return the (unsaved) queued job."""
-    resolve_model(session, job_in.model)
+    base = resolve_model(session, job_in.model)
     train = usable_dataset(session, tenant, job_in.training_dataset, "training_dataset")
     val = None
     if job_in.validation_dataset is not None:
@@ -109,6 +110,14 @@ def build_job(*, session: Session, settings: Settings, tenant: str, job_in: JobC
         val_file=Path(val.path) if val else None,
         limits=settings.limits,
         gpus=job_in.gpus,
+    )
+    check_base_and_data(
+        settings=settings,
+        model=job_in.model,
+        model_dir=Path(base.path),
+        train=train,
+        validation=val,
+        config=resolved.config,
     )
     check_capacity(session, settings, job_in.gpus)
     return Job(

@@ -34,8 +34,16 @@ def glm_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 )
             continue
         role = _ROLES.get(message.role, message.role)
-        out.append({"role": role, "content": _text(message.content, i)})
+        out.append({"role": role, "content": _content(message.content, i)})
     return out
+
+
+def _content(content: str | list[dict[str, Any]] | None, index: int) -> Any:
+    """The text of ``content``; a list with an ``image_url`` part stays a list of parts (the
+    chat service reads images: api.services.vision_chat)."""
+    if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+        return content
+    return _text(content, index)
 
 
 def _text(content: str | list[dict[str, Any]] | None, index: int) -> str:

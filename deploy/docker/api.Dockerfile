@@ -22,6 +22,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
+COPY serving ./serving
 COPY core ./core
 COPY api ./api
 COPY worker ./worker

@@ -55,6 +55,7 @@ RUN groupadd --gid 1000 glmft \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY trainer ./trainer
+COPY serving ./serving
 COPY core ./core
 COPY worker ./worker
 COPY configs ./configs

@@ -18,6 +18,10 @@ from tests.helpers import redis_url
 
 REDIS_URL = redis_url(9)
 TABLES = (
+    "evaluation_events",
+    "evaluation_outputs",
+    "evaluation_samples",
+    "evaluations",
     "adapters",
     "checkpoints",
     "metrics",

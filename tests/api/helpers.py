@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
@@ -14,6 +19,7 @@ from sqlmodel import Session
 
 from api.queue import RUN_TRAINING_JOB, TRAINING_QUEUE
 from core.models import Job
+from tests.helpers import free_port, redis_url, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TRAIN = REPO / "trainer" / "assets" / "demo" / "train.jsonl"
@@ -104,3 +110,31 @@ def assert_error(response: Any, status: int, code: str, param: str | None = None
     if param is not None:
         assert error.get("param") == param, error
     return dict(error)
+
+
+def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """The API under uvicorn with ``env`` (GLMFT_ settings); returns it and its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    defaults = {"GLMFT_BROKER_URL": redis_url(14), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **defaults, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(base), 60, "the API", every=0.2)
+    except AssertionError:
+        stop_api(process)
+        raise
+    return process, base
+
+
+def stop_api(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

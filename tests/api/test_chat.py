@@ -5,11 +5,7 @@ the tiny GLM-4 and an engine cache of two adapters (so it evicts and reloads).""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,9 +19,9 @@ from sqlmodel import Session
 from core.db import make_engine
 from core.jobs import JobState
 from core.models import Adapter, Checkpoint, Dataset, Job
-from tests.api.helpers import REPO
+from tests.api.helpers import start_api, stop_api
 from tests.chat_adapters import ANSWERS, QUESTIONS, TOOL_CALL, WEATHER_TOOL, ChatAdapters
-from tests.helpers import free_port, redis_url, wait_for
+from tests.helpers import free_port
 
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 24}
 LORA_A, LORA_B, TOOL = "ft:glm-4-tiny:a:1", "ft:glm-4-tiny:b:2", "ft:glm-4-tiny:tool:3"
@@ -95,34 +91,6 @@ def service(
         stop_api(process)
 
 
-def start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """The API under uvicorn with ``env`` (GLMFT_ settings); returns it and its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    defaults = {"GLMFT_BROKER_URL": redis_url(14), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **defaults, **env})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(base), 60, "the API", every=0.2)
-    except AssertionError:
-        stop_api(process)
-        raise
-    return process, base
-
-
-def stop_api(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-
-
-def _ready(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def _adapter(name: str, path: Path, method: str = "lora") -> Adapter:
     return Adapter(
         id=name, tenant_id="default", base_model="glm-4-tiny", method=method, path=str(path)
@@ -164,6 +132,17 @@ def test_concurrent_requests_each_get_their_own_models_answer(
     answer = answers[0].json()
     assert answer["model"] == LORA_A and answer["finish_reason"] == "stop"
     assert answer["usage"]["completion_tokens"] > 0 and answer["timings"]["total_ms"] > 0
+    # the engine's paged cache is reported, all of it free again once every answer is in
+    metrics = httpx.get(f"{base}/metrics").text
+    total = _gauge(metrics, "glmft_chat_cache_tokens")
+    assert total > 0 and _gauge(metrics, "glmft_chat_free_cache_tokens") == total
+    assert _gauge(metrics, "glmft_chat_running") == 0
+
+
+def _gauge(metrics: str, name: str) -> float:
+    """The sum of a gauge's samples over its models."""
+    lines = [line for line in metrics.splitlines() if line.startswith(name + "{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def test_a_full_sft_checkpoint_is_served_as_its_own_model(service: Service) -> None:
@@ -324,6 +303,8 @@ def test_a_front_api_routes_chat_to_a_replica(service: Service, tmp_path: Path) 
         assert answer.json()["message"]["content"] == ANSWERS["lora-a"]
         assert httpx.get(f"{base}/adapters/{LORA_A}").json()["loaded"]  # the replica's state
         assert httpx.get(f"{base}/models").status_code == 200  # the rest stays local
+        missing = httpx.get(f"{base}/evaluations/eval-none").json()["error"]
+        assert missing["code"] == "evaluation_not_found"
     finally:
         stop_api(front)
     down, base = start_api(
@@ -338,5 +319,9 @@ def test_a_front_api_routes_chat_to_a_replica(service: Service, tmp_path: Path) 
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "chat_unavailable"
         assert refused.headers["retry-after"] == "5" and refused.json()["request_id"]
+        # evaluations run where chat runs: they are forwarded too
+        evaluations = httpx.get(f"{base}/evaluations")
+        assert evaluations.status_code == 503
+        assert evaluations.json()["error"]["code"] == "chat_unavailable"
     finally:
         stop_api(down)

@@ -38,12 +38,19 @@ RESPONSES: list[tuple[type[BaseModel], str, str, str]] = [
     (t.Adapter, "post", "/adapters/{adapter_id}/unload", "200"),
     (t.Adapter, "post", "/jobs/{job_id}/checkpoints/{step}/promote", "201"),
     (t.ChatResponse, "post", "/chat", "200"),
+    (t.Evaluation, "post", "/evaluations", "201"),
+    (t.Page[t.Evaluation], "get", "/evaluations", "200"),
+    (t.Evaluation, "get", "/evaluations/{evaluation_id}", "200"),
+    (t.Page[t.EvaluationSample], "get", "/evaluations/{evaluation_id}/samples", "200"),
+    (t.Page[t.EvaluationEvent], "get", "/evaluations/{evaluation_id}/events", "200"),
+    (t.Evaluation, "post", "/evaluations/{evaluation_id}/cancel", "200"),
 ]
 REQUESTS: list[tuple[type[BaseModel], str, str]] = [
     (t.JobCreateRequest, "post", "/jobs"),
     (t.ResumeRequest, "post", "/jobs/{job_id}/resume"),
     (t.AdapterLoadRequest, "post", "/adapters/{adapter_id}/load"),
     (t.ChatRequest, "post", "/chat"),
+    (t.EvaluationCreateRequest, "post", "/evaluations"),
 ]
 
 

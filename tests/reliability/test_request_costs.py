@@ -1,5 +1,6 @@
-"""What one request may cost: an oversize chat prompt is refused (413 for the body, 422 for text
-no prompt could hold) without tokenizing it, and the API goes on answering meanwhile."""
+"""What one request may cost: an oversize chat prompt is refused (413 for a body over the chat
+limit, 422 for text no prompt could hold) without tokenizing it, its JSON decoded off the event
+loop, and the API goes on answering meanwhile."""
 
 from __future__ import annotations
 
@@ -56,14 +57,14 @@ def test_an_oversize_prompt_is_refused_while_the_api_answers(
             hello = {"model": MODEL, "max_new_tokens": 4, "messages": [_user("你好")]}
             assert client.post("/chat", json=hello).status_code == 200  # the model is loaded
             # encoded up front: the probe's thread shares this process (and its GIL)
+            over = _json({**hello, "messages": [_user("a " * (20 << 20))]})  # 40 MiB: over 32
             huge = _json({**hello, "messages": [_user("a " * (8 << 20))]})  # 16 MiB (the issue's)
-            long = _json({**hello, "messages": [_user("a " * 450_000)]})  # 0.9 MB: under 1 MiB
             with HealthProbe(api.base_url) as probe:
                 time.sleep(0.2)
                 answers = [
                     client.post(path, content=body, headers=JSON)
                     for path in ("/chat", "/v1/chat/completions")
-                    for body in (huge, long)
+                    for body in (over, huge)
                 ]
                 time.sleep(0.2)
     finally:

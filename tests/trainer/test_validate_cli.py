@@ -112,16 +112,34 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert [w["code"] for w in data["warnings"]] == ["content_empty"]
 
 
-def test_vision_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image = {
+def _with_image(image: str) -> dict[str, Any]:
+    return {
         "messages": [
-            {"role": "user", "content": "图里是什么？", "image": "/img/1.jpg"},
+            {"role": "user", "content": "图里是什么？", "image": image},
             {"role": "assistant", "content": "一只猫。"},
         ]
     }
-    file = write_jsonl(tmp_path / "d.jsonl", [image])
-    assert run_cli(capsys, file)[0] == 1
-    assert run_cli(capsys, file, "--vision")[0] == 0
+
+
+def test_vision_flag_checks_each_image_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "cat.jpg")
+    (tmp_path / "notes.png").write_text("not an image")
+    absolute = str(tmp_path / "cat.jpg")
+    file = write_jsonl(
+        tmp_path / "d.jsonl",
+        [_with_image(i) for i in ("cat.jpg", absolute, "/img/1.jpg", "notes.png")],
+    )
+    assert run_cli(capsys, write_jsonl(tmp_path / "ok.jsonl", [_with_image("cat.jpg")]))[0] == 1
+    code, out, _ = run_cli(capsys, file, "--vision")
+    assert code == 1
+    assert f"{file}:3: messages[0].image: image file not found: 1.jpg [image_not_found]" in out
+    assert f"{file}:4: messages[0].image: notes.png is not a readable image" in out
+    assert out.count("[image_") == 2  # lines 1 (relative) and 2 (absolute) are fine
+    assert run_cli(capsys, tmp_path / "ok.jsonl", "--vision")[0] == 0
 
 
 def test_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,6 +228,12 @@ def test_config_lengths_count_truncated_conversations(
     assert stats["truncated"] == 1 and stats["truncated_lines"] == [2]
     assert stats["no_target"] == 1 and stats["no_target_lines"] == [2]  # answer cut off
     assert stats["tokens"]["count"] == 3 and stats["tokens"]["max"] > 257
+    # the length histogram holds every conversation, from the shortest to the longest
+    histogram = stats["histogram"]
+    assert sum(histogram["counts"]) == 3 and len(histogram["edges"]) == len(histogram["counts"]) + 1
+    assert histogram["edges"][0] == stats["tokens"]["min"]
+    assert histogram["edges"][-2] <= stats["tokens"]["max"] < histogram["edges"][-1]
+    assert histogram["counts"][0] == 2 and histogram["counts"][-1] == 1  # two short, one long
     # the long conversation's answer is cut off entirely (head-kept truncation): 0 targets
     assert stats["target_tokens"]["min"] == 0
     assert stats["target_tokens"]["max"] > 0
@@ -243,3 +267,27 @@ def test_model_flag_with_the_tiny_model_fills_stats(
     assert code == 1
     stats = json.loads(out)["stats"]
     assert stats["tokens"]["count"] == 2  # the two valid conversations
+
+
+@pytest.mark.parametrize(
+    ("values", "edges", "counts"),
+    [
+        ([], [], []),
+        ([7], [7, 8], [1]),
+        ([3, 3, 4], [3, 4, 5], [2, 1]),
+        (list(range(100)), list(range(0, 101, 5)), [5] * 20),
+        ([10, 50], list(range(10, 53, 3)), [1, *[0] * 12, 1]),  # width 3: 41 tokens / 20 bins
+    ],
+)
+def test_length_histogram_bins_every_value_once(
+    values: list[int], edges: list[int], counts: list[int]
+) -> None:
+    from trainer.tokenstats import length_histogram
+
+    histogram = length_histogram(values)
+    assert sum(histogram["counts"]) == len(values)
+    assert len(histogram["counts"]) <= 20
+    assert histogram == {"edges": edges, "counts": counts}
+    for value in values:  # each value lies in the bin its index names
+        index = next(i for i, edge in enumerate(histogram["edges"][1:]) if value < edge)
+        assert histogram["edges"][index] <= value

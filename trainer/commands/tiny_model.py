@@ -1,4 +1,5 @@
-"""``glmft tiny-model OUT_DIR``: write a tiny random GLM-4 chat model and tokenizer, offline.
+"""``glmft tiny-model OUT_DIR [--vision]``: write a tiny random GLM-4 chat model and tokenizer
+(with ``--vision``: a GLM-4.1V-shaped vision model and its image processor), offline.
 
 The result loads with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained(OUT_DIR)`` and
 serves as the base model for smoke tests and demos. OUT_DIR may be missing, empty, or an earlier
@@ -15,7 +16,10 @@ from pathlib import Path
 from trainer.cli import EXIT_OK, EXIT_USAGE
 
 NAME = "tiny-model"
-HELP = "Write a tiny random GLM-4 chat model (GlmForCausalLM) and tokenizer to OUT_DIR, offline."
+HELP = (
+    "Write a tiny random GLM-4 chat model (GlmForCausalLM) and tokenizer to OUT_DIR, offline; "
+    "--vision: a tiny GLM-4.1V-shaped vision model (Glm4vForConditionalGeneration)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="weight init seed (default 0)")
     parser.add_argument(
         "--vocab-size", type=int, default=2000, help="regular BPE tokens before the 14 specials"
+    )
+    parser.add_argument(
+        "--vision",
+        action="store_true",
+        help="a vision model (Glm4vForConditionalGeneration) with its image processor",
     )
 
 
@@ -62,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from trainer.tiny import build_tiny_model  # heavy: torch + transformers
+    from trainer.tiny_vision import build_tiny_vision_model
 
+    build = build_tiny_vision_model if args.vision else build_tiny_model
     try:
-        path = build_tiny_model(
+        path = build(
             out_dir,
             hidden_size=args.hidden_size,
             layers=args.layers,

@@ -31,6 +31,7 @@ from typing import Any
 
 from trainer.cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from trainer.datafiles import DataFileError
+from trainer.images import ImageCheck
 from trainer.validation import Issue, ValidationReport, validate_path
 
 NAME = "validate"
@@ -54,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vision",
         action="store_true",
-        help="vision model data (GLM-4V): allow an image on the first message",
+        help="vision model data (GLM-4V): allow an image on the first message and check that "
+        "its file is a readable image (relative paths from the data file's directory)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -72,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     records: list[tuple[int, list[dict[str, Any]]]] = []
     on_conversation = (lambda msgs, pos: records.append((pos, msgs))) if want_stats else None
     try:
-        report = validate_path(args.path, vision=args.vision, on_conversation=on_conversation)
+        report = validate_path(
+            args.path,
+            vision=args.vision,
+            on_conversation=on_conversation,
+            images=ImageCheck() if args.vision else None,
+        )
     except DataFileError as exc:
         return _fail(str(exc))
     if want_stats:

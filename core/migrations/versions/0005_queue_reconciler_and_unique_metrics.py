@@ -1,7 +1,7 @@
 """jobs.enqueued_at (queue reconciler) and one metric row per (job, step, split, name)
 
 Revision ID: 0005
-Revises: 0004
+Revises: 0007
 Create Date: 2026-12-06 03:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0004"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,10 +12,12 @@ from glmft_client.resources import (
     AsyncAdapters,
     AsyncChat,
     AsyncDatasets,
+    AsyncEvaluations,
     AsyncJobs,
     AsyncModels,
     Chat,
     Datasets,
+    Evaluations,
     Jobs,
     Models,
 )
@@ -51,6 +53,7 @@ class Client:
         self.adapters = Adapters(self._http)
         self.chat = Chat(self._http)
         self.models = Models(self._http)
+        self.evaluations = Evaluations(self._http)
 
     @property
     def base_url(self) -> str:
@@ -93,6 +96,7 @@ class AsyncClient:
         self.adapters = AsyncAdapters(self._http)
         self.chat = AsyncChat(self._http)
         self.models = AsyncModels(self._http)
+        self.evaluations = AsyncEvaluations(self._http)
 
     @property
     def base_url(self) -> str:

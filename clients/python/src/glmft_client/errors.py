@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from glmft_client.types import Job
+from glmft_client.types import Evaluation, Job
 
 
 class GlmftError(Exception):
@@ -118,20 +118,29 @@ class ServiceUnavailableError(ServerError):
 
 
 class WaitTimeoutError(GlmftError):
-    """A job did not finish within the time given to ``jobs.wait``.
+    """A job (or an evaluation) did not finish within the time given to ``wait``.
 
     Attributes:
-        job_id: the job waited for.
+        job_id: the id waited for: a job's, or an evaluation's when ``kind`` is ``evaluation``.
         timeout: the seconds waited.
-        job: the job as last seen, if any.
+        job: the job or evaluation as last seen, if any.
+        kind: ``job`` or ``evaluation``.
     """
 
-    def __init__(self, job_id: str, timeout: float, job: Job | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        timeout: float,
+        job: Job | Evaluation | None = None,
+        *,
+        kind: str = "job",
+    ) -> None:
         state = f" (state {job.state})" if job is not None else ""
-        super().__init__(f"job {job_id} did not finish within {timeout:g} s{state}")
+        super().__init__(f"{kind} {job_id} did not finish within {timeout:g} s{state}")
         self.job_id = job_id
         self.timeout = timeout
         self.job = job
+        self.kind = kind
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

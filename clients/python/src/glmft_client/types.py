@@ -303,3 +303,97 @@ class ChatDelta(_Response):
     """A piece of a streamed answer."""
 
     text: str
+
+
+# --- evaluations -------------------------------------------------------------------------
+
+#: The metrics of an evaluation: ROUGE-1/2/L F x 100 and BLEU-4 (0-1), the upstream demo's.
+METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
+
+
+class EvaluationCreateRequest(_Request):
+    """The body of ``POST /evaluations``; unset fields take the server's defaults
+    (128 new tokens, greedy, the whole dataset)."""
+
+    models: list[str | CheckpointRef] = Field(description="1 to 8 models, side by side.")
+    dataset: str = Field(description="Id of a valid dataset.")
+    max_new_tokens: int | None = None
+    limit: int | None = Field(default=None, description="Only the first N conversations.")
+    temperature: float | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    name: str | None = None
+
+
+class EvaluationProgress(_Response):
+    done: int = Field(description="Answers stored.")
+    total: int = Field(description="Samples x models.")
+
+
+class EvaluationError(_Response):
+    """Why an evaluation failed."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Evaluation(_Response):
+    """An evaluation: the models' metrics side by side once each has answered every sample."""
+
+    id: str
+    object: Literal["evaluation"] = "evaluation"
+    name: str | None = None
+    state: str = Field(description="queued | running | succeeded | failed | cancelled")
+    models: list[str]
+    dataset: str
+    max_new_tokens: int
+    limit: int | None = None
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    seed: int | None = None
+    samples: int = Field(description="Conversations evaluated.")
+    skipped: int = Field(description="Conversations without a final assistant reply.")
+    progress: EvaluationProgress
+    metrics: dict[str, dict[str, float]] = Field(description="{model: {metric: value}}.")
+    error: EvaluationError | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the evaluation is finished (succeeded, failed or cancelled)."""
+        return self.state in TERMINAL_STATES
+
+
+class SampleOutput(_Response):
+    """One model's answer to a sample, and its scores."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    scores: dict[str, float]
+
+
+class EvaluationSample(_Response):
+    """A prompt, its reference and each model's answer."""
+
+    index: int = Field(description="The conversation's 0-based position in the dataset.")
+    line: int | None = None
+    messages: list[dict[str, Any]] = Field(description="The prompt.")
+    reference: str
+    outputs: dict[str, SampleOutput] = Field(description="{model: output}.")
+
+
+class EvaluationEvent(_Response):
+    """One event of an evaluation (created, started, progress, model_finished, succeeded...)."""
+
+    id: int
+    evaluation_id: str
+    kind: str
+    message: str
+    data: dict[str, Any]
+    created_at: datetime

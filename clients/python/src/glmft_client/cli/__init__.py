@@ -1,8 +1,9 @@
 """``glmft-client``: the glmft API from a shell or a CI job.
 
-Exit codes: 0 success, 1 the job failed or was cancelled, 2 invalid input (arguments, data,
-config, model), 3 timeout (the job keeps running), 4 the service (unreachable, 5xx after
-retries, authentication), 130 interrupted. Results go to stdout, progress and errors to stderr.
+Exit codes: 0 success, 1 the job or evaluation failed or was cancelled, 2 invalid input
+(arguments, data, config, model), 3 timeout (the job keeps running), 4 the service (unreachable,
+5xx after retries, authentication), 5 a model scored below an ``eval --threshold``,
+130 interrupted. Results go to stdout, progress and errors to stderr.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from collections.abc import Sequence
 
 from glmft_client._client import Client
 from glmft_client._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, VERSION
-from glmft_client.cli import chat, datasets, finetune, jobs
+from glmft_client.cli import chat, datasets, evaluate, finetune, jobs
 from glmft_client.cli.console import PROG, ExitCode, describe, error, exit_code_for
 from glmft_client.errors import GlmftError
 
 EPILOG = (
-    "exit codes: 0 ok, 1 job failed or cancelled, 2 invalid input or data, 3 timeout, "
-    "4 API or connection error"
+    "exit codes: 0 ok, 1 job or evaluation failed or cancelled, 2 invalid input or data, "
+    "3 timeout, 4 API or connection error, 5 eval: below a threshold"
 )
 
 
@@ -42,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_chat_arguments(commands.add_parser("chat", help="chat with a model or adapter"))
     chat.add_compare_arguments(
         commands.add_parser("compare", help="answers of several models side by side")
+    )
+    evaluate.add_arguments(
+        commands.add_parser(
+            "eval", help="score models on a dataset side by side; exit 5 below a threshold"
+        )
+    )
+    evaluate.add_evaluations_arguments(
+        commands.add_parser("evaluations", help="list, inspect, cancel evaluations")
     )
     return parser
 

@@ -21,10 +21,11 @@ class ExitCode(IntEnum):
     """The exit status of every command (docs/ci-workflow.md lists them)."""
 
     OK = 0
-    JOB_FAILED = 1  # the job failed or was cancelled
+    JOB_FAILED = 1  # the job (or evaluation) failed or was cancelled
     INVALID_INPUT = 2  # bad arguments, unreadable or invalid data, a refused config or model
     TIMEOUT = 3  # --timeout passed before the job finished (it keeps running)
     API_ERROR = 4  # the service: unreachable, 5xx after retries, authentication
+    BELOW_THRESHOLD = 5  # eval: a model scored below a --threshold
     INTERRUPTED = 130
 
 
@@ -60,9 +61,8 @@ def describe(error: GlmftError) -> str:
         request = f" [request {error.request_id}]" if error.request_id else ""
         return f"{code}: {error.message}{param}{request}"
     if isinstance(error, WaitTimeoutError):
-        return (
-            f"timeout: {error}; it keeps running (glmft-client jobs cancel {error.job_id} stops it)"
-        )
+        stop = f"{error.kind}s cancel {error.job_id}"
+        return f"timeout: {error}; it keeps running (glmft-client {stop} stops it)"
     return str(error)
 
 

@@ -3,6 +3,7 @@
 from glmft_client.resources.adapters import Adapters, AsyncAdapters
 from glmft_client.resources.chat import AsyncChat, Chat
 from glmft_client.resources.datasets import AsyncDatasets, Datasets
+from glmft_client.resources.evaluations import AsyncEvaluations, Evaluations
 from glmft_client.resources.jobs import AsyncJobs, Jobs
 from glmft_client.resources.models import AsyncModels, Models
 
@@ -11,10 +12,12 @@ __all__ = [
     "AsyncAdapters",
     "AsyncChat",
     "AsyncDatasets",
+    "AsyncEvaluations",
     "AsyncJobs",
     "AsyncModels",
     "Chat",
     "Datasets",
+    "Evaluations",
     "Jobs",
     "Models",
 ]
