@@ -75,7 +75,7 @@ def prepare(base_url: str, log: Path) -> dict[str, Any]:
     rows = (REPO / "trainer" / "assets" / "demo" / "train.jsonl").read_bytes().splitlines(True)
     with httpx.Client(base_url=base_url, timeout=60) as client:
         upload = client.post("/datasets", files={"file": ("train.jsonl", b"".join(rows[:8]))})
-        upload.raise_for_status()
+        _ok(upload)
         dataset = upload.json()["id"]
         overrides = {
             "training_args.max_steps": 4,
@@ -83,7 +83,7 @@ def prepare(base_url: str, log: Path) -> dict[str, Any]:
             "training_args.eval_strategy": "no",
         }
         job = client.post("/jobs", json={**job_body(dataset, overrides), "config": "tiny/lora"})
-        job.raise_for_status()
+        _ok(job)
         job_id = job.json()["id"]
 
         def finished() -> dict[str, Any] | None:
@@ -105,6 +105,11 @@ def prepare(base_url: str, log: Path) -> dict[str, Any]:
         "step": steps[-1],
         "base": MODEL_NAME,
     }
+
+
+def _ok(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
 
 
 def request_counts(base_url: str) -> Counter[str]:
@@ -149,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
             base_url = f"http://127.0.0.1:{port}"
             api_log, worker_log = home / "api.log", home / "worker.log"
             api = start(api_command(port), env, api_log)
+            wait_for(lambda: _ready(base_url), 120, "the API")  # it migrated the store
             worker = start(_worker_command(), env, worker_log)
-            wait_for(lambda: _ready(base_url), 120, "the API")
             ids = prepare(base_url, worker_log)
             stop(worker)
             worker = None
