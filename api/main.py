@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         RequestGuardMiddleware,
         max_body_bytes=settings.limits.max_request_bytes,
         larger={"/chat": chat_bytes, "/v1/chat/completions": chat_bytes},
+        streamed=("/datasets", "/v1/files"),
     )
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)

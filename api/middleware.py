@@ -84,22 +84,27 @@ class RequestContextMiddleware:
 _JSON_NUL = b"\\u0000"  # the escape of U+0000 in a JSON text
 #: bytes of an oversized body read (and dropped) so the client can read its 413
 _DRAIN_LIMIT = 64 * 1024 * 1024
-_STREAMED = ("multipart/form-data",)  # uploads: streamed to disk under their own limit
 _SCAN_ON_LOOP = 64 * 1024
 
 
 class RequestGuardMiddleware:
     """Refuses oversized bodies (413) and NUL characters (422) before routing.
 
-    ``max_body_bytes`` holds for every path but those of ``larger`` (path: bytes).
+    ``max_body_bytes`` holds for every path but those of ``larger`` (path: bytes); a POST to
+    one of ``streamed`` (the uploads) passes untouched: it streams to disk under its own limit.
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, larger: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        larger: dict[str, int] | None = None,
+        streamed: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.larger = larger or {}
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,7 +115,7 @@ class RequestGuardMiddleware:
             await _refuse(scope, receive, send, 422, "invalid_request", where)
             return
         headers = Headers(scope=scope)
-        if headers.get("content-type", "").lower().startswith(_STREAMED):
+        if scope["method"] == "POST" and scope.get("path") in self.streamed:
             await self.app(scope, receive, send)
             return
         limit = self.larger.get(scope.get("path", ""), self.max_body_bytes)
