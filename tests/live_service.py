@@ -38,12 +38,8 @@ TINY_OVERRIDES: dict[str, Any] = {
     "training_args.logging_steps": 1,
     "training_args.eval_strategy": "no",
 }
-#: A job that outlives any test's patience (cancel it); saves within the 1000 a run may plan.
-LONG_OVERRIDES: dict[str, Any] = {
-    **TINY_OVERRIDES,
-    "training_args.max_steps": 5000,
-    "training_args.save_steps": 500,
-}
+#: A job that outlives any test's patience (cancel it).
+LONG_OVERRIDES: dict[str, Any] = {**TINY_OVERRIDES, "training_args.max_steps": 5000}
 
 
 @dataclass(frozen=True)

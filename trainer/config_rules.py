@@ -19,7 +19,7 @@ from typing import Any
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 MAX_DEPTH = 32
 #: checkpoints one run may plan to save (max_steps / save_steps)
-MAX_CHECKPOINT_SAVES = 1000
+MAX_CHECKPOINT_SAVES = 5000
 #: step events one run may plan to log (max_steps / logging_steps)
 MAX_LOGGED_STEPS = 100_000
 #: checkpoints kept on disk when the config does not say (older ones are rotated away)
