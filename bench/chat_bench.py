@@ -181,13 +181,16 @@ def run_batch(
     specs: Sequence[AdapterSpec | None],
     new_tokens: int,
     timeout: float = 600,
+    *,
+    stream: bool = True,
 ) -> dict[str, Any]:
     params = GenerationParams(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
     collector = Collector(len(batch))
     steps = engine.steps
     started = time.perf_counter()
     for i, (prompt, spec) in enumerate(zip(batch, specs, strict=True)):
-        engine.submit(Request(prompt, params, collector.callback(i), adapter=spec))
+        request = Request(prompt, params, collector.callback(i), adapter=spec, stream=stream)
+        engine.submit(request)
     if not collector.done.wait(timeout):
         raise TimeoutError(f"{collector.left} of {len(batch)} requests unanswered")
     elapsed = time.perf_counter() - started
@@ -522,7 +525,9 @@ def main() -> int:
             eval_specs = [loras[i % 4] for i in range(4 * len(eval_batch))]
             evaluation = record(
                 "eval",
-                lambda: run_batch(engine, eval_batch * 4, eval_specs, args.new_tokens, 1800),
+                lambda: run_batch(
+                    engine, eval_batch * 4, eval_specs, args.new_tokens, 1800, stream=False
+                ),
             )
         finally:
             engine.close()

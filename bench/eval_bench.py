@@ -40,7 +40,7 @@ from sqlmodel import Session, select
 from transformers import AutoTokenizer
 
 from api.main import create_app
-from bench.chat_bench import build_model, write_adapters
+from bench.chat_bench import build_model, write_lora
 from core.models import Adapter, EvaluationOutput, EvaluationSample
 from core.settings import BaseModelEntry, ChatSettings, Settings
 from trainer.metrics import score_texts
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, padding_side="left")
         started = time.perf_counter()
         model = save_model(args.tiny, tokenizer_dir, root / "model")
-        specs = write_adapters(model, root / "adapters", args.adapters)
+        specs = write_lora(root / "adapters", model.config, args.adapters)
         results["build_s"] = round(time.perf_counter() - started, 1)
         settings = Settings(
             home=root / "home",

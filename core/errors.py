@@ -82,6 +82,18 @@ class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
 
+class DatasetInUse(Conflict):
+    """A dataset a job may still train on (one that has not succeeded): it cannot be deleted."""
+
+    code = "dataset_in_use"
+
+
+class JobStillStopping(Conflict):
+    """A paused job whose trainer has not stopped yet: it cannot be resumed until it has."""
+
+    code = "job_still_stopping"
+
+
 class Invalid(AppError):
     code = "invalid_request"
     http_status = 422

@@ -2,7 +2,8 @@
 
 ``validating -> queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and
 ``paused`` (ARCHITECTURE.md decision 2). Every change is a conditional UPDATE on the current state,
-so two workers (or a worker and the reaper) can never both move a job.
+so two workers (or a worker and the reaper) can never both move a job, and every change is recorded
+as a job event named after the state entered, in the same transaction as the change itself.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from core.errors import InvalidJobTransition, JobNotFound
-from core.models import Adapter, Checkpoint, Job, utcnow
+from core.models import Adapter, Checkpoint, Job, JobEvent, utcnow
 
 
 class JobState(StrEnum):
@@ -33,7 +34,8 @@ class JobState(StrEnum):
 S = JobState
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.VALIDATING: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    # queued -> paused: held back until resumed (its broker message is then skipped)
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.PAUSED}),
     # running -> queued: the reaper re-queues a job whose worker vanished
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLING, S.QUEUED, S.PAUSED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED, S.SUCCEEDED}),
@@ -44,10 +46,35 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.SUCCEEDED: frozenset(),
 }
 TERMINAL = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
+#: Columns a state event repeats in its ``data`` when the transition sets them.
+_EVENT_FIELDS = (
+    "attempt",
+    "worker",
+    "gpu_ids",
+    "resume_from_step",
+    "error_code",
+    "error_message",
+    "user_error",
+    "adapter_id",
+)
+_RACE_RETRIES = 3
 
 
 def sources_of(target: JobState) -> list[JobState]:
     return [s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets]
+
+
+def state_event(
+    job_id: str, target: JobState, previous: str | None, reason: str = "", **data: Any
+) -> JobEvent:
+    """The event recording that ``job_id`` entered ``target`` (kind: the state's name)."""
+    message = f"{previous} -> {target.value}" if previous else target.value
+    return JobEvent(
+        job_id=job_id,
+        kind=target.value,
+        message=f"{message}: {reason}" if reason else message,
+        data={"state": target.value, "previous": previous, "reason": reason or None, **data},
+    )
 
 
 def transition(
@@ -57,34 +84,46 @@ def transition(
     *,
     from_states: Iterable[JobState] | None = None,
     at_attempt: int | None = None,
+    reason: str = "",
     **fields: Any,
 ) -> Job:
     """Move ``job_id`` to ``target`` if its current state allows it; set ``fields`` with it.
 
     ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim);
     ``at_attempt`` fences the change to that attempt of the job, so a worker that lost its job to
-    a newer attempt cannot move it. Raises ``JobNotFound`` or ``InvalidJobTransition``. Commits.
+    a newer attempt cannot move it. The change and its event (``reason`` says why) are committed
+    together. Raises ``JobNotFound`` or ``InvalidJobTransition``.
     """
-    allowed = set(sources_of(target))
+    allowed = {s.value for s in sources_of(target)}
     if from_states is not None:
-        allowed &= set(from_states)
+        allowed &= {s.value for s in from_states}
     values: dict[str, Any] = {"state": target.value, **fields}
     if target in TERMINAL:
         values.setdefault("finished_at", utcnow())
-    statement = (
-        update(Job)
-        .where(col(Job.id) == job_id)
-        .where(col(Job.state).in_([s.value for s in allowed]))
-        .values(**values)
-    )
-    if at_attempt is not None:
-        statement = statement.where(col(Job.attempt) == at_attempt)
-    result = session.execute(statement)
-    session.commit()
+    data = {k: fields[k] for k in _EVENT_FIELDS if fields.get(k) is not None}
+    moved = False
+    for _ in range(_RACE_RETRIES):
+        row = session.exec(select(Job.state, Job.attempt).where(col(Job.id) == job_id)).first()
+        if row is None or row[0] not in allowed:
+            break
+        if at_attempt is not None and row[1] != at_attempt:
+            break  # the job moved on to another attempt: not this caller's to change
+        current = row[0]
+        # conditional on the state (and attempt) just read: the event names the state it left
+        statement = update(Job).where(col(Job.id) == job_id, col(Job.state) == current)
+        if at_attempt is not None:
+            statement = statement.where(col(Job.attempt) == at_attempt)
+        result = session.execute(statement.values(**values))
+        moved = result.rowcount == 1  # type: ignore[attr-defined]
+        if moved:
+            session.add(state_event(job_id, target, current, reason, **data))
+        session.commit()  # when not moved, another writer changed it since our read: look again
+        if moved:
+            break
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise JobNotFound(f"job {job_id} not found")
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if not moved:
         raise InvalidJobTransition(
             f"job {job_id} is {job.state}; it cannot become {target.value}"
             + (f" at attempt {at_attempt} (it is on {job.attempt})" if at_attempt else ""),
@@ -112,6 +151,7 @@ def claim(
             heartbeat_at=now or utcnow(),
             started_at=now or utcnow(),
             cancel_requested=False,
+            reason=f"attempt {job.attempt + 1} on {worker}",
         )
     except InvalidJobTransition:
         return None

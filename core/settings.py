@@ -3,14 +3,20 @@
 Defaults are the embedded mode: everything under ``GLMFT_HOME`` (``~/.glmft``), SQLite as the
 store and an SQLite-backed Celery broker, so one machine needs no other service. Production sets
 ``GLMFT_DATABASE_URL`` (PostgreSQL) and ``GLMFT_BROKER_URL`` (Redis).
+
+Base models are registered by name, either one variable per field,
+``GLMFT_MODELS__glm_4_9b_chat__PATH=/models/glm-4-9b-chat-hf`` (a shell variable name cannot hold
+``-``, so ``_`` in a registry name reads as ``-``: this names ``glm-4-9b-chat``), or all at once as
+JSON, ``GLMFT_MODELS='{"glm-4-9b-chat": {"path": "/models/glm-4-9b-chat-hf", "gpus": 1}}'``.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +28,9 @@ class BaseModelEntry(BaseModel):
     # Load this checkpoint's own modeling code (e.g. the original GLM-4V-9B). The operator's
     # choice for one entry (GLMFT_MODELS__<name>__TRUST_REMOTE_CODE=true); never a job's.
     trust_remote_code: bool = False
+    # GPUs a job on this base gets when it asks for none; unset: 1 when a worker has GPUs,
+    # else 0 (the API's default_gpus)
+    gpus: int | None = Field(default=None, ge=0)
 
 
 class Limits(BaseModel):
@@ -110,6 +119,20 @@ class Settings(BaseSettings):
     default_tenant: str = "default"
     # {api key: tenant}; empty turns auth off (every caller is the default tenant)
     api_keys: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _dashed_names(cls, value: object) -> object:
+        """Registry names use ``-``; ``_`` reads as ``-`` (shell variable names lack ``-``)."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {}
+        for name, entry in value.items():
+            key = str(name).replace("_", "-")
+            both = isinstance(entry, dict) and isinstance(merged.get(key), dict)
+            # GLMFT_MODELS__a-b__PATH and GLMFT_MODELS__a_b__GPUS describe one entry
+            merged[key] = {**merged[key], **entry} if both else entry
+        return merged
 
     @property
     def resolved_database_url(self) -> str:

@@ -372,7 +372,7 @@ class Engine:
             row = Row(
                 request=request,
                 blocks=blocks,
-                text=RowText(self.decode, request.params.stop),
+                text=RowText(self.decode, request.params.stop, live=request.stream),
                 generator=make_generator(request.params, self.device),
                 prompt_tokens=len(request.prompt),
                 lora_slot=adapter.slot,
@@ -457,7 +457,7 @@ class Engine:
         final = row.finish is not None
         if final:
             row.text.finish()
-        piece = row.text.delta(final)
+        piece = row.text.delta(final) if request.stream else ""
         if piece:
             request.on_event(Event("delta", text=piece))
         return final

@@ -24,3 +24,6 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     # work nobody waits on interactively (an evaluation): admitted after every other request
     background: bool = False
+    # text deltas as the answer grows; without, only the result (no text is decoded before
+    # the end unless a stop string needs it)
+    stream: bool = True

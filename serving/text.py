@@ -21,9 +21,11 @@ class RowText:
     """The text of one row's generated tokens (special tokens skipped, leading blanks
     stripped, as a full ``decode(...).strip()`` of the upstream inference gives)."""
 
-    def __init__(self, decode: Decode, stop: tuple[str, ...]) -> None:
+    def __init__(self, decode: Decode, stop: tuple[str, ...], *, live: bool = True) -> None:
         self.decode = decode
         self.stop = tuple(s for s in stop if s)
+        # text decoded as tokens arrive (streaming, stop strings); otherwise once, at the end
+        self.live = live or bool(self.stop)
         self.ids: list[int] = []
         self._raw = ""  # decoded so far, not yet stripped
         self._prefix_offset = 0
@@ -36,6 +38,8 @@ class RowText:
         """Append ``token``; ``stopped`` turns true when the text reaches a stop string (the
         text then ends before it)."""
         self.ids.append(token)
+        if not self.live:
+            return
         window = self.ids[self._prefix_offset :]
         before = self.decode(self.ids[self._prefix_offset : self._read_offset])
         now = self.decode(window)
@@ -51,6 +55,9 @@ class RowText:
 
     def finish(self) -> None:
         """The text is final: whatever the window still held back is decoded."""
+        if not self.live:
+            self.text = self.decode(self.ids).lstrip()
+            return
         rest = self.decode(self.ids[self._prefix_offset :])
         before = self.decode(self.ids[self._prefix_offset : self._read_offset])
         if not self.stopped and len(rest) > len(before):

@@ -94,7 +94,8 @@ def run_live_service(
             "GLMFT_HOME": str(home),
             "GLMFT_DATABASE_URL": database_url,
             "GLMFT_BROKER_URL": broker,
-            f"GLMFT_MODELS__{MODEL}__PATH": str(tiny_model_dir),
+            # the shell form the docs give ("_" reads as "-"): glm-4-tiny
+            "GLMFT_MODELS__glm_4_tiny__PATH": str(tiny_model_dir),
             "GLMFT_API_KEYS": json.dumps({API_KEY: TENANT, OTHER_API_KEY: "other"}),
             "GLMFT_WORKER_GPUS": "[]",
             "GLMFT_WORKER_NAME": "clients-node",

@@ -41,6 +41,7 @@ TORCH_FREE = [
     "events",
     "images",
     "vision",
+    "model_fit",
 ]
 
 

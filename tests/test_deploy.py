@@ -360,7 +360,7 @@ def test_dockerfiles_pin_the_ml_stack_of_pyproject() -> None:
     assert f"torch=={pins['torch']} --index-url" in worker
     assert "download.pytorch.org/whl/cu" in worker
     assert f"deepspeed=={pins['deepspeed']}" in worker
-    assert '".[deepspeed]"' in worker
+    assert '".[deepspeed,tensorboard]"' in worker
     worker_instructions = _instructions(DEPLOY / "docker" / "worker.Dockerfile")
     cmd = [json.loads(r) for kw, r in worker_instructions if kw == "CMD"][-1]
     assert _starts_with(cmd, WORKER_COMMAND)

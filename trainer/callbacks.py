@@ -71,6 +71,9 @@ class EventCallback(TrainerCallback):
             grad_norm=logs.get("grad_norm"),
             epoch=logs.get("epoch"),
             tokens_per_second=round(tokens / elapsed, 2),
+            # the running count (a resumed run continues its checkpoint's): non-pad input tokens
+            # of all ranks trained on so far
+            trained_tokens=int(state.num_input_tokens_seen),
         )
 
     def on_evaluate(

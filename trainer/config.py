@@ -24,7 +24,10 @@ Method = Literal["lora", "ptuning_v2", "sft"]
 _PEFT_TABLES = {"LORA": "lora", "PREFIX_TUNING": "prefix_tuning"}
 _METHODS: dict[str | None, Method] = {None: "sft", "LORA": "lora", "PREFIX_TUNING": "ptuning_v2"}
 # Keys the trainer owns: setting them in a config would break the run's contract with the worker.
-_RESERVED_TRAINING_ARGS = frozenset({"use_cpu", "report_to", "local_rank"})
+_RESERVED_TRAINING_ARGS = frozenset({"use_cpu", "local_rank"})
+# ``report_to`` values: progress always goes to events.jsonl; TensorBoard logs may go beside it
+# (under the output directory), nothing leaves the machine
+REPORT_TO = ("none", "tensorboard")
 # HF's own whole-model compile: each of these turns it on.
 _HF_COMPILE_ARGS = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
 
@@ -236,10 +239,11 @@ def _check_training_args(args: dict[str, Any]) -> list[ConfigIssue]:
         for k in args
         if k in _RESERVED_TRAINING_ARGS
     ]
+    issues += _check_report_to(args.get("report_to"))
     rest = {
         k: v
         for k, v in args.items()
-        if k not in _RESERVED_TRAINING_ARGS and k != "generation_config"
+        if k not in _RESERVED_TRAINING_ARGS and k not in ("generation_config", "report_to")
     }
     issues += _check_fields(rest, "training_args", "training_args")
     issues += [
@@ -253,6 +257,33 @@ def _check_training_args(args: dict[str, Any]) -> list[ConfigIssue]:
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             issues.append(ConfigIssue(f"training_args.{key}", "must be positive"))
     return issues
+
+
+def report_targets(value: Any) -> list[str]:
+    """``report_to`` as a list of integrations (``none`` and missing: none)."""
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [v for v in values if v != "none"]
+
+
+def _check_report_to(value: Any) -> list[ConfigIssue]:
+    if value is None:
+        return []
+    if not isinstance(value, str | list) or not all(isinstance(v, str) for v in value):
+        return [
+            ConfigIssue(
+                "training_args.report_to", f"expected a string or list of strings, got {value!r}"
+            )
+        ]
+    unknown = [v for v in report_targets(value) if v not in REPORT_TO]
+    if unknown:
+        return [
+            ConfigIssue(
+                "training_args.report_to",
+                f"{', '.join(map(repr, unknown))} is not supported: glmft reports to the job's "
+                f"events; set one of {', '.join(REPORT_TO)}",
+            )
+        ]
+    return []
 
 
 def _check_peft(peft: dict[str, Any] | None) -> list[ConfigIssue]:

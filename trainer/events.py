@@ -8,7 +8,8 @@ writes. Every line is one object with ``event`` and ``time`` plus:
                 ``total_params``, ``device``, ``train_conversations``, ``memory``, ``attention``,
                 ``compiled_layers`` (0 without ``compile: true``)
 ``step``        ``step``, ``loss``, ``learning_rate``, ``grad_norm``, ``epoch``,
-                ``tokens_per_second`` (non-pad input tokens, all ranks)
+                ``tokens_per_second`` (non-pad input tokens, all ranks), ``trained_tokens``
+                (non-pad input tokens of all ranks trained on so far)
 ``eval``        ``step``, ``metrics`` (``rouge-1``, ``rouge-2``, ``rouge-l``, ``bleu-4``, ...)
 ``checkpoint``  ``step``, ``path``, ``bytes``
 ``compile``     at the end of training with ``compile: true``: ``layers``, ``frames`` (dynamo's

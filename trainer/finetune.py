@@ -15,6 +15,7 @@ directory; nothing was written), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -30,12 +31,14 @@ from trainer import __version__
 from trainer.attention import register_packed_attention
 from trainer.callbacks import CompileReport, EventCallback, TrainingDivergedError, strip_prefix
 from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
+from trainer.commands.finetune import add_arguments
 from trainer.compile import compile_model
 from trainer.config import (
     ConfigError,
     ConfigIssue,
     FinetuningConfig,
     load_config,
+    report_targets,
     resolve_config_path,
 )
 from trainer.config_rules import DEFAULT_SAVE_TOTAL_LIMIT
@@ -198,57 +201,18 @@ def parse_args(argv: Sequence[str] | None) -> RunArgs:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("data_dir", type=Path, help="directory the config's data files are in")
-    parser.add_argument("model_dir", type=Path, help="base model directory (native GLM-4)")
-    parser.add_argument("config", type=Path, help="yaml config (configs/lora.yaml, ...)")
-    parser.add_argument(
-        "resume",
-        nargs="?",
-        default="",
-        help="'yes' (newest complete checkpoint), a step N, or 'no' (default)",
-    )
-    parser.add_argument("--output-dir", type=Path, help="overrides training_args.output_dir")
-    parser.add_argument(
-        "--base-model-name",
-        help="registry name recorded in checkpoints (default: the model dir name)",
-    )
-    parser.add_argument(
-        "--feature-cache",
-        type=Path,
-        help="directory of pre-tokenised datasets reused across runs (default: none)",
-    )
-    parser.add_argument(
-        "--lock",
-        type=Path,
-        help="hold this file while training; refuse to run while another trainer holds it",
-    )
-    parser.add_argument(
-        "--attempt",
-        type=int,
-        default=0,
-        help="with --lock: this run's attempt; refuse to run once a newer attempt has run",
-    )
-    parser.add_argument(
-        "--lock-wait",
-        type=float,
-        default=60.0,
-        help="with --lock: seconds to wait for the holder to exit (default 60)",
-    )
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="load a checkpoint whose modeling code ships with it (the operator's choice)",
-    )
-    ns = parser.parse_args(argv)
-    try:
-        resume = Resume.parse(ns.resume)
-    except ValueError as exc:
-        parser.error(str(exc))
+    add_arguments(parser)
+    return run_args(parser.parse_args(argv))
+
+
+def run_args(ns: argparse.Namespace) -> RunArgs:
+    """The run's arguments from a namespace :func:`trainer.commands.finetune.add_arguments`
+    parsed."""
     return RunArgs(
         ns.data_dir,
         ns.model_dir,
         ns.config,
-        resume,
+        ns.resume,
         ns.output_dir,
         ns.base_model_name,
         ns.feature_cache,
@@ -294,7 +258,17 @@ def build_training_args(
     values["use_cpu"] = not on_gpu  # without it CPU ranks train separate copies, silently
     if on_gpu and "bf16" not in values and "fp16" not in values:
         values["bf16"] = torch.cuda.is_bf16_supported()
-    values["report_to"] = "none"
+    values["report_to"] = report_targets(values.get("report_to")) or "none"
+    if "tensorboard" in values["report_to"] and not _tensorboard_installed():
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "training_args.report_to",
+                    "tensorboard needs the tensorboardX package on the training machine "
+                    "(pip install 'glmft[tensorboard]', or tensorboard), or remove report_to",
+                )
+            ]
+        )
     values["remove_unused_columns"] = False
     values.setdefault("include_num_input_tokens_seen", "non_padding")
     values.setdefault("logging_nan_inf_filter", False)  # a NaN must show, not be logged as 0.0
@@ -327,6 +301,12 @@ def build_training_args(
         )
         args._n_gpu = 1
     return args
+
+
+def _tensorboard_installed() -> bool:
+    # transformers' TensorBoardCallback writes through torch's SummaryWriter (the tensorboard
+    # package) or tensorboardX's; its logs land in <output_dir>/runs/
+    return any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX"))
 
 
 def make_compute_metrics(tokenizer: Any) -> Any:
@@ -538,7 +518,11 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run_args = parse_args(argv)
+    return execute(parse_args(argv))
+
+
+def execute(run_args: RunArgs) -> int:
+    """Train as ``run_args`` say; the exit code (0 ok, 2 the input is at fault, 1 otherwise)."""
     dist = DistInfo.from_env()
     configure_logging(dist)
     if run_args.lock is not None and dist.is_main:  # the other ranks follow rank 0's fate

@@ -100,7 +100,7 @@ def generate_all(
 
         try:
             for index, prompt in enumerate(prompts):
-                engine.submit(Request(prompt, params, collect(index), adapter=spec))
+                engine.submit(Request(prompt, params, collect(index), adapter=spec, stream=False))
             done.wait()
         finally:
             engine.close()

@@ -16,7 +16,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from trainer.config import ConfigError, ConfigIssue, FinetuningConfig
+from trainer.config import ConfigError, FinetuningConfig
+from trainer.model_fit import ModelShape, fit_peft_config
 from trainer.prefix import serve_prefix_by_layer
 from trainer.vision import (
     VISION_MODEL_TYPES,
@@ -153,34 +154,15 @@ def keep_embeddings_on_host(model: PreTrainedModel) -> bool:
     return True
 
 
-def check_prefix_shape(peft: dict[str, Any], model_config: Any) -> None:
-    """P-Tuning v2's heads and token_dim must equal the model's KV groups and 2 x head_dim...
-
-    ...per GLM-4's cache layout; PEFT would otherwise fail deep inside attention.
-    """
-    kv_heads = model_config.num_key_value_heads
-    head_dim = getattr(model_config, "head_dim", None) or (
-        model_config.hidden_size // model_config.num_attention_heads
-    )
-    heads = peft.get("num_attention_heads")
-    token_dim = peft.get("token_dim")
-    issues = []
-    if heads != kv_heads:
-        issues.append(
-            ConfigIssue(
-                "peft_config.num_attention_heads",
-                f"must equal the model's KV heads ({kv_heads}), got {heads}",
-            )
-        )
-    if token_dim != kv_heads * head_dim:
-        issues.append(
-            ConfigIssue(
-                "peft_config.token_dim",
-                f"must be KV heads x head_dim = {kv_heads * head_dim}, got {token_dim}",
-            )
-        )
-    if issues:
-        raise ConfigError(issues)
+def fit_to_model(peft: dict[str, Any], model_config: Any) -> dict[str, Any]:
+    """``peft`` checked against the model (:mod:`trainer.model_fit`): LoRA targets read as
+    native module names, P-Tuning v2's prefix shape filled in; raises ``ConfigError``."""
+    fitted = fit_peft_config(peft, ModelShape.from_config(model_config.to_dict()))
+    if fitted.issues:
+        raise ConfigError(fitted.issues)
+    for note in fitted.notes:
+        logger.warning("%s", note)
+    return fitted.peft_config if fitted.peft_config is not None else peft
 
 
 def base_model(model: Any) -> Any:
@@ -209,12 +191,13 @@ def attach_method(
                 parameter.requires_grad_(False)
         return model
     peft = dict(config.peft_config)
-    if vision and "target_modules" in peft:
-        peft["target_modules"] = lora_target_pattern(
-            peft["target_modules"], freeze_vision=config.freezeV
-        )
-    if peft["peft_type"] == "PREFIX_TUNING":
-        check_prefix_shape(peft, model.config)
+    if vision:  # the tower's and the language model's names (trainer.vision); no P-Tuning v2
+        if "target_modules" in peft:
+            peft["target_modules"] = lora_target_pattern(
+                peft["target_modules"], freeze_vision=config.freezeV
+            )
+    else:
+        peft = fit_to_model(peft, model.config)
     peft.setdefault("task_type", "CAUSAL_LM")
     wrapped = get_peft_model(model, get_peft_config(peft))
     if peft["peft_type"] == "PREFIX_TUNING":  # safe under checkpointing and torch.compile

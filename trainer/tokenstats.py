@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ def compute_token_stats(
     *,
     model_dir: Path | str,
     config_path: Path | str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """``records`` are ``(line, messages)`` of valid conversations."""
+    """``records`` are ``(line, messages)`` of valid conversations; ``on_progress(done, total)``
+    is called every 1,000 of them."""
     from trainer.modeling import load_tokenizer
 
     options = encoding_options(config_path)
@@ -44,7 +47,9 @@ def compute_token_stats(
     targets: list[int] = []
     truncated_lines: list[int] = []
     no_target_lines: list[int] = []
-    for line, messages in records:
+    for done, (line, messages) in enumerate(records, start=1):
+        if on_progress is not None and done % 1000 == 0:
+            on_progress(done, len(records))
         example = encode_train(
             tokenizer, special, messages, combine=options["combine"], max_length=max_length
         )

@@ -69,7 +69,13 @@ def reap_stale_jobs(
     for job in stale:
         try:
             if job.state == JobState.CANCELLING:
-                transition(session, job.id, JobState.CANCELLED, at_attempt=job.attempt)
+                transition(
+                    session,
+                    job.id,
+                    JobState.CANCELLED,
+                    at_attempt=job.attempt,
+                    reason=f"worker {job.worker} stopped responding while cancelling",
+                )
             elif job.attempt < job.max_attempts:
                 transition(
                     session,
@@ -79,6 +85,8 @@ def reap_stale_jobs(
                     at_attempt=job.attempt,
                     worker=None,
                     gpu_ids=[],
+                    reason=f"worker {job.worker} lost; re-queued (attempt {job.attempt} of "
+                    f"{job.max_attempts})",
                 )
                 _publish(session, job.id, enqueue)
                 requeued.append(job.id)
@@ -99,6 +107,7 @@ def reap_stale_jobs(
                     error_message=f"worker {job.worker} stopped responding on attempt "
                     f"{job.attempt} of {job.max_attempts}",
                     user_error=False,
+                    reason=f"worker {job.worker} lost on the last attempt",
                 )
         except InvalidJobTransition:
             continue  # it moved on while we looked

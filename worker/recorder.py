@@ -17,7 +17,14 @@ from sqlmodel import Session, col, select
 
 from core.models import Checkpoint, Job, JobEvent, Metric, utcnow
 
-_STEP_METRICS = ("loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
+_STEP_METRICS = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "epoch",
+    "trained_tokens",
+)
 MetricKey = tuple[int, str, str]
 
 

@@ -2,8 +2,8 @@
 
 No Celery here (the task is a thin wrapper), so the whole path is testable with real processes.
 The trainer runs in its own session and dies with this process; events are tailed into SQL every
-``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel stops the whole
-process tree and keeps the checkpoints.
+``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel and pause stop the
+whole process tree and keep the checkpoints (a paused job is then given up, for ``resume``).
 
 The worker never loses track of its trainer. A store that cannot be reached is retried with
 backoff while the trainer goes on (its events wait in ``events.jsonl``); only past
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -67,6 +67,7 @@ class Runner:
                     error_code="insufficient_capacity",
                     error_message=str(exc),
                     user_error=False,
+                    reason=f"no worker like {self.node} can hold it",
                 )
                 return JobState.FAILED.value
             if gpus is None:
@@ -165,7 +166,21 @@ class Runner:
                     return "store_unavailable"  # the reaper re-queues it; checkpoints stay
                 time.sleep(store.wait_s())
 
+    def _give_up_paused(self, session: Session, job_id: str) -> str:
+        """The trainer of a paused job has stopped: release it, so that it may be resumed."""
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.worker) == self.node)
+            .where(col(Job.state) == JobState.PAUSED.value)
+            .values(worker=None, gpu_ids=[])
+        )
+        session.commit()
+        logger.info("job %s: paused; its trainer stopped", job_id)
+        return JobState.PAUSED.value
+
     def _finish_once(self, session: Session, job: Job, outcome: Outcome) -> str:
+        if outcome.state == JobState.PAUSED:
+            return self._give_up_paused(session, job.id)
         fields: dict[str, Any] = {}
         if outcome.state == JobState.SUCCEEDED:
             if not heartbeat(session, job, self.node):
@@ -178,9 +193,34 @@ class Runner:
                 error_message=outcome.message,
                 user_error=outcome.user_error,
             )
-        transition(session, job.id, outcome.state, at_attempt=job.attempt, **fields)
+        try:
+            transition(
+                session,
+                job.id,
+                outcome.state,
+                at_attempt=job.attempt,
+                reason=_reason(outcome),
+                **fields,
+            )
+        except InvalidJobTransition:
+            current = session.get(Job, job.id, populate_existing=True)
+            if current is None or current.attempt != job.attempt:
+                raise  # another attempt owns the job: _finish records nothing
+            if current.state == JobState.PAUSED:  # paused as the trainer ended: resume finishes it
+                return self._give_up_paused(session, job.id)
+            # e.g. a job paused, then cancelled while its trainer stopped: already decided
+            logger.info("job %s: already %s; %s not recorded", job.id, current.state, outcome.state)
+            return current.state
         logger.info("job %s: %s", job.id, outcome.state.value)
         return outcome.state.value
+
+
+def _reason(outcome: Outcome) -> str:
+    if outcome.state == JobState.FAILED:
+        return f"{outcome.code}: {outcome.message}"
+    if outcome.state == JobState.CANCELLED:
+        return "the trainer was stopped"
+    return "the trainer succeeded"
 
 
 def register_adapter(session: Session, job: Job) -> Adapter | None:

@@ -28,7 +28,8 @@ from worker.recorder import record_events
 from worker.store_retry import StoreRetry
 
 logger = logging.getLogger(__name__)
-ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value)
+# a paused job still beats until its trainer has stopped and the worker has given it up
+ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value, JobState.PAUSED.value)
 LOST = "lost_ownership"
 STORE_LOST = "store_unavailable"
 EXIT_FENCED = 3  # trainer.finetune: the job directory belongs to another attempt
@@ -99,7 +100,7 @@ class Supervisor:
         store = StoreRetry(limit_s=self.settings.store_outage_limit_s)
         last_beat = last_disk = 0.0
         status: dict[str, Any] = {}
-        cancelled = False
+        stopped: JobState | None = None
         returncode = None
         while returncode is None:
             returncode = process.wait(self.poll_s)
@@ -115,10 +116,11 @@ class Supervisor:
                         logger.warning("job %s: no longer owned by %s; stopping", job.id, self.node)
                         process.terminate()
                         return Outcome(JobState.FAILED, LOST)
-                if returncode is None and self._cancel_requested(session, job.id):
-                    logger.info("job %s: cancel requested; stopping the trainer", job.id)
+                stop = self._stop_requested(session, job.id) if returncode is None else None
+                if stop is not None:
+                    logger.info("job %s: %s; stopping the trainer", job.id, stop.value)
                     returncode = process.terminate()
-                    cancelled = True
+                    stopped = stop
                 store.succeeded()
             except LostJobError:
                 process.terminate()
@@ -145,8 +147,8 @@ class Supervisor:
         if final is None:
             return Outcome(JobState.FAILED, STORE_LOST)
         status = final or status
-        if cancelled:
-            return Outcome(JobState.CANCELLED)
+        if stopped is not None:
+            return Outcome(stopped)
         if returncode == EXIT_FENCED:
             return self._fenced()
         if returncode == 0 and status.get("status") == "succeeded":
@@ -199,9 +201,14 @@ class Supervisor:
             tail.seek(int(stored))
             store.needs_resync = False
 
-    def _cancel_requested(self, session: Session, job_id: str) -> bool:
+    def _stop_requested(self, session: Session, job_id: str) -> JobState | None:
+        """``cancelled`` or ``paused`` when the job asks its trainer to stop, else None."""
         job = session.get(Job, job_id, populate_existing=True)
-        return job is not None and (job.cancel_requested or job.state == JobState.CANCELLING)
+        if job is None:
+            return None
+        if job.cancel_requested or job.state == JobState.CANCELLING:
+            return JobState.CANCELLED
+        return JobState.PAUSED if job.state == JobState.PAUSED else None
 
     def _over_disk_limit(self) -> Outcome | None:
         limit = self.settings.limits.max_job_disk_bytes

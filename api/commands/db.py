@@ -9,7 +9,9 @@ HELP = "database maintenance: 'glmft db upgrade' migrates the store to the newes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["upgrade"])
+    parser.add_argument(
+        "action", choices=["upgrade"], help="upgrade: migrate the store to the newest schema"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,7 +78,6 @@ def _train(client: httpx.Client, timeout: float) -> dict[str, Any] | None:
         "training_dataset": train,
         "validation_dataset": dev,
         "config": "tiny/lora",
-        "gpus": 0,
         "suffix": "demo",
     }
     response = client.post("/jobs", json=body, headers={"Idempotency-Key": str(uuid.uuid4())})

@@ -3,37 +3,55 @@
 Starts the API (uvicorn) and one worker (Celery, solo pool, with the reaper's beat) against SQLite
 and an SQLite-backed broker under ``--home`` (``GLMFT_HOME``, default ``~/.glmft``), registers the
 tiny GLM-4 bases ``glm-4-tiny`` and ``glm-4v-tiny`` (a vision model; both built offline on first
-start) beside any configured bases, and stops
-both on Ctrl-C or SIGTERM. The same code runs against PostgreSQL and Redis: only the URLs differ.
+start, trained on CPU) beside any configured bases, and stops both on Ctrl-C or SIGTERM. The same
+code runs against PostgreSQL and Redis: only the URLs differ.
+
+Once the API answers it prints where it is, its docs, its dashboard and the command to run next;
+the two processes write to ``<home>/logs/api.log`` and ``worker.log`` (``--verbose``: to the
+terminal).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 NAME = "up"
 HELP = "run the API and a worker on this machine (SQLite, embedded broker, tiny base model)"
 TINY_BASE = "glm-4-tiny"
 TINY_VISION_BASE = "glm-4v-tiny"
+# the shell form of GLMFT_MODELS__glm-4-tiny__... (core.settings reads "_" in a name as "-")
+TINY_ENV = "GLMFT_MODELS__glm_4_tiny"
+TINY_VISION_ENV = "GLMFT_MODELS__glm_4v_tiny"
+DEMO_TRAIN = Path(__file__).resolve().parents[2] / "trainer" / "assets" / "demo" / "train.jsonl"
+READY_TIMEOUT_S = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     parser.add_argument(
         "--home", type=Path, help="state directory (default: GLMFT_HOME or ~/.glmft)"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the API's and the worker's own output here instead of in <home>/logs/",
     )
 
 
 def service_env(home: Path | None) -> dict[str, str]:
-    """The environment both processes run with: GLMFT_HOME and the tiny base registered."""
+    """The environment both processes run with: GLMFT_HOME and the tiny base registered (its
+    jobs train on CPU unless they ask for GPUs)."""
     from core.settings import Settings
 
     env = dict(os.environ)
@@ -41,8 +59,10 @@ def service_env(home: Path | None) -> dict[str, str]:
         env["GLMFT_HOME"] = str(home.resolve())
     home_dir = Path(env["GLMFT_HOME"]) if "GLMFT_HOME" in env else Settings().home
     env["GLMFT_HOME"] = str(home_dir)
-    for name in (TINY_BASE, TINY_VISION_BASE):
-        env.setdefault(f"GLMFT_MODELS__{name}__PATH", str(home_dir / "models" / name))
+    for name, variable in ((TINY_BASE, TINY_ENV), (TINY_VISION_BASE, TINY_VISION_ENV)):
+        tiny = env.get(f"GLMFT_MODELS__{name}__PATH", str(home_dir / "models" / name))
+        env.setdefault(f"{variable}__PATH", tiny)
+        env.setdefault(f"{variable}__GPUS", "0")
     return env
 
 
@@ -90,39 +110,95 @@ def ensure_tiny_base(path: Path, *, vision: bool = False) -> None:
             build_tiny_model(path, hidden_size=128)
 
 
+def next_steps(base_url: str, home: Path, *, verbose: bool = False) -> str:
+    """What ``glmft up`` prints once the API answers: where things are and what to run next."""
+    logs = "this terminal" if verbose else f"{home / 'logs' / 'api.log'}, worker.log beside it"
+    return "\n".join(
+        [
+            f"glmft is up: {base_url}  (home {home})",
+            f"  API docs   {base_url}/docs",
+            f"  dashboard  {base_url}/ui/",
+            f"  bases      {TINY_BASE}, {TINY_VISION_BASE} (tiny, train on CPU)",
+            f"  logs       {logs}",
+            "",
+            "Next, in another shell: train a LoRA adapter on the bundled demo data (a minute):",
+            f"  glmft-client --base-url {base_url} finetune --model {TINY_BASE} --config tiny/lora "
+            f"--train {DEMO_TRAIN} --wait",
+            f"  (or: curl -F file=@{DEMO_TRAIN} {base_url}/datasets, then POST {base_url}/jobs)",
+            "",
+            "Ctrl-C stops it.",
+        ]
+    )
+
+
+def _log(home: Path, name: str, verbose: bool, stack: ExitStack) -> IO[bytes] | None:
+    if verbose:
+        return None
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    return stack.enter_context((home / "logs" / f"{name}.log").open("ab"))
+
+
+def _api_ready(base_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def run(args: argparse.Namespace) -> int:
+    # this process only prepares and supervises: its INFO lines (a line per migration, every
+    # readiness probe) would bury what a person needs to read
+    logging.getLogger().setLevel(logging.WARNING)
     from core.db import upgrade
     from core.settings import Settings
 
     env = service_env(args.home)
     settings = Settings(home=Path(env["GLMFT_HOME"]))
     settings.home.mkdir(parents=True, exist_ok=True)
-    ensure_tiny_base(Path(env[f"GLMFT_MODELS__{TINY_BASE}__PATH"]))
-    ensure_tiny_base(Path(env[f"GLMFT_MODELS__{TINY_VISION_BASE}__PATH"]), vision=True)
+    ensure_tiny_base(Path(env[f"{TINY_ENV}__PATH"]))
+    ensure_tiny_base(Path(env[f"{TINY_VISION_ENV}__PATH"]), vision=True)
     upgrade(env.get("GLMFT_DATABASE_URL") or settings.resolved_database_url)
-    worker = subprocess.Popen(  # noqa: S603 - our own command
-        worker_command(pool="solo", beat_schedule=settings.home / "beat-schedule"),
-        env=env,
-    )
-    api = subprocess.Popen(  # noqa: S603 - our own command
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.main:create_app",
-            "--host",
-            args.host,
-            "--port",
-            str(args.port),
-        ],
-        env=env,
-    )
-    print(
-        f"glmft is up on http://{args.host}:{args.port} (home {settings.home}); Ctrl-C stops it\n"
-        f"dashboard: {dashboard_url(args.host, args.port)}",
-        flush=True,
-    )
+    base_url = dashboard_url(args.host, args.port).removesuffix("/ui/")  # wildcard: loopback
+    with ExitStack() as stack:
+        outputs = {n: _log(settings.home, n, args.verbose, stack) for n in ("api", "worker")}
+        worker = subprocess.Popen(  # noqa: S603 - our own command
+            worker_command(pool="solo", beat_schedule=settings.home / "beat-schedule"),
+            env=env,
+            stdout=outputs["worker"],
+            stderr=subprocess.STDOUT if outputs["worker"] else None,
+        )
+        api = subprocess.Popen(  # noqa: S603 - our own command
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                args.host,
+                "--port",
+                str(args.port),
+            ],
+            env=env,
+            stdout=outputs["api"],
+            stderr=subprocess.STDOUT if outputs["api"] else None,
+        )
+        code = _serve(settings.home, base_url, {"api": api, "worker": worker}, args.verbose)
+    return code
+
+
+def _serve(
+    home: Path, base_url: str, processes: dict[str, subprocess.Popen[bytes]], verbose: bool
+) -> int:
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -131,9 +207,22 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while not stopping and worker.poll() is None and api.poll() is None:
+    deadline, announced = time.monotonic() + READY_TIMEOUT_S, False
+    while not stopping and all(p.poll() is None for p in processes.values()):
+        if not announced and _api_ready(base_url):
+            print(next_steps(base_url, home, verbose=verbose), flush=True)
+            announced = True
+        elif not announced and time.monotonic() > deadline:
+            sys.stderr.write(f"glmft up: the API did not answer at {base_url} in time\n")
+            break
         time.sleep(0.5)
-    return _shutdown([api, worker])
+    for name, process in processes.items():
+        if not stopping and process.poll() is not None:
+            log = home / "logs" / f"{name}.log"
+            end = "" if verbose else f"; the end of {log}:\n{_tail(log)}"
+            sys.stderr.write(f"glmft up: the {name} stopped (exit {process.returncode}){end}\n")
+    code = _shutdown(list(processes.values()))
+    return code if stopping else 1
 
 
 def _shutdown(processes: list[subprocess.Popen[bytes]]) -> int:

@@ -113,9 +113,17 @@ def get_report(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) ->
 @router.delete(
     "/{dataset_id}", status_code=204, response_class=Response, responses=error_responses(404, 409)
 )
-def delete_dataset(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) -> Response:
-    """Delete a dataset and its files (409 while an unfinished job uses it)."""
-    service.delete_dataset(
-        session=session, dataset=service.get_dataset(session, tenant, dataset_id)
-    )
+def delete_dataset(
+    dataset_id: DatasetId,
+    session: SessionDep,
+    tenant: TenantDep,
+    force: Annotated[
+        bool,
+        Query(description="Delete even though failed or cancelled jobs could resume on it."),
+    ] = False,
+) -> Response:
+    """Delete a dataset and its files; 409 `dataset_in_use` while a job that has not succeeded
+    uses it (a failed or cancelled one could resume on it), unless `force`."""
+    dataset = service.get_dataset(session, tenant, dataset_id)
+    service.delete_dataset(session=session, dataset=dataset, force=force)
     return Response(status_code=204)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,8 @@ from trainer.config_rules import INT_MAX
 router = APIRouter(prefix="/jobs/{job_id}", tags=["jobs"])
 LOG_FILE = "trainer.log"
 _TAIL_BLOCK = 64 * 1024
+# CSI (colours, cursor moves), OSC (titles, links) and the other two-byte escapes
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
 
 @router.get(
@@ -92,8 +95,16 @@ def get_checkpoints(job: JobDep, session: SessionDep) -> ListOf[CheckpointPublic
     return ListOf(data=[CheckpointPublic.model_validate(c, from_attributes=True) for c in rows])
 
 
+def readable_line(line: str) -> str:
+    """A terminal line as a person last saw it: carriage-return redraws (tqdm's progress bars)
+    collapsed to the final frame, ANSI escapes removed."""
+    frames = [frame for frame in _ANSI.sub("", line).split("\r") if frame.strip()]
+    return frames[-1].rstrip() if frames else ""
+
+
 def tail_lines(path: Path, count: int) -> str:
-    """The last ``count`` lines of ``path`` (read backwards in blocks; '' if absent)."""
+    """The last ``count`` lines of ``path`` (read backwards in blocks; '' if absent), each as
+    :func:`readable_line` shows it; the file itself keeps every byte."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -105,8 +116,12 @@ def tail_lines(path: Path, count: int) -> str:
             position = max(0, position - _TAIL_BLOCK)
             handle.seek(position)
             data = handle.read(end - position)
-    lines = data.decode("utf-8", "replace").splitlines()
-    return "\n".join(lines[-count:]) + ("\n" if lines else "")
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":  # the file ends with a newline
+        lines.pop()
+    shown = [readable_line(line) for line in lines[-count:]]
+    return "\n".join(shown) + ("\n" if shown else "")
 
 
 @router.get(
@@ -119,6 +134,7 @@ def get_logs(
     settings: SettingsDep,
     tail: Annotated[int, Query(ge=1, le=10_000, description="How many lines.")] = 200,
 ) -> PlainTextResponse:
-    """The tail of the trainer's log (empty until the job has started)."""
+    """The tail of the trainer's log (empty until the job has started), progress-bar redraws
+    collapsed and terminal colours removed."""
     path = settings.artifacts / "jobs" / job.id / LOG_FILE
     return PlainTextResponse(tail_lines(path, tail))

@@ -1,4 +1,4 @@
-"""``/jobs``: create (idempotent), list, read, cancel, resume."""
+"""``/jobs``: check, create (idempotent), list, read, cancel, pause, resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from api.deps import EnqueuerDep, JobDep, SessionDep, SettingsDep, TenantDep
 from api.schemas.common import Page, error_responses
-from api.schemas.jobs import JobCreate, JobPublic, ResumeRequest
+from api.schemas.jobs import JobCheck, JobCheckRequest, JobCreate, JobPublic, ResumeRequest
 from api.services import job_actions, jobs
 from api.services.job_queries import job_public, latest_metrics, list_jobs, queue_position
 from core.jobs import JobState
@@ -58,6 +58,12 @@ def create_job(
     return job_public(job, queue_position=queue_position(session, job))
 
 
+@router.post("/check", response_model=JobCheck, responses=error_responses(404))
+def check_job(body: JobCheckRequest, session: SessionDep, settings: SettingsDep) -> JobCheck:
+    """What POST /jobs would make of a job (model, config, GPUs); nothing is stored or queued."""
+    return jobs.check_job(session=session, settings=settings, spec=body)
+
+
 @router.get("", response_model=Page[JobPublic], responses=error_responses())
 def get_jobs(
     request: Request,
@@ -100,6 +106,13 @@ def get_job(job: JobDep, session: SessionDep) -> JobPublic:
 def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a job: queued → cancelled at once, running → cancelling (the worker stops it)."""
     return job_public(job_actions.cancel_job(session=session, job=job))
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic, responses=error_responses(404, 409))
+def pause_job(job: JobDep, session: SessionDep) -> JobPublic:
+    """Pause a job: a queued one is held back; a running one's trainer is stopped, keeping its
+    checkpoints. POST /jobs/{id}/resume continues from the newest checkpoint."""
+    return job_public(job_actions.pause_job(session=session, job=job))
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic, responses=error_responses(404, 409, 503))

@@ -13,6 +13,7 @@ from typing import Annotated, Protocol, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -34,7 +35,7 @@ from api.services import openai_finetuning as mapping
 from api.services.job_queries import list_jobs
 from api.uploads import receive_upload
 from core.errors import AppError, DatasetNotFound, Invalid
-from core.models import Dataset, new_id
+from core.models import Dataset, Job, new_id
 
 router = APIRouter(
     prefix="/v1",
@@ -122,9 +123,22 @@ def retrieve_file(file_id: FileId, session: SessionDep, tenant: TenantDep) -> Fi
     return mapping.file_object(_file(session, tenant, file_id))
 
 
+@router.get(
+    "/files/{file_id}/content",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The file."}},
+)
+def retrieve_file_content(file_id: FileId, session: SessionDep, tenant: TenantDep) -> FileResponse:
+    """The file's bytes, as uploaded."""
+    dataset = _file(session, tenant, file_id)
+    return FileResponse(
+        dataset.path, media_type="application/octet-stream", filename=dataset.filename
+    )
+
+
 @router.delete("/files/{file_id}", response_model=FileDeleted)
 def delete_file(file_id: FileId, session: SessionDep, tenant: TenantDep) -> FileDeleted:
-    """Delete a file (409 while an unfinished job uses it)."""
+    """Delete a file (409 while a job that has not succeeded uses it)."""
     dataset_service.delete_dataset(session=session, dataset=_file(session, tenant, file_id))
     return FileDeleted(id=file_id)
 
@@ -139,6 +153,8 @@ def create_fine_tuning_job(
     idempotency_key: IdempotencyKey = None,
 ) -> FineTuningJob:
     """Create a fine-tuning job from uploaded files (POST /jobs underneath)."""
+    if body.glmft.gpus is None:  # resolved here: OpenAI's batch_size is per job, glmft's per GPU
+        body.glmft.gpus = jobs.default_gpus(session, settings, body.model)
     try:
         job, _ = jobs.create_job(
             session=session,
@@ -172,19 +188,42 @@ def list_fine_tuning_jobs(
         after=mapping.cursor_after(session, "job", tenant, after),
         limit=limit,
     )
-    return _page([mapping.fine_tuning_job(j) for j in rows], has_more)
+    tokens = mapping.trained_tokens(session, [j.id for j in rows])
+    return _page([mapping.fine_tuning_job(j, tokens.get(j.id)) for j in rows], has_more)
+
+
+def _job(session: Session, job: Job) -> FineTuningJob:
+    return mapping.fine_tuning_job(job, mapping.trained_tokens(session, [job.id]).get(job.id))
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
-def retrieve_fine_tuning_job(job: JobDep) -> FineTuningJob:
+def retrieve_fine_tuning_job(job: JobDep, session: SessionDep) -> FineTuningJob:
     """One job."""
-    return mapping.fine_tuning_job(job)
+    return _job(session, job)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob)
 def cancel_fine_tuning_job(job: JobDep, session: SessionDep) -> FineTuningJob:
-    """Cancel a job (a running one reports `running` until its worker has stopped it)."""
-    return mapping.fine_tuning_job(job_actions.cancel_job(session=session, job=job))
+    """Cancel a job: `cancelled` at once (a running one's worker stops its trainer within
+    seconds; `glmft.state` is `cancelling` until then)."""
+    return _job(session, job_actions.cancel_job(session=session, job=job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause", response_model=FineTuningJob)
+def pause_fine_tuning_job(job: JobDep, session: SessionDep) -> FineTuningJob:
+    """Pause a job: its trainer stops, keeping its checkpoints (POST /jobs/{id}/pause)."""
+    return _job(session, job_actions.pause_job(session=session, job=job))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume", response_model=FineTuningJob)
+def resume_fine_tuning_job(
+    job: JobDep, session: SessionDep, settings: SettingsDep, enqueuer: EnqueuerDep
+) -> FineTuningJob:
+    """Resume a paused (or failed, cancelled) job from its newest checkpoint."""
+    resumed = job_actions.resume_job(
+        session=session, settings=settings, enqueuer=enqueuer, job=job, step=None
+    )
+    return _job(session, resumed)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events", response_model=OpenAIList[FineTuningJobEvent])

@@ -32,19 +32,15 @@ _CREATE_EXAMPLE: JsonDict = {
 }
 
 
-class JobCreate(BaseModel):
-    """A fine-tuning job to run."""
+class JobSpec(BaseModel):
+    """What a job trains: the base model, the method, the config and the GPUs."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         max_length=200, description="A base model of the registry (see GET /models)."
     )
     method: Literal["lora", "ptuning_v2", "sft"]
-    training_dataset: ResourceId = Field(description="Id of a valid dataset of yours.")
-    validation_dataset: ResourceId | None = Field(
-        default=None, description="Id of a valid dataset."
-    )
     config: str | None = Field(
         default=None,
         max_length=MAX_CONFIG_TEXT,
@@ -56,8 +52,58 @@ class JobCreate(BaseModel):
         max_length=MAX_OVERRIDES,
         description='Dotted config keys to set, e.g. {"training_args.max_steps": 500}.',
     )
-    gpus: int = Field(default=1, ge=0, le=1024, description="GPUs for the job; 0 trains on CPU.")
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        le=1024,
+        description="GPUs for the job; 0 trains on CPU. Default: the base model's `gpus` in the "
+        "registry, else 1 when a worker has GPUs and 0 when none has.",
+    )
     seed: int | None = Field(default=None, ge=0, le=INT_MAX, description="Sets training_args.seed.")
+
+    @field_validator("overrides")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        depth = measure(value).depth
+        if depth > MAX_DEPTH:
+            raise ValueError(f"values are nested {depth} levels deep; at most {MAX_DEPTH}")
+        return value
+
+
+class JobCheckRequest(JobSpec):
+    """A job to check without creating it (no dataset needed yet)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"model": "glm-4-tiny", "method": "lora", "config": "tiny/lora"}]
+        },
+    )
+
+
+class JobCheck(BaseModel):
+    """What POST /jobs would make of a request; nothing was stored or queued."""
+
+    object: Literal["job.check"] = "job.check"
+    model: str
+    method: str
+    gpus: int = Field(description="The GPUs the job would get (the default filled in).")
+    max_steps: int | None = None
+    config: dict[str, Any] = Field(description="The resolved config, fitted to the base model.")
+    notes: list[str] = Field(
+        default_factory=list, description="What was filled in or read differently, and why."
+    )
+
+
+class JobCreate(JobSpec):
+    """A fine-tuning job to run."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
+
+    training_dataset: ResourceId = Field(description="Id of a valid dataset of yours.")
+    validation_dataset: ResourceId | None = Field(
+        default=None, description="Id of a valid dataset."
+    )
     suffix: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
@@ -72,14 +118,6 @@ class JobCreate(BaseModel):
     def _few_keys(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_METADATA_KEYS:
             raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
-        return value
-
-    @field_validator("overrides")
-    @classmethod
-    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
-        depth = measure(value).depth
-        if depth > MAX_DEPTH:
-            raise ValueError(f"values are nested {depth} levels deep; at most {MAX_DEPTH}")
         return value
 
 

@@ -17,12 +17,13 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 OpenAIStatus = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
 ]
-#: glmft state -> OpenAI status; a cancelling job still runs until its worker stops it.
+#: glmft state -> OpenAI status. OpenAI has no "cancelling": a cancel is final once accepted
+#: (the worker stops the trainer within seconds; ``glmft.state`` tells the two apart).
 STATUS: dict[str, OpenAIStatus] = {
     "validating": "validating_files",
     "queued": "queued",
     "running": "running",
-    "cancelling": "running",
+    "cancelling": "cancelled",
     "paused": "paused",
     "succeeded": "succeeded",
     "failed": "failed",
@@ -108,7 +109,12 @@ class GlmftOptions(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description='Dotted config keys, e.g. {"training_args.max_steps": 8}.'
     )
-    gpus: int = Field(default=1, ge=0, description="GPUs for the job; 0 trains on CPU.")
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs for the job; 0 trains on CPU. Default: the base model's registry "
+        "entry, else 1 when a worker has GPUs and 0 when none has.",
+    )
 
 
 class FineTuningJobCreate(BaseModel):
@@ -199,9 +205,16 @@ class FineTuningJobEvent(BaseModel):
 
 
 class CheckpointMetrics(BaseModel):
+    """The checkpoint's step, its training loss and the evaluation at its step (the upstream
+    generation metrics: ROUGE-1/2/L F x 100 and BLEU-4 0-1), when one ran there."""
+
     step: float
     train_loss: float | None = None
     valid_loss: float | None = None
+    valid_rouge_1: float | None = None
+    valid_rouge_2: float | None = None
+    valid_rouge_l: float | None = None
+    valid_bleu_4: float | None = None
 
 
 class FineTuningJobCheckpoint(BaseModel):

@@ -16,14 +16,15 @@ from api.pagination import newest_first, split_page
 from api.services.dataset_archives import unpack_upload, validate_archive
 from api.uploads import StoredUpload
 from core.datasets import dataset_root
-from core.errors import Conflict, DatasetNotFound, ModelNotFound
-from core.jobs import TERMINAL
+from core.errors import DatasetInUse, DatasetNotFound, ModelNotFound
+from core.jobs import TERMINAL, JobState
 from core.models import BaseModelRecord, Dataset, Job
 from core.settings import Settings
 from trainer.tokenstats import compute_token_stats  # torch loads only when it runs
 from trainer.validation import validate_path
 
 logger = logging.getLogger(__name__)
+S = JobState
 
 #: Issues kept per list in the stored report (the counts stay exact).
 MAX_REPORTED_ISSUES = 10_000
@@ -49,8 +50,11 @@ def resolve_model(session: Session, name: str, param: str = "model") -> BaseMode
     return record
 
 
-def validate_upload(path: Path, model_dir: Path | None) -> dict[str, Any]:
-    """Run the trainer's validator (and token stats under ``model_dir``); the stored report."""
+def validate_upload(path: Path, model_dir: Path | None, name: str | None = None) -> dict[str, Any]:
+    """Run the trainer's validator (and token stats under ``model_dir``); the stored report.
+
+    Issues name the file ``name`` (the uploaded name), never the service's storage path.
+    """
     records: list[tuple[int, list[dict[str, Any]]]] = []
     collect = (lambda msgs, pos: records.append((pos, msgs))) if model_dir else None
     report = validate_path(path, on_conversation=collect)
@@ -60,6 +64,8 @@ def validate_upload(path: Path, model_dir: Path | None) -> dict[str, Any]:
     body["truncated"] = max(len(report.errors), len(report.warnings)) > MAX_REPORTED_ISSUES
     body["errors"] = body["errors"][:MAX_REPORTED_ISSUES]
     body["warnings"] = body["warnings"][:MAX_REPORTED_ISSUES]
+    for issue in body["errors"] + body["warnings"]:
+        issue["file"] = name or path.name
     body["error_count"], body["warning_count"] = len(report.errors), len(report.warnings)
     return body
 
@@ -111,8 +117,9 @@ def store_upload(
         if is_archive(upload.filename):
             upload.path, facts = unpack_upload(upload, settings)
             report = validate_archive(upload.path.parent, settings, facts)
+            report["file"] = upload.filename  # callers see what they uploaded, not our paths
         else:
-            report = validate_upload(upload.path, model_dir)
+            report = validate_upload(upload.path, model_dir, upload.filename)
         return create_dataset(
             session=session,
             dataset_id=dataset_id,
@@ -142,24 +149,35 @@ def list_datasets(
     return split_page(rows, limit)
 
 
-def delete_dataset(*, session: Session, dataset: Dataset) -> None:
-    """Delete the files and the record; 409 while a job that is not finished uses it.
+def delete_dataset(*, session: Session, dataset: Dataset, force: bool = False) -> None:
+    """Delete the files and the record; 409 ``dataset_in_use`` while a job that has not
+    succeeded uses it: a failed or cancelled job can still resume and would train on it. With
+    ``force`` only unfinished jobs (queued, running, paused, ...) keep it; the failed and
+    cancelled ones then cannot resume any more.
 
-    Finished jobs keep a foreign key to the row, so then the row stays as a tombstone
-    (``path`` empty, ``valid`` false): invisible, unusable, its files gone.
+    Jobs keep a foreign key to the row, so then the row stays as a tombstone (``path`` empty,
+    ``valid`` false): invisible, unusable, its files gone.
     """
     users = session.exec(
         select(Job).where(
             or_(Job.training_dataset_id == dataset.id, Job.validation_dataset_id == dataset.id)
         )
     ).all()
-    active = [job for job in users if job.state not in TERMINAL]
-    if active:
-        raise Conflict(
-            f"dataset {dataset.id} is used by job {active[0].id} ({active[0].state}); "
-            "cancel it or wait until it finishes",
+    spared = {S.SUCCEEDED.value} | ({S.FAILED.value, S.CANCELLED.value} if force else set())
+    needing = [job for job in users if job.state not in spared]
+    if needing:
+        listed = ", ".join(f"{job.id} ({job.state})" for job in needing[:5])
+        more = f" and {len(needing) - 5} more" if len(needing) > 5 else ""
+        unfinished = any(job.state not in TERMINAL for job in needing)
+        how = (
+            "cancel them or wait until they finish"
+            if unfinished
+            else "resume them first, or delete with force=true (they cannot resume then)"
+        )
+        raise DatasetInUse(
+            f"dataset {dataset.id} is needed by {listed}{more}: {how}",
             param="dataset_id",
-            details={"jobs": [job.id for job in active]},
+            details={"jobs": [job.id for job in needing]},
         )
     directory = dataset_root(Path(dataset.path))
     if users:
@@ -169,7 +187,7 @@ def delete_dataset(*, session: Session, dataset: Dataset) -> None:
         session.delete(dataset)
     session.commit()
     shutil.rmtree(directory, ignore_errors=True)
-    logger.info("deleted dataset %s (%d finished jobs keep its record)", dataset.id, len(users))
+    logger.info("deleted dataset %s (%d jobs keep its record)", dataset.id, len(users))
 
 
 def _last_written(directory: Path) -> float:

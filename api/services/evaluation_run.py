@@ -199,7 +199,9 @@ class EvaluationRun:
                 if event.kind != "delta":  # on the engine thread; the runner does the rest
                     self.answers.put((run, index, event))
 
-            request = Request(ids, params, deliver, adapter=run.target.adapter, background=True)
+            request = Request(
+                ids, params, deliver, adapter=run.target.adapter, background=True, stream=False
+            )
             run.in_flight[index] = request
             engine.submit(request)
             room -= 1

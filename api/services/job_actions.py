@@ -1,16 +1,19 @@
-"""Cancel and resume: state changes through ``core.jobs.transition`` (conditional UPDATEs)."""
+"""Cancel, pause and resume: state changes through ``core.jobs.transition`` (conditional UPDATE)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
 from api.queue import Enqueuer
+from api.schemas.common import as_utc
 from api.services.jobs import publish, usable_dataset
-from core.errors import Invalid, InvalidJobTransition, Unavailable
+from core.errors import Invalid, InvalidJobTransition, JobStillStopping, Unavailable
 from core.jobs import TERMINAL, JobState, transition
-from core.models import Checkpoint, Job
+from core.models import Checkpoint, Job, utcnow
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,9 +33,35 @@ def _cancel_once(session: Session, job: Job) -> Job:
         )
     if state is S.RUNNING:  # the worker sees the flag and stops the process group
         return transition(
-            session, job.id, S.CANCELLING, from_states=[S.RUNNING], cancel_requested=True
+            session,
+            job.id,
+            S.CANCELLING,
+            from_states=[S.RUNNING],
+            cancel_requested=True,
+            reason="cancel requested; the worker stops the trainer",
         )
-    return transition(session, job.id, S.CANCELLED, from_states=[state], cancel_requested=True)
+    return transition(
+        session,
+        job.id,
+        S.CANCELLED,
+        from_states=[state],
+        cancel_requested=True,
+        reason="cancel requested",
+    )
+
+
+def _retrying(action: Callable[[Session, Job], Job], session: Session, job: Job) -> Job:
+    """``action`` again on the job's new state when a worker moved it under our feet."""
+    for _ in range(_RACE_RETRIES):
+        seen = job.state  # before the attempt: a failed transition refreshes ``job`` in place
+        try:
+            return action(session, job)
+        except InvalidJobTransition:
+            refreshed = session.get(Job, job.id, populate_existing=True)
+            if refreshed is None or refreshed.state == seen:
+                raise
+            job = refreshed
+    return action(session, job)
 
 
 def cancel_job(*, session: Session, job: Job) -> Job:
@@ -40,16 +69,34 @@ def cancel_job(*, session: Session, job: Job) -> Job:
 
     A worker may claim the job between our read and our UPDATE: then retry on the new state.
     """
-    for _ in range(_RACE_RETRIES):
-        seen = job.state  # before the attempt: a failed transition refreshes ``job`` in place
-        try:
-            return _cancel_once(session, job)
-        except InvalidJobTransition:
-            refreshed = session.get(Job, job.id, populate_existing=True)
-            if refreshed is None or refreshed.state == seen:
-                raise
-            job = refreshed
-    return _cancel_once(session, job)
+    return _retrying(_cancel_once, session, job)
+
+
+def _pause_once(session: Session, job: Job) -> Job:
+    state = JobState(job.state)
+    if state is S.PAUSED:
+        return job
+    if state not in (S.QUEUED, S.RUNNING):
+        raise InvalidJobTransition(
+            f"job {job.id} is {state.value}; only a queued or running job can be paused",
+            details={"state": state.value, "target": S.PAUSED.value},
+        )
+    why = "pause requested" + ("; the worker stops the trainer" if state is S.RUNNING else "")
+    return transition(session, job.id, S.PAUSED, from_states=[state], reason=why)
+
+
+def pause_job(*, session: Session, job: Job) -> Job:
+    """queued → paused (held back); running → paused: its worker stops the trainer, keeping
+    the checkpoints, and gives the job up; ``resume`` queues it from the newest checkpoint."""
+    return _retrying(_pause_once, session, job)
+
+
+def _still_stopping(job: Job, settings: Settings) -> bool:
+    """A paused job whose worker has not given it up yet (and is alive: it beats)."""
+    if job.state != S.PAUSED.value or job.worker is None or job.heartbeat_at is None:
+        return False
+    since = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+    return as_utc(job.heartbeat_at) >= since
 
 
 def _checkpoint_step(session: Session, job: Job, step: int | None) -> int | None:
@@ -79,6 +126,12 @@ def resume_job(
             f"job {job.id} is {job.state}; only a failed, cancelled or paused job can resume",
             details={"state": job.state, "target": S.QUEUED.value},
         )
+    if _still_stopping(job, settings):
+        raise JobStillStopping(
+            f"job {job.id} is paused but its trainer on {job.worker} is still stopping; "
+            "resume it again in a few seconds",
+            details={"state": job.state, "worker": job.worker},
+        )
     resume_from = _checkpoint_step(session, job, step)
     usable_dataset(session, job.tenant_id, job.training_dataset_id, "training_dataset")
     if job.validation_dataset_id:
@@ -96,6 +149,10 @@ def resume_job(
         user_error=None,
         finished_at=None,
         max_attempts=job.attempt + settings.limits.max_attempts,
+        worker=None,
+        gpu_ids=[],
+        reason="resumed from "
+        + (f"checkpoint {resume_from}" if resume_from is not None else "the start"),
     )
     try:
         publish(session, enqueuer, job)
@@ -109,6 +166,7 @@ def resume_job(
             error_code="enqueue_failed",
             error_message="the job queue was unavailable when the job was resumed",
             user_error=False,
+            reason="the job queue was unavailable",
         )
         raise Unavailable("the job queue is unavailable; resume the job again later") from exc
     return job

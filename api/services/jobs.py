@@ -1,4 +1,5 @@
-"""Jobs: idempotent creation, capacity check, cancel and resume through ``core.jobs``."""
+"""Jobs: admission (model, datasets, config fitted to the base model, GPUs and capacity),
+idempotent creation, and the check that admits without creating."""
 
 from __future__ import annotations
 
@@ -6,18 +7,22 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from api.queue import TRAINING_QUEUE, Enqueuer
 from api.schemas.common import as_utc
-from api.schemas.jobs import JobCreate
+from api.schemas.jobs import JobCheck, JobCreate, JobSpec
 from api.services.datasets import get_dataset, resolve_model
 from api.services.job_config import resolve_config
+from api.services.model_checks import fit_config_to_model
 from api.services.vision_jobs import check_base_and_data
 from core.errors import (
     DatasetNotFound,
@@ -26,8 +31,8 @@ from core.errors import (
     InvalidDataset,
     Unavailable,
 )
-from core.jobs import JobState
-from core.models import Dataset, Job, WorkerNode, utcnow
+from core.jobs import JobState, state_event
+from core.models import BaseModelRecord, Dataset, Job, JobEvent, WorkerNode, utcnow
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,22 +71,38 @@ def usable_dataset(session: Session, tenant: str, dataset_id: str, param: str) -
     return dataset
 
 
+def _worker_pool(session: Session, settings: Settings) -> tuple[Sequence[WorkerNode], str]:
+    """Online workers (heartbeat within ``heartbeat_timeout_s``) when there are any, else the
+    known-but-offline ones; with the word for which."""
+    nodes = session.exec(select(WorkerNode)).all()
+    since = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+    online = [n for n in nodes if as_utc(n.last_seen) >= since]
+    return (online, "online") if online else (nodes, "known")
+
+
+def default_gpus(session: Session, settings: Settings, model: str) -> int:
+    """The GPUs of a job that asks for none: the registry entry's ``gpus``; unset, 1 when a
+    worker (online ones, else known ones) has GPUs, else 0: a CPU-only fleet trains on CPU."""
+    entry = settings.models.get(model)
+    if entry is not None and entry.gpus is not None:
+        return entry.gpus
+    pool, _ = _worker_pool(session, settings)
+    return 1 if any(node.gpus for node in pool) else 0
+
+
 def check_capacity(session: Session, settings: Settings, gpus: int) -> None:
     """Refuse a job no worker could ever hold (ARCHITECTURE.md decision 5).
 
-    Online workers (heartbeat within ``heartbeat_timeout_s``) decide when there are any; else
-    the known-but-offline ones; with no worker known at all only ``max_gpus_per_job`` applies,
-    so a job can be queued before the first worker starts.
+    Online workers decide when there are any; else the known-but-offline ones; with no worker
+    known at all only ``max_gpus_per_job`` applies, so a job can be queued before the first
+    worker starts.
     """
     limit = settings.limits.max_gpus_per_job
     if gpus > limit:
         raise InsufficientCapacity(f"gpus is {gpus}; the limit per job is {limit}", param="gpus")
     if gpus == 0:
         return
-    nodes = session.exec(select(WorkerNode)).all()
-    since = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
-    online = [n for n in nodes if as_utc(n.last_seen) >= since]
-    pool, label = (online, "online") if online else (nodes, "known")
+    pool, label = _worker_pool(session, settings)
     if not pool:
         return
     biggest = max(len(n.gpus) for n in pool)
@@ -94,47 +115,107 @@ def check_capacity(session: Session, settings: Settings, gpus: int) -> None:
         )
 
 
-def build_job(*, session: Session, settings: Settings, tenant: str, job_in: JobCreate) -> Job:
-    """Validate ``job_in`` fully and return the (unsaved) queued job."""
-    base = resolve_model(session, job_in.model)
+@dataclass(frozen=True)
+class Admission:
+    """What a job spec resolves to on this service."""
+
+    config: dict[str, Any]
+    max_steps: int | None
+    gpus: int
+    notes: list[str]
+
+
+def admit(
+    *,
+    session: Session,
+    settings: Settings,
+    spec: JobSpec,
+    model: BaseModelRecord,
+    train_name: str,
+    val_name: str | None,
+) -> Admission:
+    """Resolve and check ``spec``'s config against its base model, and its GPUs against the
+    fleet. The data files are named by their uploaded names: the worker copies the datasets
+    into the job directory, so no server path is stored on the job (or shown to callers)."""
+    gpus = spec.gpus if spec.gpus is not None else default_gpus(session, settings, model.name)
+    resolved = resolve_config(
+        method=spec.method,
+        config=spec.config,
+        overrides=spec.overrides,
+        seed=spec.seed,
+        train_file=Path(train_name),
+        val_file=Path(val_name) if val_name else None,
+        limits=settings.limits,
+        gpus=gpus,
+    )
+    fitted = fit_config_to_model(resolved.config, Path(model.path), spec.overrides)
+    check_capacity(session, settings, gpus)
+    return Admission(fitted.config, resolved.max_steps, gpus, fitted.notes)
+
+
+def check_job(*, session: Session, settings: Settings, spec: JobSpec) -> JobCheck:
+    """What ``POST /jobs`` would make of ``spec``, without datasets, storing nothing: lets a
+    client check the model, config and capacity before it uploads anything."""
+    model = resolve_model(session, spec.model)
+    admission = admit(
+        session=session,
+        settings=settings,
+        spec=spec,
+        model=model,
+        train_name="train.jsonl",
+        val_name=None,
+    )
+    return JobCheck(
+        model=spec.model,
+        method=spec.method,
+        gpus=admission.gpus,
+        max_steps=admission.max_steps,
+        config=admission.config,
+        notes=admission.notes,
+    )
+
+
+def build_job(
+    *, session: Session, settings: Settings, tenant: str, job_in: JobCreate
+) -> tuple[Job, list[str]]:
+    """Validate ``job_in`` fully: the (unsaved) queued job, and the admission's notes."""
+    model = resolve_model(session, job_in.model)
     train = usable_dataset(session, tenant, job_in.training_dataset, "training_dataset")
     val = None
     if job_in.validation_dataset is not None:
         val = usable_dataset(session, tenant, job_in.validation_dataset, "validation_dataset")
-    resolved = resolve_config(
-        method=job_in.method,
-        config=job_in.config,
-        overrides=job_in.overrides,
-        seed=job_in.seed,
-        train_file=Path(train.path),
-        val_file=Path(val.path) if val else None,
-        limits=settings.limits,
-        gpus=job_in.gpus,
+    admission = admit(
+        session=session,
+        settings=settings,
+        spec=job_in,
+        model=model,
+        train_name=train.filename,
+        val_name=val.filename if val else None,
     )
     check_base_and_data(
         settings=settings,
         model=job_in.model,
-        model_dir=Path(base.path),
+        model_dir=Path(model.path),
         train=train,
         validation=val,
-        config=resolved.config,
+        config=admission.config,
     )
-    check_capacity(session, settings, job_in.gpus)
-    return Job(
+    job = Job(
         tenant_id=tenant,
         state=JobState.QUEUED.value,
         model=job_in.model,
         method=job_in.method,
         training_dataset_id=train.id,
         validation_dataset_id=val.id if val else None,
-        config=resolved.config,
-        gpus=job_in.gpus,
+        config=admission.config,
+        gpus=admission.gpus,
         seed=job_in.seed,
         suffix=job_in.suffix,
         user_metadata=job_in.metadata,
-        max_steps=resolved.max_steps,
+        max_steps=admission.max_steps,
         max_attempts=settings.limits.max_attempts,
     )
+    return job, admission.notes
 
 
 def create_job(
@@ -161,9 +242,13 @@ def create_job(
             if existing.state == JobState.QUEUED.value and existing.enqueued_at is None:
                 publish(session, enqueuer, existing)
             return existing, False
-    job = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
+    job, notes = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
     job.idempotency_key, job.request_hash = idempotency_key, digest
     session.add(job)
+    session.flush()  # the job's row first: its event refers to it
+    session.add(
+        state_event(job.id, JobState.QUEUED, None, "created", gpus=job.gpus, notes=notes or None)
+    )
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert
@@ -197,6 +282,7 @@ def _enqueue_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None
         publish(session, enqueuer, job)
     except Exception as exc:  # any broker failure: kombu raises many unrelated types
         logger.exception("enqueue of job %s failed; withdrawing it", job.id)
+        session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))  # type: ignore[arg-type]
         session.delete(job)
         session.commit()
         raise Unavailable(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
 from api.pagination import encode_cursor
@@ -47,6 +48,10 @@ _PARAMS = {
 #: Hugging Face's TrainingArguments defaults, for configs that leave these unset.
 HF_LEARNING_RATE, HF_BATCH_SIZE, HF_EPOCHS, HF_SEED = 5e-5, 8, 3.0, 42
 EVENT_PREFIX, CHECKPOINT_PREFIX = "ftevent-", "ftckpt-"
+#: The train metric the worker records from the trainer's running count of trained tokens.
+TRAINED_TOKENS = "trained_tokens"
+#: Evaluation metrics a checkpoint reports, as ``valid_<name>`` (trainer.metrics.METRIC_KEYS).
+_EVAL_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 _STATUS_DETAIL_ERRORS = 3
 
 
@@ -143,7 +148,7 @@ def job_overrides(body: FineTuningJobCreate) -> dict[str, Any]:
         overrides["training_args.num_train_epochs"] = hp.n_epochs
         overrides["training_args.max_steps"] = -1  # a max_steps > 0 would override the epochs
     if isinstance(hp.batch_size, int):
-        devices = max(1, body.glmft.gpus)
+        devices = max(1, body.glmft.gpus or 0)
         if hp.batch_size % devices:
             raise Invalid(
                 f"batch_size {hp.batch_size} is not divisible by the job's {devices} GPUs",
@@ -202,8 +207,36 @@ def _job_hyperparameters(job: Job) -> JobHyperparameters:
     )
 
 
-def fine_tuning_job(job: Job) -> FineTuningJob:
-    """A job as an OpenAI ``fine_tuning.job``."""
+def trained_tokens(session: Session, job_ids: list[str]) -> dict[str, int]:
+    """The tokens each job trained on (non-pad, all ranks): the trainer's running count at the
+    job's newest step; a resumed attempt continues the count of its checkpoint."""
+    if not job_ids:
+        return {}
+    mine = (
+        col(Metric.job_id).in_(job_ids),
+        Metric.split == "train",
+        Metric.name == TRAINED_TOKENS,
+    )
+    newest = (
+        select(Metric.job_id, func.max(Metric.step).label("step"))
+        .where(*mine)
+        .group_by(col(Metric.job_id))
+        .subquery()
+    )
+    rows = session.exec(
+        select(Metric.job_id, Metric.value)
+        .join(
+            newest,
+            and_(col(Metric.job_id) == newest.c.job_id, col(Metric.step) == newest.c.step),
+        )
+        .where(*mine)
+        .order_by(col(Metric.id))
+    ).all()
+    return {job_id: int(value) for job_id, value in rows}
+
+
+def fine_tuning_job(job: Job, tokens: int | None = None) -> FineTuningJob:
+    """A job as an OpenAI ``fine_tuning.job``; ``tokens``: its :func:`trained_tokens`."""
     error = None
     if job.error_code:
         error = JobErrorObject(
@@ -223,6 +256,7 @@ def fine_tuning_job(job: Job) -> FineTuningJob:
         organization_id=job.tenant_id,
         seed=int(seed if seed is not None else HF_SEED),
         status=STATUS.get(job.state, "running"),
+        trained_tokens=tokens,
         training_file=job.training_dataset_id,
         validation_file=job.validation_dataset_id,
         metadata=job.user_metadata or None,
@@ -262,7 +296,7 @@ def list_events(
 
 
 def _event(event: JobEvent) -> FineTuningJobEvent:
-    failed = event.kind == "error" or (
+    failed = event.kind in ("error", "failed") or (
         event.kind == "status" and event.data.get("status") == "failed"
     )
     return FineTuningJobEvent(
@@ -305,7 +339,10 @@ def list_checkpoints(
             fine_tuned_model_checkpoint=checkpoint_model(job, c.step),
             fine_tuning_job_id=job.id,
             metrics=CheckpointMetrics(
-                step=c.step, train_loss=losses.get(c.step), valid_loss=c.metrics.get("loss")
+                step=c.step,
+                train_loss=losses.get(c.step),
+                valid_loss=c.metrics.get("loss"),
+                **{f"valid_{k.replace('-', '_')}": c.metrics.get(k) for k in _EVAL_METRICS},
             ),
             step_number=c.step,
         )

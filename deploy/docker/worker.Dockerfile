@@ -59,8 +59,9 @@ COPY serving ./serving
 COPY core ./core
 COPY worker ./worker
 COPY configs ./configs
-# torch and deepspeed are already in the venv at the pinned versions, so pip keeps them.
-RUN pip install -e ".[deepspeed]"
+# torch and deepspeed are already in the venv at the pinned versions, so pip keeps them;
+# tensorboardX (report_to: tensorboard) is small.
+RUN pip install -e ".[deepspeed,tensorboard]"
 
 USER glmft
 ENV GLMFT_HOME=/var/lib/glmft \

@@ -52,8 +52,10 @@ def test_upload_with_unknown_model_is_refused_and_not_kept(
     assert not [p for p in settings.artifacts.rglob("*") if p.is_file()]
 
 
-def test_invalid_upload_reports_the_lines_and_cannot_train(client: TestClient) -> None:
-    response = upload(client, invalid_jsonl())
+def test_invalid_upload_reports_the_lines_and_cannot_train(
+    client: TestClient, settings: Settings
+) -> None:
+    response = upload(client, invalid_jsonl(), filename="support-chats.jsonl")
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["valid"] is False
@@ -62,6 +64,9 @@ def test_invalid_upload_reports_the_lines_and_cannot_train(client: TestClient) -
     assert (3, "invalid_json") in errors
     assert (4, "no_assistant_content") in errors
     assert not any(line == 1 for line, _ in errors)
+    # issues name the file as uploaded; the service's storage path stays inside it
+    assert {e["file"] for e in body["report"]["errors"]} == {"support-chats.jsonl"}
+    assert str(settings.artifacts) not in response.text
     assert body["error_count"] == len(body["report"]["errors"])
     report = client.get(f"/datasets/{body['id']}/report").json()
     assert report["errors"] == body["report"]["errors"]
@@ -108,15 +113,33 @@ def test_delete_refuses_while_a_job_uses_it_then_tombstones(
 ) -> None:
     ds = dataset_id(client)
     job = create_job(client, ds).json()
-    assert_error(client.delete(f"/datasets/{ds}"), 409, "conflict", "dataset_id")
+    error = assert_error(client.delete(f"/datasets/{ds}"), 409, "dataset_in_use", "dataset_id")
+    assert error["details"]["jobs"] == [job["id"]] and "queued" in error["message"]
+    # a failed job could still resume on it: refused too, unless forced
     set_job(engine, job["id"], state="failed", error_code="x", error_message="boom")
-    assert client.delete(f"/datasets/{ds}").status_code == 204
+    error = assert_error(client.delete(f"/datasets/{ds}"), 409, "dataset_in_use", "dataset_id")
+    assert "force=true" in error["message"] and error["details"]["jobs"] == [job["id"]]
+    assert client.get(f"/jobs/{job['id']}").json()["state"] == "failed"
+    assert client.delete(f"/datasets/{ds}", params={"force": "true"}).status_code == 204
     assert not (settings.artifacts / "datasets" / "default" / ds).exists()
     assert_error(client.get(f"/datasets/{ds}"), 404, "dataset_not_found")
     assert client.get("/datasets").json()["data"] == []
     # the failed job cannot resume without its data
     resumed = client.post(f"/jobs/{job['id']}/resume")
     assert_error(resumed, 422, "invalid_dataset", "training_dataset")
+
+
+def test_a_succeeded_job_does_not_keep_its_dataset_but_a_running_one_even_forced(
+    client: TestClient, engine: Engine
+) -> None:
+    ds, other = dataset_id(client), dataset_id(client)
+    done = create_job(client, ds).json()
+    set_job(engine, done["id"], state="succeeded")
+    running = create_job(client, other).json()
+    set_job(engine, running["id"], state="running")
+    forced = client.delete(f"/datasets/{other}", params={"force": "true"})
+    assert_error(forced, 409, "dataset_in_use", "dataset_id")
+    assert client.delete(f"/datasets/{ds}").status_code == 204
 
 
 def test_delete_unused_dataset_removes_everything(client: TestClient, settings: Settings) -> None:

@@ -10,14 +10,25 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from api.main import create_app
 from core.models import WorkerNode, utcnow
-from tests.api.helpers import assert_error, create_job, dataset_id, queued_job_ids
+from core.settings import Settings
+from tests.api.helpers import (
+    REPO,
+    assert_error,
+    create_job,
+    dataset_id,
+    queued_job_ids,
+    upload,
+    valid_jsonl,
+)
 
 
 def test_create_queues_the_job_and_enqueues_it_once(
-    client: TestClient, broker: redis.Redis
+    client: TestClient, broker: redis.Redis, settings: Settings
 ) -> None:
-    train, val = dataset_id(client), dataset_id(client)
+    train = dataset_id(client)
+    val = upload(client, valid_jsonl(), filename="dev.jsonl").json()["id"]
     response = create_job(
         client,
         train,
@@ -36,8 +47,10 @@ def test_create_queues_the_job_and_enqueues_it_once(
     assert config["training_args"]["max_steps"] == 20
     assert config["training_args"]["seed"] == 7
     assert config["peft_config"]["peft_type"] == "LORA"
-    assert config["data_config"]["train_file"].endswith(f"{train}/train.jsonl")
-    assert config["data_config"]["val_file"].endswith(f"{val}/train.jsonl")
+    # the files are named as uploaded: the service's storage paths stay inside it
+    assert config["data_config"]["train_file"] == "train.jsonl"
+    assert config["data_config"]["val_file"] == "dev.jsonl"
+    assert str(settings.artifacts) not in response.text
     assert queued_job_ids(broker) == [job["id"]]
     assert client.get(f"/jobs/{job['id']}").json()["state"] == "queued"
 
@@ -88,6 +101,16 @@ def test_speed_switches_are_accepted_and_a_bad_budget_named(client: TestClient) 
     response = create_job(client, ds, overrides={"memory_budget_gib": -1})
     error = assert_error(response, 422, "invalid_config", "overrides.memory_budget_gib")
     assert "must be positive" in error["message"]
+
+
+def test_tensorboard_reporting_is_accepted_and_other_integrations_named(client: TestClient) -> None:
+    ds = dataset_id(client)
+    response = create_job(client, ds, overrides={"training_args.report_to": "tensorboard"})
+    assert response.status_code == 201, response.text
+    assert response.json()["config"]["training_args"]["report_to"] == "tensorboard"
+    refused = create_job(client, ds, overrides={"training_args.report_to": "wandb"})
+    error = assert_error(refused, 422, "invalid_config", "overrides.training_args.report_to")
+    assert "'wandb' is not supported" in error["message"] and "tensorboard" in error["message"]
 
 
 def test_compile_under_every_shipped_deepspeed_config_is_accepted(client: TestClient) -> None:
@@ -194,3 +217,78 @@ def test_capacity_is_checked_against_online_workers(
     assert create_job(client, ds, gpus=2).status_code == 201
     assert create_job(client, ds, gpus=0).status_code == 201
     assert len(queued_job_ids(broker)) == 3
+
+
+def test_gpus_default_from_the_registry_entry_then_the_fleet(
+    client: TestClient, engine: Engine, settings: Settings
+) -> None:
+    ds = dataset_id(client)
+    # no worker known, or only CPU workers online: the job trains on CPU
+    assert create_job(client, ds, gpus=None).json()["gpus"] == 0
+    _worker(engine, "cpu-node", [], age_s=1)
+    assert create_job(client, ds, gpus=None).json()["gpus"] == 0
+    # a worker with GPUs online: one GPU
+    _worker(engine, "gpu-node", [0, 1], age_s=1)
+    assert create_job(client, ds, gpus=None).json()["gpus"] == 1
+    # an entry that says how many wins over the fleet
+    entry = settings.models["glm-4-tiny"].model_copy(update={"gpus": 0})
+    app = create_app(settings.model_copy(update={"models": {"glm-4-tiny": entry}}))
+    with TestClient(app, raise_server_exceptions=False) as other:
+        assert create_job(other, ds, gpus=None).json()["gpus"] == 0
+
+
+def test_check_answers_before_any_upload_and_stores_nothing(
+    client: TestClient, engine: Engine, broker: redis.Redis
+) -> None:
+    spec = {"model": "glm-4-tiny", "method": "ptuning_v2", "config": "tiny/ptuning_v2"}
+    checked = client.post("/jobs/check", json=spec)
+    assert checked.status_code == 200, checked.text
+    body = checked.json()
+    assert (body["object"], body["gpus"], body["max_steps"]) == ("job.check", 0, 60)
+    # the tiny preset leaves the prefix shape to the model: 2 KV heads of 16 (hidden 64)
+    prefix = body["config"]["peft_config"]
+    assert (prefix["num_attention_heads"], prefix["token_dim"]) == (2, 32)
+    assert any("token_dim: 32" in note for note in body["notes"])
+    assert_error(
+        client.post("/jobs/check", json={**spec, "model": "gpt-9"}), 404, "model_not_found"
+    )
+    _worker(engine, "node-a", [0], age_s=1)
+    refused = client.post("/jobs/check", json={**spec, "gpus": 2})
+    assert_error(refused, 422, "insufficient_capacity", "gpus")
+    assert client.get("/jobs").json()["data"] == [] and queued_job_ids(broker) == []
+
+
+def test_model_dependent_config_checks_run_at_admission(client: TestClient) -> None:
+    ds = dataset_id(client)
+    # a prefix shaped for another model is refused naming the value this model needs
+    shape = {"peft_config.token_dim": 64, "peft_config.num_attention_heads": 2}
+    response = create_job(
+        client, ds, method="ptuning_v2", config="tiny/ptuning_v2", overrides=shape
+    )
+    error = assert_error(response, 422, "invalid_config", "overrides.peft_config.token_dim")
+    assert "= 32" in error["message"] and "got 64" in error["message"]
+    # the shipped preset fits the model it runs on, and the job says what was filled in
+    job = create_job(client, ds, method="ptuning_v2", config="tiny/ptuning_v2").json()
+    assert job["config"]["peft_config"]["token_dim"] == 32
+    created = client.get(f"/jobs/{job['id']}/events").json()["data"][0]
+    assert created["kind"] == "queued" and any("token_dim" in n for n in created["data"]["notes"])
+
+
+def _upstream_lora(targets: str) -> str:
+    """The upstream demo's lora.yaml, verbatim but for its LoRA targets."""
+    text = (REPO / "configs" / "lora.yaml").read_text(encoding="utf-8")
+    return text.replace(
+        'target_modules: ["q_proj", "k_proj", "v_proj"]', f"target_modules: {targets}"
+    )
+
+
+def test_upstream_lora_targets_map_to_native_modules_or_say_what_to_write(
+    client: TestClient,
+) -> None:
+    ds = dataset_id(client)
+    job = create_job(client, ds, config=_upstream_lora('["query_key_value"]')).json()
+    assert job["config"]["peft_config"]["target_modules"] == ["q_proj", "k_proj", "v_proj"]
+    for targets, hint in (('["dense_h_to_4h"]', "write gate_up_proj"), ('["qkv"]', "'qkv'")):
+        response = create_job(client, ds, config=_upstream_lora(targets))
+        error = assert_error(response, 422, "invalid_config", "config.peft_config.target_modules")
+        assert hint in error["message"] and "q_proj, k_proj, v_proj, o_proj" in error["message"]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from core.models import Adapter, Checkpoint, JobEvent, Metric
+from core.models import Adapter, Checkpoint, JobEvent, Metric, utcnow
 from core.settings import Settings
 from tests.api.helpers import assert_error, create_job, dataset_id, queued_job_ids, set_job
 
@@ -95,6 +95,47 @@ def test_cancel_queued_running_and_finished(client: TestClient, engine: Engine) 
     assert error["details"]["state"] == "cancelled"
 
 
+def _kinds(client: TestClient, job_id: str) -> list[tuple[str, str | None]]:
+    events = client.get(f"/jobs/{job_id}/events").json()["data"]
+    return [(e["kind"], e["data"].get("previous")) for e in events]
+
+
+def test_every_state_change_is_an_event_pause_included(
+    client: TestClient, engine: Engine, broker: redis.Redis
+) -> None:
+    # given a job cancelled before it started, then resumed
+    job = _job(client)["id"]
+    assert client.post(f"/jobs/{job}/cancel").json()["state"] == "cancelled"
+    assert client.post(f"/jobs/{job}/resume").json()["state"] == "queued"
+    # when it is paused while queued, resumed, claimed and paused while running
+    assert client.post(f"/jobs/{job}/pause").json()["state"] == "paused"
+    assert client.post(f"/jobs/{job}/resume").json()["state"] == "queued"
+    set_job(engine, job, state="running", worker="node-a", heartbeat_at=utcnow())
+    paused = client.post(f"/jobs/{job}/pause").json()
+    assert paused["state"] == "paused" and paused["worker"] == "node-a"
+    # then a resume waits until the worker has stopped the trainer and given the job up
+    stopping = assert_error(client.post(f"/jobs/{job}/resume"), 409, "job_still_stopping")
+    assert "node-a" in stopping["message"]
+    set_job(engine, job, worker=None)
+    assert client.post(f"/jobs/{job}/resume").json()["state"] == "queued"
+    # and every change is an event named after the state entered, with the one it left
+    assert _kinds(client, job) == [
+        ("queued", None),
+        ("cancelled", "queued"),
+        ("queued", "cancelled"),
+        ("paused", "queued"),
+        ("queued", "paused"),
+        ("paused", "running"),  # the running state was arranged directly, as a worker's claim
+        ("queued", "paused"),
+    ]
+    events = client.get(f"/jobs/{job}/events").json()["data"]
+    assert events[2]["message"] == "cancelled -> queued: resumed from the start"
+    assert queued_job_ids(broker) == [job] * 4  # created, then each resume
+    # a finished job cannot be paused
+    set_job(engine, job, state="succeeded")
+    assert_error(client.post(f"/jobs/{job}/pause"), 409, "invalid_job_transition")
+
+
 def test_resume_checks_the_checkpoint_and_enqueues(
     client: TestClient, engine: Engine, broker: redis.Redis
 ) -> None:
@@ -121,13 +162,16 @@ def test_resume_checks_the_checkpoint_and_enqueues(
 
 def test_events_paging_and_sse_stream_of_a_finished_job(client: TestClient, engine: Engine) -> None:
     job = _job(client)
+    created = client.get(f"/jobs/{job['id']}/events").json()["data"]
+    assert [e["kind"] for e in created] == ["queued"]  # the job's creation is its first event
     _add(engine, *[JobEvent(job_id=job["id"], kind="step", data={"step": i}) for i in range(5)])
-    page = client.get(f"/jobs/{job['id']}/events", params={"limit": 3}).json()
+    params = {"limit": 3, "after": created[0]["id"]}
+    page = client.get(f"/jobs/{job['id']}/events", params=params).json()
     assert [e["data"]["step"] for e in page["data"]] == [0, 1, 2] and page["has_more"]
     rest = client.get(f"/jobs/{job['id']}/events", params={"after": page["next_cursor"]}).json()
     assert [e["data"]["step"] for e in rest["data"]] == [3, 4] and not rest["has_more"]
     set_job(engine, job["id"], state="succeeded")
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(created[0]["id"])}
     with client.stream("GET", f"/jobs/{job['id']}/events", headers=headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         frames = [
@@ -171,6 +215,14 @@ def test_metrics_checkpoints_logs(client: TestClient, engine: Engine, settings: 
     tail = client.get(f"/jobs/{job['id']}/logs", params={"tail": 3})
     assert tail.headers["content-type"].startswith("text/plain")
     assert tail.text == "line 49997\nline 49998\nline 49999\n"
+    # tqdm redraws its bar with carriage returns, and colours with ANSI escapes: served as the
+    # last frame, plain; the file keeps every byte
+    bar = "\r".join(f"{p:3d}%|{'#' * (p // 10):<10}| {p}/100" for p in (10, 50, 100))
+    with log.open("a") as handle:
+        handle.write(f"\x1b[32mINFO\x1b[0m training\n\r{bar}\r\n")
+    tail = client.get(f"/jobs/{job['id']}/logs", params={"tail": 2})
+    assert tail.text == "INFO training\n100%|##########| 100/100\n"
+    assert "\x1b[32m" in log.read_text() and " 50%|" in log.read_text()
     assert_error(client.get("/jobs/job-nope/logs"), 404, "job_not_found", "job_id")
 
 

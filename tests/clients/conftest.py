@@ -29,7 +29,8 @@ def client(live_service: LiveService) -> Iterator[Client]:
 
 @pytest.fixture(scope="session")
 def trained_job(live_service: LiveService) -> TrainedJob:
-    """A LoRA job created, followed live and waited for through the sync SDK."""
+    """A LoRA job created (GPUs left to the service: its worker has none), followed live and
+    waited for through the sync SDK."""
     with Client(base_url=live_service.base_url, api_key=live_service.api_key) as sdk:
         dataset = sdk.datasets.upload(demo_jsonl(), filename="train.jsonl")
         job = sdk.jobs.create(
@@ -38,7 +39,6 @@ def trained_job(live_service: LiveService) -> TrainedJob:
             training_dataset=dataset.id,
             config="tiny/lora",
             overrides=TINY_OVERRIDES,
-            gpus=0,
             suffix="sdk",
             metadata={"suite": "sdk"},
         )

@@ -35,7 +35,6 @@ def finetune_args(
         f"--model={MODEL}",
         "--method=lora",
         f"--train={train}",
-        "--gpus=0",
         "--poll-interval=0.5",
         *sets(overrides),
         *extra,
@@ -106,7 +105,8 @@ def test_finetune_prints_the_adapter_and_a_retried_ci_step_follows_the_same_job(
     assert "already created" in again.err
     events = cli(capsys, monkeypatch, env, "jobs", "events", outputs["job_id"], "--follow")
     kinds = [line.split()[1] for line in events.out.splitlines()]
-    assert events.code == 0 and kinds[0] == "started" and kinds[-1] == "status", events.out
+    assert events.code == 0 and kinds[:3] == ["queued", "running", "started"], events.out
+    assert kinds[-2:] == ["status", "succeeded"], events.out
     assert kinds.count("checkpoint") == 2
     with Client(base_url=live_service.base_url, api_key=live_service.api_key) as client:
         assert [j.id for j in client.jobs.list(model=MODEL, limit=100).data].count(
@@ -158,6 +158,28 @@ def test_invalid_data_exits_2_naming_the_line(
     assert bad_key.code == 2
     assert "invalid_config: training_args.learning_rat: unknown key" in bad_key.err
     assert not step_outputs(tmp_path / "github_output")  # no job was created
+
+
+def test_an_unknown_model_or_refused_gpus_exit_2_before_any_upload(
+    live_service: LiveService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(demo_jsonl(4))
+    env = ci_env(live_service, tmp_path / "github_output")
+    with Client(base_url=live_service.base_url, api_key=live_service.api_key) as client:
+        before = {d.id for d in client.datasets.list(limit=100).data}
+        typo = cli(capsys, monkeypatch, env, *finetune_args(train, "--model=glm-4-tyni"))
+        assert typo.code == 2 and "model_not_found" in typo.err and MODEL in typo.err
+        gpus = cli(
+            capsys, monkeypatch, env, *finetune_args(train, "--config=tiny/lora", "--gpus=2")
+        )
+        assert gpus.code == 2 and "insufficient_capacity" in gpus.err, gpus.err
+        # neither left a dataset behind
+        assert {d.id for d in client.datasets.list(limit=100).data} == before
+    assert "uploaded" not in typo.err + gpus.err
 
 
 def test_a_failed_job_exits_1_with_its_error_code(

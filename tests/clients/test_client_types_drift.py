@@ -26,7 +26,9 @@ RESPONSES: list[tuple[type[BaseModel], str, str, str]] = [
     (t.Job, "post", "/jobs", "201"),
     (t.Page[t.Job], "get", "/jobs", "200"),
     (t.Job, "get", "/jobs/{job_id}", "200"),
+    (t.JobCheck, "post", "/jobs/check", "200"),
     (t.Job, "post", "/jobs/{job_id}/cancel", "200"),
+    (t.Job, "post", "/jobs/{job_id}/pause", "200"),
     (t.Job, "post", "/jobs/{job_id}/resume", "200"),
     (t.Page[t.JobEvent], "get", "/jobs/{job_id}/events", "200"),
     (t.Page[t.Metric], "get", "/jobs/{job_id}/metrics", "200"),
@@ -47,6 +49,7 @@ RESPONSES: list[tuple[type[BaseModel], str, str, str]] = [
 ]
 REQUESTS: list[tuple[type[BaseModel], str, str]] = [
     (t.JobCreateRequest, "post", "/jobs"),
+    (t.JobCheckRequest, "post", "/jobs/check"),
     (t.ResumeRequest, "post", "/jobs/{job_id}/resume"),
     (t.AdapterLoadRequest, "post", "/adapters/{adapter_id}/load"),
     (t.ChatRequest, "post", "/chat"),

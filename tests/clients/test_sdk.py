@@ -61,15 +61,20 @@ def test_a_job_trains_and_its_events_metrics_checkpoints_are_readable(
     client: Client, trained_job: TrainedJob
 ) -> None:
     job = trained_job.finished
-    # the job succeeded and became a model
+    # the job succeeded on CPU (the default of a fleet without GPUs) and became a model
     assert job.state == "succeeded" and job.done, job.error
+    assert trained_job.created.gpus == 0 and job.gpus == 0
     assert job.adapter_id == f"ft:{MODEL}:sdk:{job.id}"
     assert job.adapter_id in {m.id for m in client.models.list()}
     # following live streamed every event once, in order, up to the final status
     past = list(client.jobs.events(job.id))
     assert [e.id for e in trained_job.followed] == [e.id for e in past]
-    assert trained_job.followed[-1].kind == "status"
-    assert {"started", "step", "checkpoint"} <= {e.kind for e in past}
+    # every state it entered is an event, around the trainer's own
+    kinds = [e.kind for e in past]
+    assert kinds[:3] == ["queued", "running", "started"], kinds
+    assert kinds[-2:] == ["status", "succeeded"], kinds
+    assert past[1].data["previous"] == "queued" and past[1].data["worker"] == "clients-node"
+    assert {"step", "checkpoint"} <= set(kinds)
     # a stream opened after the end replays and ends too
     assert [e.id for e in client.jobs.events(job.id, follow=True, after=past[1].id)] == [
         e.id for e in past[2:]
@@ -79,6 +84,39 @@ def test_a_job_trains_and_its_events_metrics_checkpoints_are_readable(
     assert [c.step for c in client.jobs.checkpoints(job.id)] == [2, 4]
     found = client.jobs.list(metadata={"suite": "sdk"}, state="succeeded").data
     assert [j.id for j in found] == [job.id]
+
+
+def test_every_shipped_tiny_preset_trains_on_the_tiny_base(client: Client) -> None:
+    # given the three tiny presets as they ship, for two steps each
+    dataset = client.datasets.upload(demo_jsonl(8), filename="train.jsonl")
+    quick = {"training_args.max_steps": 2, "training_args.eval_strategy": "no"}
+    jobs = [
+        client.jobs.create(
+            model=MODEL,
+            method=method,
+            training_dataset=dataset.id,
+            config=f"tiny/{method}",
+            overrides=quick,
+            suffix=f"preset-{method.replace('_', '-')}",
+        )
+        for method in ("lora", "ptuning_v2", "sft")
+    ]
+    # then each trains to the end on the base the service registers
+    for job in jobs:
+        done = client.jobs.wait(job.id, timeout=300, poll_interval=0.5)
+        assert done.state == "succeeded", (job.method, done.error)
+        assert done.adapter_id and [c.step for c in client.jobs.checkpoints(job.id)] == [2]
+
+
+def test_check_refuses_a_model_or_gpus_before_any_upload(client: Client) -> None:
+    checked = client.jobs.check(model=MODEL, method="lora", config="tiny/lora")
+    assert (checked.gpus, checked.max_steps) == (0, 150)
+    with pytest.raises(NotFoundError) as unknown:
+        client.jobs.check(model="glm-4-nope", method="lora")
+    assert unknown.value.code == "model_not_found" and MODEL in unknown.value.message
+    with pytest.raises(InvalidRequestError) as refused:
+        client.jobs.check(model=MODEL, method="lora", config="tiny/lora", gpus=1)
+    assert (refused.value.code, refused.value.param) == ("insufficient_capacity", "gpus")
 
 
 def test_errors_carry_status_code_message_and_request_id(
@@ -95,7 +133,6 @@ def test_errors_carry_status_code_message_and_request_id(
             training_dataset=trained_job.dataset.id,
             config="tiny/lora",
             overrides={"training_args.learning_rat": 1},
-            gpus=0,
         )
     assert invalid.value.code == "invalid_config"
     assert invalid.value.param == "overrides.training_args.learning_rat"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from core.db import upgrade
 from core.errors import InvalidJobTransition, JobNotFound
 from core.jobs import ALLOWED_TRANSITIONS, TERMINAL, JobState, claim, transition
-from core.models import Checkpoint, Dataset, Job
+from core.models import Checkpoint, Dataset, Job, JobEvent
 from core.settings import Settings
 
 
@@ -71,6 +71,26 @@ def test_job_moves_through_its_lifecycle(engine: Engine) -> None:
         assert (running.state, running.attempt, running.worker) == ("running", 1, "w1")
         done = transition(session, job.id, JobState.SUCCEEDED, step=4)
         assert done.state == "succeeded" and done.step == 4 and done.finished_at is not None
+
+
+def test_each_transition_records_its_event_and_a_refused_one_none(engine: Engine) -> None:
+    with Session(engine) as session:
+        job = make_job(session)
+        claim(session, job.id, worker="w1", gpu_ids=[0])
+        transition(session, job.id, JobState.PAUSED, reason="pause requested")
+        with pytest.raises(InvalidJobTransition):
+            transition(session, job.id, JobState.SUCCEEDED)
+        transition(session, job.id, JobState.QUEUED, reason="resumed from checkpoint 2")
+        events = session.exec(
+            select(JobEvent).where(JobEvent.job_id == job.id).order_by(col(JobEvent.id))
+        ).all()
+    assert [(e.kind, e.data["previous"]) for e in events] == [
+        ("running", "queued"),
+        ("paused", "running"),
+        ("queued", "paused"),
+    ]
+    assert events[0].data["worker"] == "w1" and events[0].data["attempt"] == 1
+    assert events[2].message == "paused -> queued: resumed from checkpoint 2"
 
 
 def test_illegal_transition_is_refused_and_changes_nothing(engine: Engine) -> None:

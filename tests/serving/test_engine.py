@@ -229,6 +229,22 @@ def test_deltas_add_up_to_the_text_and_stop_strings_end_it(
     assert short.final.result.completion_tokens == 3
 
 
+def test_a_request_without_streaming_gets_the_same_answer_and_no_deltas(
+    engine: Engine, chat_adapters: ChatAdapters
+) -> None:
+    a = spec(chat_adapters, "lora-a")
+    streamed = ask(engine, a)
+    quiet = Reply()
+    messages = [{"role": "user", "content": QUESTIONS[0]}]
+    prompt = render_ids(engine.tokenizer, messages, generation_prompt=True)
+    engine.submit(Request(prompt, GREEDY, quiet, adapter=a, stream=False))
+    assert quiet.text() == streamed.text() == ANSWERS["lora-a"]
+    assert quiet.deltas == [] and streamed.deltas
+    assert quiet.final is not None and streamed.final is not None
+    assert quiet.final.result is not None and streamed.final.result is not None
+    assert quiet.final.result.token_ids == streamed.final.result.token_ids
+
+
 def test_a_cancelled_request_leaves_the_batch_and_frees_its_cache(engine: Engine) -> None:
     # given: a long request decoding
     reply = Reply()

@@ -123,3 +123,30 @@ def test_quickstart_runs_the_main_job_through_the_service(tmp_path: Path) -> Non
     answer = out.split("[5/5] ")[1]
     assert answer.startswith("ft:glm-4-tiny:demo:job-") and "日常穿搭很出彩。" in answer
     assert (tmp_path / "home" / "glmft.db").is_file()  # the embedded store
+    # what glmft up printed: where the API and its docs are and what to run next, nothing else
+    shown = (tmp_path / "home" / "service.log").read_text(encoding="utf-8")
+    assert "/docs" in shown and "glmft-client --base-url http://127.0.0.1:" in shown
+    for noise in ("alembic", "SecurityWarning", "celery@", "Uvicorn running"):
+        assert noise not in shown, noise
+    assert "celery@" in (tmp_path / "home" / "logs" / "worker.log").read_text(encoding="utf-8")
+
+
+def test_every_argument_of_every_command_has_a_help_text() -> None:
+    import argparse
+
+    from trainer.cli import build_parser
+
+    commands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    assert {"finetune", "validate", "up"} <= set(commands)
+    silent = [
+        f"glmft {name} {action.dest}"
+        for name, parser in commands.items()
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert silent == []
+    finetune = commands["finetune"].format_help()
+    for word in ("DATA_DIR", "MODEL_DIR", "CONFIG", "yes|N|no", "checkpoint-N", "--output-dir"):
+        assert word in finetune

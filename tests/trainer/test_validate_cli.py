@@ -291,3 +291,23 @@ def test_length_histogram_bins_every_value_once(
     for value in values:  # each value lies in the bin its index names
         index = next(i for i, edge in enumerate(histogram["edges"][1:]) if value < edge)
         assert histogram["edges"][index] <= value
+
+
+def test_a_long_run_shows_its_progress_on_stderr_and_a_short_one_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+) -> None:
+    # given a run that counts as long from its start (a real one: after a second)
+    monkeypatch.setattr(validate, "PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(validate, "PROGRESS_EVERY_S", 0.0)
+    file = write_jsonl(tmp_path / "big.jsonl", [GOOD] * 2000)
+    # when it is validated with token statistics
+    code, out, err = run_cli(capsys, file, "--model", tiny_model_dir)
+    # then stderr (not a terminal here: one line each) shows both phases; stdout only the report
+    assert code == 0 and out.startswith(f"{file}: valid: 2000 conversations")
+    assert "glmft validate: read 1,000 conversations (" in err
+    assert "glmft validate: read 2,000 conversations (" in err
+    assert "glmft validate: token statistics: 2,000/2,000 conversations (" in err
+    assert "\r" not in err

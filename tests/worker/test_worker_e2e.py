@@ -141,7 +141,8 @@ def test_worker_trains_a_job_and_records_everything(env: dict[str, str], tmp_pat
         assert job.state == "succeeded", (job.error_code, job.error_message)
         assert (job.step, job.max_steps, job.attempt, job.worker) == (8, 8, 1, "node-a")
         kinds = [e.kind for e in rows(engine, JobEvent, job_id)]
-        assert kinds[0] == "started" and kinds[-1] == "status" and kinds.count("step") == 4
+        assert kinds[:2] == ["running", "started"] and kinds[-2:] == ["status", "succeeded"]
+        assert kinds.count("step") == 4
         losses = [m for m in rows(engine, Metric, job_id) if m.name == "loss"]
         assert [m.step for m in losses] == [2, 4, 6, 8]
         checkpoints = rows(engine, Checkpoint, job_id)
@@ -165,6 +166,8 @@ def test_cancel_stops_training_and_keeps_checkpoints(env: dict[str, str], tmp_pa
         asked = time.monotonic()
         job = wait_for(lambda: terminal(engine, job_id), 60, "the cancel")
         assert job.state == "cancelled" and time.monotonic() - asked < 20
+        states = [e.kind for e in rows(engine, JobEvent, job_id) if "state" in e.data]
+        assert states == ["running", "cancelling", "cancelled"]
         assert job.step < 400 and rows(engine, Checkpoint, job_id)
         assert "python" not in trainer_processes(job_id)
     finally:
@@ -206,6 +209,17 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_on_a_new_worker(
         assert logged == list(range(2, 31, 2))
         started = [e.data for e in rows(engine, JobEvent, job_id) if e.kind == "started"]
         assert started[0]["resume_from"] is None
+        states = [
+            (e.kind, e.data["previous"])
+            for e in rows(engine, JobEvent, job_id)
+            if "state" in e.data
+        ]
+        assert states == [
+            ("running", "queued"),
+            ("queued", "running"),  # the reaper: the worker was lost, the job re-queued
+            ("running", "queued"),
+            ("succeeded", "running"),
+        ]
         assert started[-1]["resume_from"].split("checkpoint-")[-1].isdigit()
     finally:
         stop(second)

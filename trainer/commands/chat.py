@@ -12,16 +12,23 @@ HELP = "chat with a model or checkpoint directory (LoRA, P-Tuning v2 and full SF
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, metavar="MODEL_OR_CHECKPOINT_DIR")
+    parser.add_argument(
+        "path",
+        type=Path,
+        metavar="MODEL_OR_CHECKPOINT_DIR",
+        help="a base model, a LoRA or P-Tuning v2 checkpoint, or a full-SFT checkpoint",
+    )
     parser.add_argument("--base", type=Path, help="base model directory (for a moved base)")
     parser.add_argument("--prompt", help="ask once and exit (default: read lines from stdin)")
     parser.add_argument("--system", help="a system message")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding, no sampling")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.8)
-    parser.add_argument("--repetition-penalty", type=float, default=1.2)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="default 1024")
+    parser.add_argument("--temperature", type=float, default=0.8, help="default 0.8 (upstream)")
+    parser.add_argument("--top-p", type=float, default=0.8, help="default 0.8 (upstream)")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.2, help="default 1.2 (upstream)"
+    )
+    parser.add_argument("--seed", type=int, help="seed the sampling (a repeatable answer)")
 
 
 def run(args: argparse.Namespace) -> int:

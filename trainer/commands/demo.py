@@ -26,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("runs/demo"),
         help="where the model, checkpoints and events go (default: runs/demo)",
     )
-    parser.add_argument("--config", type=Path, default=REPO_CONFIGS / "tiny" / "lora.yaml")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO_CONFIGS / "tiny" / "lora.yaml",
+        help="the training config (default configs/tiny/lora.yaml)",
+    )
     parser.add_argument("--prompt", default=None, help="what to ask (default: a training prompt)")
 
 

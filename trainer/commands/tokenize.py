@@ -13,11 +13,18 @@ HELP = "print input_ids/labels (or eval prompt/target ids) per conversation as J
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, metavar="PATH", help=".jsonl, .json or data dir")
-    parser.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    parser.add_argument(
+        "--model", type=Path, required=True, metavar="MODEL_DIR", help="the tokenizer's model dir"
+    )
     parser.add_argument("--config", type=Path, help="take combine and lengths from this config")
-    parser.add_argument("--combine", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--max-input-length", type=int)
-    parser.add_argument("--max-output-length", type=int)
+    parser.add_argument(
+        "--combine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one loss mask over the whole conversation (upstream combine: true) or per message",
+    )
+    parser.add_argument("--max-input-length", type=int, help="default: the config's, else 512")
+    parser.add_argument("--max-output-length", type=int, help="default: the config's, else 512")
     parser.add_argument("--eval", action="store_true", help="eval prompts and targets instead")
     parser.add_argument("--json", action="store_true", help="JSON lines output (the default)")
 

@@ -18,6 +18,9 @@ brackets. ``--json`` prints one object ``{"valid", "conversations", "errors", "w
 ``trainer.tokenstats.compute_token_stats`` (imported lazily): ``"stats"`` in the JSON output, a
 ``stats:`` line in the plain output.
 
+A run that takes longer than a second shows its progress on stderr (conversations read, then
+tokenised), redrawn in place on a terminal, a line every few seconds otherwise.
+
 Exit status: 0 valid, 1 some conversation invalid, 2 usage or I/O error (one line on stderr).
 """
 
@@ -26,15 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from trainer.cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE
-from trainer.datafiles import DataFileError
+from trainer.datafiles import DataFileError, RawRecord, iter_records
 from trainer.images import ImageCheck
-from trainer.validation import Issue, ValidationReport, validate_path
+from trainer.validation import Issue, ValidationReport, validate_records
 
 NAME = "validate"
+#: Progress shows once a run has taken this long, then every few seconds (redrawn on a terminal).
+PROGRESS_AFTER_S = 1.0
+PROGRESS_EVERY_S = 5.0
 HELP = "Check GLM-4 conversation data (.jsonl, .json or a data dir) and report every problem."
 
 
@@ -61,6 +69,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+class Progress:
+    """Progress on ``stream`` (stderr), only once a run has taken ``PROGRESS_AFTER_S``: a short
+    run prints nothing. A terminal gets one line redrawn in place, a log a line every
+    ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = min(0.2, PROGRESS_EVERY_S) if self.tty else PROGRESS_EVERY_S
+        self.start = time.monotonic()
+        self.next_at = self.start + PROGRESS_AFTER_S
+        self.shown = False
+
+    def update(self, text: str) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        line = f"glmft {NAME}: {text} ({now - self.start:.0f} s)"
+        self.stream.write(f"\r{line}\033[K" if self.tty else f"{line}\n")
+        self.stream.flush()
+        self.shown = True
+
+    def records(self, records: Iterable[RawRecord]) -> Iterator[RawRecord]:
+        """``records`` passed through, counted."""
+        for count, record in enumerate(records, start=1):
+            if count % 1000 == 0:
+                self.update(f"read {count:,} conversations")
+            yield record
+
+    def tokenised(self, done: int, total: int) -> None:
+        self.update(f"token statistics: {done:,}/{total:,} conversations")
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def _fail(message: str) -> int:
     one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
     sys.stderr.write(f"glmft {NAME}: error: {one_line}\n")
@@ -73,19 +120,22 @@ def run(args: argparse.Namespace) -> int:
     want_stats = args.model is not None
     records: list[tuple[int, list[dict[str, Any]]]] = []
     on_conversation = (lambda msgs, pos: records.append((pos, msgs))) if want_stats else None
+    progress = Progress()
     try:
-        report = validate_path(
-            args.path,
+        report = validate_records(
+            progress.records(iter_records(args.path)),
             vision=args.vision,
             on_conversation=on_conversation,
             images=ImageCheck() if args.vision else None,
         )
+        if want_stats:
+            problem = _add_token_stats(report, records, args.model, args.config, progress)
+            if problem:
+                return _fail(problem)
     except DataFileError as exc:
         return _fail(str(exc))
-    if want_stats:
-        problem = _add_token_stats(report, records, args.model, args.config)
-        if problem:
-            return _fail(problem)
+    finally:
+        progress.close()
     if args.json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
     else:
@@ -98,13 +148,16 @@ def _add_token_stats(
     records: list[tuple[int, list[dict[str, Any]]]],
     model_dir: Path,
     config_path: Path | None,
+    progress: Progress,
 ) -> str | None:
     """Fill ``report.stats``; return a one-line problem, or None."""
     from trainer.config import ConfigError
     from trainer.tokenstats import compute_token_stats  # heavy: the tokenizer stack
 
     try:
-        report.stats = compute_token_stats(records, model_dir=model_dir, config_path=config_path)
+        report.stats = compute_token_stats(
+            records, model_dir=model_dir, config_path=config_path, on_progress=progress.tokenised
+        )
     except (OSError, ValueError, ConfigError) as exc:
         return f"token statistics failed: {exc}"
     return None

@@ -97,19 +97,38 @@ class DatasetWithReport(Dataset):
 # --- jobs --------------------------------------------------------------------------------
 
 
-class JobCreateRequest(_Request):
-    """The body of ``POST /jobs``."""
+class JobCheckRequest(_Request):
+    """The body of ``POST /jobs/check``: a job's model, method, config and GPUs."""
 
     model: str = Field(description="A base model of the registry.")
     method: Method
-    training_dataset: str = Field(description="Id of a valid dataset.")
-    validation_dataset: str | None = None
     config: str | None = Field(default=None, description="A preset name or a YAML document.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys.")
-    gpus: int = Field(default=1, description="GPUs; 0 trains on CPU.")
+    gpus: int | None = Field(
+        default=None, description="GPUs; 0 trains on CPU; None: the server's default."
+    )
     seed: int | None = None
+
+
+class JobCreateRequest(JobCheckRequest):
+    """The body of ``POST /jobs``."""
+
+    training_dataset: str = Field(description="Id of a valid dataset.")
+    validation_dataset: str | None = None
     suffix: str | None = Field(default=None, description="Part of the adapter id.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Filterable pairs.")
+
+
+class JobCheck(_Response):
+    """What ``POST /jobs`` would make of a job; nothing was stored or queued."""
+
+    object: Literal["job.check"] = "job.check"
+    model: str
+    method: str
+    gpus: int = Field(description="The GPUs the job would get (the default filled in).")
+    max_steps: int | None = None
+    config: dict[str, Any] = Field(description="The resolved config, fitted to the base model.")
+    notes: list[str] = Field(default_factory=list, description="What was filled in, and why.")
 
 
 class ResumeRequest(_Request):
@@ -169,7 +188,9 @@ class Job(_Response):
 
 
 class JobEvent(_Response):
-    """One event of a job (claimed, started, step, eval, checkpoint, status, ...)."""
+    """One event of a job: each state it entered (``queued``, ``running``, ``paused``,
+    ``cancelled``, ``failed``, ``succeeded``, ...) and the trainer's (``started``, ``step``,
+    ``eval``, ``checkpoint``, ``status``, ...)."""
 
     id: int
     job_id: str

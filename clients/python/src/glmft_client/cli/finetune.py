@@ -1,5 +1,8 @@
-"""``glmft-client finetune``: validate locally, upload, create the job idempotently for this CI
-run, follow it, print the adapter id.
+"""``glmft-client finetune``: validate locally, check the job with the server, upload, create the
+job idempotently for this CI run, follow it, print the adapter id.
+
+The server checks the model, the config and the GPUs (``POST /jobs/check``) before anything is
+uploaded, so a typo in ``--model`` or a refused ``--gpus`` leaves no dataset behind.
 
 The idempotency key is derived from the inputs (file contents, model, method, config, overrides)
 and the CI run (``GITHUB_RUN_ID``/``GITHUB_RUN_ATTEMPT``, GitLab's ``CI_PIPELINE_ID``/
@@ -36,7 +39,12 @@ CI_VARIABLES = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model of the registry")
-    parser.add_argument("--method", choices=("lora", "ptuning_v2", "sft"), default="lora")
+    parser.add_argument(
+        "--method",
+        choices=("lora", "ptuning_v2", "sft"),
+        default="lora",
+        help="LoRA, P-Tuning v2 or full fine-tuning (default lora)",
+    )
     parser.add_argument("--train", type=Path, required=True, help="training data (.jsonl/.json)")
     parser.add_argument("--validation", type=Path, help="validation data (.jsonl/.json)")
     parser.add_argument("--config", help="a YAML config file, or a preset name (tiny/lora)")
@@ -47,13 +55,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. training_args.max_steps=500 (JSON values)",
     )
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs for the job; 0 trains on CPU")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--suffix", help="part of the adapter id")
-    parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs for the job; 0 trains on CPU (default: the server's for the model: its "
+        "registry entry, else 1 when a worker has GPUs, else 0)",
+    )
+    parser.add_argument("--seed", type=int, help="sets training_args.seed")
+    parser.add_argument("--suffix", help="part of the adapter id ft:<base>:<suffix>:<job>")
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a string pair stored on the job, filterable (repeatable)",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     parser.add_argument("--timeout", type=float, help="with --wait: give up after SECONDS")
-    parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --wait: how often to look at the job (default 5)",
+    )
     parser.add_argument("--idempotency-key", help="default: derived from the inputs and CI run")
     parser.add_argument(
         "--no-local-validation",
@@ -128,7 +153,24 @@ def _upload(client: Client, path: Path, progress: Progress) -> str:
     return dataset.id
 
 
+def _check(client: Client, args: argparse.Namespace, sets: dict[str, Any]) -> None:
+    """The server's verdict on the model, config and GPUs, before anything is uploaded."""
+    checked = client.jobs.check(
+        model=args.model,
+        method=args.method,
+        config=read_config(args.config),
+        overrides=sets,
+        gpus=args.gpus,
+        seed=args.seed,
+    )
+    for line in checked.notes:
+        note(f"config: {line}")
+    where = f"{checked.gpus} GPU(s)" if checked.gpus else "CPU"
+    note(f"job checked: {checked.model}, {checked.method}, on {where}")
+
+
 def _create(client: Client, args: argparse.Namespace, key: str, sets: dict[str, Any]) -> Job:
+    _check(client, args, sets)
     progress = Progress()
     train = _upload(client, args.train, progress)
     val = _upload(client, args.validation, progress) if args.validation else None

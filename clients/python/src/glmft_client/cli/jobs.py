@@ -1,4 +1,4 @@
-"""``glmft-client jobs list|show|cancel|resume|events|wait``."""
+"""``glmft-client jobs list|show|cancel|pause|resume|events|wait``."""
 
 from __future__ import annotations
 
@@ -13,28 +13,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = commands.add_parser("list", help="your jobs, newest first")
     listing.add_argument("--state", action="append", help="repeat to match any")
-    listing.add_argument("--model")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--model", help="only jobs on this base model")
+    listing.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     listing.set_defaults(run=run_list)
     for name, run, text in (
         ("show", run_show, "one job (JSON)"),
         ("cancel", run_cancel, "cancel a job"),
+        ("pause", run_pause, "pause a job (its checkpoints are kept; resume continues)"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("job_id")
+        command.add_argument("job_id", help="the job's id (job-...)")
         command.set_defaults(run=run)
-    resume = commands.add_parser("resume", help="queue a failed or cancelled job again")
-    resume.add_argument("job_id")
+    resume = commands.add_parser("resume", help="queue a paused, failed or cancelled job again")
+    resume.add_argument("job_id", help="the job's id (job-...)")
     resume.add_argument("--checkpoint", type=int, help="the step to resume from (default newest)")
     resume.set_defaults(run=run_resume)
     events = commands.add_parser("events", help="a job's events")
-    events.add_argument("job_id")
+    events.add_argument("job_id", help="the job's id (job-...)")
     events.add_argument("--follow", action="store_true", help="stream until the job finishes")
     events.set_defaults(run=run_events)
     wait = commands.add_parser("wait", help="follow a job; print its adapter id")
-    wait.add_argument("job_id")
-    wait.add_argument("--timeout", type=float)
-    wait.add_argument("--poll-interval", type=float, default=5.0)
+    wait.add_argument("job_id", help="the job's id (job-...)")
+    wait.add_argument("--timeout", type=float, help="give up after SECONDS (exit 3)")
+    wait.add_argument(
+        "--poll-interval", type=float, default=5.0, metavar="SECONDS", help="default 5"
+    )
     wait.set_defaults(run=run_wait)
 
 
@@ -56,6 +59,12 @@ def run_show(client: Client, args: argparse.Namespace) -> int:
 
 def run_cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.jobs.cancel(args.job_id)
+    note(f"job {job.id}: {job.state}")
+    return ExitCode.OK
+
+
+def run_pause(client: Client, args: argparse.Namespace) -> int:
+    job = client.jobs.pause(args.job_id)
     note(f"job {job.id}: {job.state}")
     return ExitCode.OK
 

@@ -1,5 +1,5 @@
-"""``client.jobs``: create (idempotent across retries), retrieve, list, cancel, resume, events
-(past ones, then live), metrics, checkpoints and ``wait``."""
+"""``client.jobs``: check, create (idempotent across retries), retrieve, list, cancel, pause,
+resume, events (past ones, then live), metrics, checkpoints and ``wait``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from glmft_client.errors import APIConnectionError, WaitTimeoutError
 from glmft_client.types import (
     Checkpoint,
     Job,
+    JobCheck,
+    JobCheckRequest,
     JobCreateRequest,
     JobEvent,
     ListOf,
@@ -46,6 +48,25 @@ def _create_spec(body: JobCreateRequest, idempotency_key: str | None) -> Request
         json=body.model_dump(mode="json", exclude_none=True),
         headers={"Idempotency-Key": idempotency_key or new_idempotency_key()},
     )
+
+
+def _check_spec(
+    model: str,
+    method: Method,
+    config: str | None,
+    overrides: Mapping[str, Any] | None,
+    gpus: int | None,
+    seed: int | None,
+) -> RequestSpec:
+    body = JobCheckRequest(
+        model=model,
+        method=method,
+        config=config,
+        overrides=dict(overrides or {}),
+        gpus=gpus,
+        seed=seed,
+    )
+    return RequestSpec("POST", "/jobs/check", json=body.model_dump(mode="json", exclude_none=True))
 
 
 def _list_spec(
@@ -102,7 +123,7 @@ class Jobs:
         validation_dataset: str | None = None,
         config: str | None = None,
         overrides: Mapping[str, Any] | None = None,
-        gpus: int = 1,
+        gpus: int | None = None,
         seed: int | None = None,
         suffix: str | None = None,
         metadata: Mapping[str, str] | None = None,
@@ -117,7 +138,8 @@ class Jobs:
             validation_dataset: id of a valid dataset for evaluation.
             config: a preset name (``lora``, ``tiny/lora``) or an upstream-style YAML document.
             overrides: dotted config keys, e.g. ``{"training_args.max_steps": 500}``.
-            gpus: GPUs for the job; 0 trains on CPU.
+            gpus: GPUs for the job; 0 trains on CPU. Default: the base model's in the server's
+                registry, else 1 when a worker has GPUs and 0 when none has.
             seed: sets ``training_args.seed``.
             suffix: part of the adapter id ``ft:<base>:<suffix>:<job>``.
             metadata: string pairs, filterable in :meth:`list`.
@@ -142,6 +164,26 @@ class Jobs:
         response = self._http.request(_create_spec(body, idempotency_key))
         return Job.model_validate(response.json())
 
+    def check(
+        self,
+        *,
+        model: str,
+        method: Method,
+        config: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        gpus: int | None = None,
+        seed: int | None = None,
+    ) -> JobCheck:
+        """What :meth:`create` would make of a job, before any dataset is uploaded: the
+        server checks the model, the config against it and the GPUs against its workers.
+
+        Raises:
+            NotFoundError: the model is not in the registry.
+            InvalidRequestError: the config or the GPUs are refused (``param``).
+        """
+        spec = _check_spec(model, method, config, overrides, gpus, seed)
+        return JobCheck.model_validate(self._http.request(spec).json())
+
     def retrieve(self, job_id: str) -> Job:
         """A job with its progress, latest metrics and error."""
         return Job.model_validate(self._http.request(RequestSpec("GET", f"/jobs/{job_id}")).json())
@@ -164,8 +206,16 @@ class Jobs:
         response = self._http.request(RequestSpec("POST", f"/jobs/{job_id}/cancel"))
         return Job.model_validate(response.json())
 
+    def pause(self, job_id: str) -> Job:
+        """Pause: a queued job is held back; a running one's trainer stops, keeping its
+        checkpoints. :meth:`resume` continues from the newest one."""
+        response = self._http.request(RequestSpec("POST", f"/jobs/{job_id}/pause"))
+        return Job.model_validate(response.json())
+
     def resume(self, job_id: str, *, checkpoint_step: int | None = None) -> Job:
-        """Queue a failed or cancelled job again from a checkpoint (default: the newest)."""
+        """Queue a paused, failed or cancelled job again from a checkpoint (default: the
+        newest). A paused job whose trainer is still stopping raises ``ConflictError``
+        (``job_still_stopping``): try again a few seconds later."""
         response = self._http.request(_resume_spec(job_id, checkpoint_step))
         return Job.model_validate(response.json())
 
@@ -265,7 +315,7 @@ class AsyncJobs:
         validation_dataset: str | None = None,
         config: str | None = None,
         overrides: Mapping[str, Any] | None = None,
-        gpus: int = 1,
+        gpus: int | None = None,
         seed: int | None = None,
         suffix: str | None = None,
         metadata: Mapping[str, str] | None = None,
@@ -286,6 +336,20 @@ class AsyncJobs:
         )
         response = await self._http.request(_create_spec(body, idempotency_key))
         return Job.model_validate(response.json())
+
+    async def check(
+        self,
+        *,
+        model: str,
+        method: Method,
+        config: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        gpus: int | None = None,
+        seed: int | None = None,
+    ) -> JobCheck:
+        """See :meth:`Jobs.check`."""
+        spec = _check_spec(model, method, config, overrides, gpus, seed)
+        return JobCheck.model_validate((await self._http.request(spec)).json())
 
     async def retrieve(self, job_id: str) -> Job:
         """See :meth:`Jobs.retrieve`."""
@@ -308,6 +372,11 @@ class AsyncJobs:
     async def cancel(self, job_id: str) -> Job:
         """See :meth:`Jobs.cancel`."""
         response = await self._http.request(RequestSpec("POST", f"/jobs/{job_id}/cancel"))
+        return Job.model_validate(response.json())
+
+    async def pause(self, job_id: str) -> Job:
+        """See :meth:`Jobs.pause`."""
+        response = await self._http.request(RequestSpec("POST", f"/jobs/{job_id}/pause"))
         return Job.model_validate(response.json())
 
     async def resume(self, job_id: str, *, checkpoint_step: int | None = None) -> Job:
