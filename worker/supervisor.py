@@ -138,7 +138,10 @@ class Supervisor:
                 if over is not None:
                     logger.warning("job %s: %s; stopping the trainer", job.id, over.message)
                     process.terminate()
-                    self._record_final(tail, store)  # what it wrote up to the stop
+                    try:
+                        self._record_final(tail, store)  # what it wrote up to the stop
+                    except LostJobError:
+                        return Outcome(JobState.FAILED, LOST)
                     return over
         try:
             final = self._record_final(tail, store)
