@@ -137,11 +137,14 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     if settings.chat.remote_url:  # chat runs on a replica: forward it there
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
     chat_bytes = settings.chat.max_request_bytes
+    chat_text = 12 * settings.chat.max_prompt_chars
     app.add_middleware(
         RequestGuardMiddleware,
         max_body_bytes=settings.limits.max_request_bytes,
         larger={"/chat": chat_bytes, "/v1/chat/completions": chat_bytes},
         streamed=("/datasets", "/v1/files"),
+        # a character is at most 12 bytes of JSON (an escaped surrogate pair), plus the keys
+        text_bytes=dict.fromkeys(("/chat", "/v1/chat/completions"), chat_text + 64 * 1024),
     )
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)

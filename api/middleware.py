@@ -92,6 +92,8 @@ class RequestGuardMiddleware:
 
     ``max_body_bytes`` holds for every path but those of ``larger`` (path: bytes); a POST to
     one of ``streamed`` (the uploads) passes untouched: it streams to disk under its own limit.
+    On the paths of ``text_bytes`` (chat), the bytes outside ``data:`` URLs (images) are bounded
+    too: more text than any prompt may hold is refused (422 ``prompt_too_long``) unparsed.
     """
 
     def __init__(
@@ -100,11 +102,13 @@ class RequestGuardMiddleware:
         max_body_bytes: int,
         larger: dict[str, int] | None = None,
         streamed: tuple[str, ...] = (),
+        text_bytes: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.larger = larger or {}
         self.streamed = streamed
+        self.text_bytes = text_bytes or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,6 +141,10 @@ class RequestGuardMiddleware:
         if nul:
             await _refuse(scope, receive, send, 422, "invalid_request", "body")
             return
+        text_limit = self.text_bytes.get(scope.get("path", ""))
+        if text_limit is not None and _text_bytes(body) > text_limit:
+            await _refuse(scope, receive, send, 422, "prompt_too_long", "messages", text_limit)
+            return
         await self.app(scope, _replay(body, receive), send)
 
 
@@ -153,6 +161,19 @@ def _holds_json_nul(body: bytes) -> bool:
             return True
         start = body.find(_JSON_NUL, start + 1)
     return False
+
+
+def _text_bytes(body: bytes) -> int:
+    """Bytes of ``body`` outside its ``"data:image/...`` strings (inline images)."""
+    images = 0
+    start = body.find(b'"data:image/')
+    while start != -1:
+        end = body.find(b'"', start + 1)
+        if end == -1:
+            break
+        images += end - start
+        start = body.find(b'"data:image/', end + 1)
+    return len(body) - images
 
 
 def _nul_in_url(scope: Scope) -> str | None:
@@ -222,6 +243,8 @@ async def _refuse(
 ) -> None:
     if status == 413:
         message = f"the request body is larger than the limit of {limit} bytes"
+    elif code == "prompt_too_long":
+        message = f"the messages hold more text ({limit} bytes at most) than any prompt may"
     elif param == "body":
         message = "a string in the body holds a NUL character (\\u0000)"
     else:

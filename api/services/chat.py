@@ -342,13 +342,13 @@ class ChatService:
 
 
 def text_size(value: Any) -> int:
-    """Characters of every string (keys included) in a JSON-like value, but for ``data:`` URLs
+    """Characters of every string (keys included) in a JSON-like value, but for image data URLs
     (images, which are no text of the prompt)."""
     total, todo = 0, [value]
     while todo:  # a loop, not recursion: a deeply nested body must not overflow the stack
         item = todo.pop()
         if isinstance(item, str):
-            total += 0 if item.startswith("data:") else len(item)
+            total += 0 if item.startswith("data:image/") else len(item)
         elif isinstance(item, dict):
             todo += list(item.keys()) + list(item.values())
         elif isinstance(item, list | tuple):

@@ -248,3 +248,15 @@ def test_an_infinite_learning_rate_in_yaml_is_refused(client: TestClient) -> Non
 
 def _json_allowing_nan(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()  # NaN as the bare literal Python's parser accepts
+
+
+def test_a_chat_image_may_be_large_where_text_may_not(client: TestClient) -> None:
+    image = "data:image/png;base64," + "A" * (3 << 20)  # 3 MiB: over the 1 MiB of other bodies
+    part = {"type": "image_url", "image_url": {"url": image}}
+    message = {"role": "user", "content": [{"type": "text", "text": "这是什么"}, part]}
+    response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": [message]})
+    assert response.status_code == 422  # past the guard: the tiny base is no vision model
+    assert response.json()["error"]["code"] == "invalid_messages"
+    text = {"model": MODEL, "messages": [{"role": "user", "content": "字" * 1_000_000}]}
+    response = client.post("/chat", json=text)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "prompt_too_long"
