@@ -122,8 +122,10 @@ def job_of(engine: Engine, job_id: str) -> Job:
 
 
 def rows(engine: Engine, model: Any, job_id: str) -> list[Any]:
+    """The job's rows of ``model`` in the order they were written (a bare SELECT has none)."""
     with Session(engine) as session:
-        return list(session.exec(select(model).where(model.job_id == job_id)).all())
+        statement = select(model).where(model.job_id == job_id).order_by(model.id)
+        return list(session.exec(statement).all())
 
 
 def terminal(engine: Engine, job_id: str) -> Job | None:
