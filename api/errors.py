@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import AppError
 
 _HTTP_CODES = {
-    400: "bad_request",
+    400: "invalid_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -90,6 +90,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return envelope(422, body, request_id_of(request))
 
 
+def http_status(error: StarletteHTTPException) -> int:
+    """The status this API answers for one of Starlette's errors: a body FastAPI could not
+    parse (400: bad UTF-8, too deeply nested JSON) is an invalid request like any other, 422."""
+    return 422 if error.status_code == 400 else error.status_code
+
+
 def http_error_body(request: Request, error: StarletteHTTPException) -> dict[str, Any]:
     """``{code, message}`` of one of Starlette's HTTP errors (404 names the missing route)."""
     code = _HTTP_CODES.get(error.status_code, "http_error")
@@ -102,7 +108,7 @@ def http_error_body(request: Request, error: StarletteHTTPException) -> dict[str
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     error = cast(StarletteHTTPException, exc)
     body = http_error_body(request, error)
-    return envelope(error.status_code, body, request_id_of(request), error.headers)
+    return envelope(http_status(error), body, request_id_of(request), error.headers)
 
 
 async def _db_unavailable(request: Request, _exc: Exception) -> JSONResponse:

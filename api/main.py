@@ -7,6 +7,8 @@ startup leaves the app alive but not ready (``/readyz`` retries the migration).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,10 +24,11 @@ from api import scopes
 from api.chat_proxy import ChatProxyMiddleware
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
-from api.middleware import RequestContextMiddleware
+from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
 from api.services.chat import ChatService
+from api.services.datasets import sweep_orphan_uploads
 from api.services.evaluation_runner import EvaluationRunner
 from api.telemetry import Telemetry
 from core.db import make_engine, prepare
@@ -84,6 +87,22 @@ def _start_store(app: FastAPI, settings: Settings) -> None:
         app.state.schema_ready = False
 
 
+async def _sweep_uploads(app: FastAPI, settings: Settings) -> None:
+    """Now and then (at startup first), remove what uploads of a killed process left."""
+    every_s = min(3600.0, max(60.0, settings.upload_orphan_grace_s / 2))
+    while True:
+        try:
+            await run_in_threadpool(
+                sweep_orphan_uploads,
+                engine=app.state.engine,
+                artifacts=settings.artifacts,
+                grace_s=settings.upload_orphan_grace_s,
+            )
+        except (SQLAlchemyError, OSError):
+            logger.exception("upload sweep failed; retrying in %.0f s", every_s)
+        await asyncio.sleep(every_s)
+
+
 def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None) -> FastAPI:
     """Build the API.
 
@@ -102,6 +121,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         await run_in_threadpool(_start_store, app, settings)
         own = enqueuer is None
         app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer
+        sweeper = asyncio.create_task(_sweep_uploads(app, settings))
         if not settings.chat.remote_url:  # this process serves chat: it runs evaluations too
             app.state.evaluations = EvaluationRunner(
                 lambda: app.state.engine, app.state.chat, settings
@@ -110,6 +130,9 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             if own:
                 app.state.enqueuer.close()
             if app.state.evaluations is not None:  # hands its evaluation back first
@@ -134,6 +157,16 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     install_error_handlers(app)
     if settings.chat.remote_url:  # chat runs on a replica: forward it there
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
+    chat_bytes = settings.chat.max_request_bytes
+    chat_text = 12 * settings.chat.max_prompt_chars
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_body_bytes=settings.limits.max_request_bytes,
+        larger={"/chat": chat_bytes, "/v1/chat/completions": chat_bytes},
+        streamed=("/datasets", "/v1/files"),
+        # a character is at most 12 bytes of JSON (an escaped surrogate pair), plus the keys
+        text_bytes=dict.fromkeys(("/chat", "/v1/chat/completions"), chat_text + 64 * 1024),
+    )
     app.add_middleware(RequestContextMiddleware, telemetry=app.state.telemetry)
     app.include_router(api_router)
     install_dashboard(app)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import http_error_body, request_id_of, validation_body
+from api.errors import http_error_body, http_status, request_id_of, validation_body
 from core.errors import AppError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _render(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RequestValidationError):
         return openai_error(request, 422, validation_body(exc))
     if isinstance(exc, StarletteHTTPException):
-        return openai_error(request, exc.status_code, http_error_body(request, exc), exc.headers)
+        return openai_error(request, http_status(exc), http_error_body(request, exc), exc.headers)
     if isinstance(exc, OperationalError):
         body = {"code": "unavailable", "message": "the database is unavailable; retry later"}
         return openai_error(request, 503, body)

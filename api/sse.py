@@ -45,7 +45,9 @@ def after_id(after: int | None, last_event_id: str | None) -> int:
     """Where a stream or page starts: ``after``, else a reconnecting client's Last-Event-ID."""
     if after is not None:
         return after
-    return int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    if not (last_event_id and last_event_id.isdigit()):
+        return 0
+    return min(int(last_event_id), 2**31 - 1)  # ids are SQL integers
 
 
 def _poll_job(engine: Engine, job_id: str, after: int) -> tuple[str | None, list[Any]]:

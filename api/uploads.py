@@ -2,7 +2,10 @@
 
 Starlette's form parser spools the whole body to a temp file before a handler runs, so the size
 limit would only be checked after the bytes arrived; here the limit is enforced per chunk and
-the partial file is removed at once (``payload_too_large``).
+the partial file is removed at once (``payload_too_large``). The bytes go to a hidden
+``.<name>.partial`` file, renamed when the upload is complete: a process killed mid-upload
+leaves only a partial file in a directory with no dataset row, which
+:func:`api.services.datasets.sweep_orphan_uploads` removes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from starlette.requests import Request
 from core.errors import Invalid, PayloadTooLarge
 
 FILE_FIELD = "file"
+PARTIAL_SUFFIX = ".partial"
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 8
 _FLUSH_BYTES = 1 << 20
@@ -112,7 +116,11 @@ class _Receiver:
             )
         self.filename = safe_filename(options[b"filename"].decode("utf-8", "replace"))
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.handle = (self.directory / self.filename).open("wb")
+        self.handle = self.partial_path.open("wb")
+
+    @property
+    def partial_path(self) -> Path:
+        return self.directory / f".{self.filename}{PARTIAL_SUFFIX}"
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -131,7 +139,10 @@ class _Receiver:
 
     def _part_end(self) -> None:
         if not self._is_file:
-            self.fields[self._name] = self._text.decode("utf-8", "replace")
+            value = self._text.decode("utf-8", "replace")
+            if "\x00" in value:  # no name or model holds one, and PostgreSQL cannot store it
+                raise Invalid(f"form field {self._name!r} holds a NUL character", param=self._name)
+            self.fields[self._name] = value
 
     async def flush(self, force: bool = False) -> None:
         """Write pending file bytes in a worker thread (disk I/O off the event loop)."""
@@ -180,8 +191,10 @@ async def receive_upload(request: Request, directory: Path, max_bytes: int) -> S
         _discard(receiver, directory)
         raise Invalid(f"no file in the form field {FILE_FIELD!r}", param=FILE_FIELD)
     receiver.handle.close()
+    final = directory / receiver.filename
+    receiver.partial_path.replace(final)
     return StoredUpload(
-        directory / receiver.filename,
+        final,
         receiver.filename,
         receiver.size,
         receiver.sha.hexdigest(),

@@ -291,6 +291,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         database_url=database_url,
                         broker_url=REDIS_URL,
                         models={MODEL_NAME: BaseModelEntry(path=model_dir)},
+                        allow_anonymous=True,
                     )
                     result["breakdown"] = breakdown(settings, dataset_id, args.breakdown_requests)
                 if args.runs:

@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             broker_url="memory://",
             models={MODEL: BaseModelEntry(path=root / "model")},
             chat=ChatSettings(max_batch=args.max_batch, max_adapters=args.adapters + 1),
+            allow_anonymous=True,
         )
         app = create_app(settings)
         with TestClient(app) as client:

@@ -82,6 +82,7 @@ def service_env(home: Path, database_url: str, model_dir: Path) -> dict[str, str
         f"GLMFT_MODELS__{MODEL_NAME}__PATH": str(model_dir),
         "GLMFT_WORKER_GPUS": "[]",
         "GLMFT_WORKER_NAME": WORKER_NAME,
+        "GLMFT_ALLOW_ANONYMOUS": "true",  # no key: the default tenant (the local mode)
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -86,14 +86,16 @@ def transition(
     target: JobState,
     *,
     from_states: Iterable[JobState] | None = None,
+    at_attempt: int | None = None,
     reason: str = "",
     **fields: Any,
 ) -> Job:
     """Move ``job_id`` to ``target`` if its current state allows it; set ``fields`` with it.
 
-    ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim).
-    The change and its event (``reason`` says why) are committed together. Raises
-    ``JobNotFound`` or ``InvalidJobTransition``.
+    ``from_states`` narrows the allowed sources further (e.g. only ``queued`` for a claim);
+    ``at_attempt`` fences the change to that attempt of the job, so a worker that lost its job to
+    a newer attempt cannot move it. The change and its event (``reason`` says why) are committed
+    together. Raises ``JobNotFound`` or ``InvalidJobTransition``.
     """
     allowed = {s.value for s in sources_of(target)}
     if from_states is not None:
@@ -104,13 +106,17 @@ def transition(
     data = {k: fields[k] for k in _EVENT_FIELDS if fields.get(k) is not None}
     moved = False
     for _ in range(_RACE_RETRIES):
-        current = session.exec(select(Job.state).where(col(Job.id) == job_id)).first()
-        if current is None or current not in allowed:
+        row = session.exec(select(Job.state, Job.attempt).where(col(Job.id) == job_id)).first()
+        if row is None or row[0] not in allowed:
             break
-        # conditional on the state just read: the event names the state it really left
-        result = session.execute(
-            update(Job).where(col(Job.id) == job_id, col(Job.state) == current).values(**values)
-        )
+        if at_attempt is not None and row[1] != at_attempt:
+            break  # the job moved on to another attempt: not this caller's to change
+        current = row[0]
+        # conditional on the state (and attempt) just read: the event names the state it left
+        statement = update(Job).where(col(Job.id) == job_id, col(Job.state) == current)
+        if at_attempt is not None:
+            statement = statement.where(col(Job.attempt) == at_attempt)
+        result = session.execute(statement.values(**values))
         moved = result.rowcount == 1  # type: ignore[attr-defined]
         if moved:
             session.add(state_event(job_id, target, current, reason, **data))
@@ -123,7 +129,8 @@ def transition(
         raise JobNotFound(f"job {job_id} not found")
     if not moved:
         raise InvalidJobTransition(
-            f"job {job_id} is {job.state}; it cannot become {target.value}",
+            f"job {job_id} is {job.state}; it cannot become {target.value}"
+            + (f" at attempt {at_attempt} (it is on {job.attempt})" if at_attempt else ""),
             details={"state": job.state, "target": target.value},
         )
     return job

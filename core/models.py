@@ -98,6 +98,9 @@ class Job(SQLModel, table=True):
     worker: str | None = Field(default=None, max_length=200)
     gpu_ids: list[int] = _json(list)
     heartbeat_at: datetime | None = _ts()
+    # when the job's broker message was last published; null until the first publish is
+    # known to have happened (the reconciler republishes queued jobs no message covers)
+    enqueued_at: datetime | None = _ts()
     step: int = 0
     max_steps: int | None = None
     # bytes of the trainer's events.jsonl already stored, committed with the events themselves:
@@ -128,6 +131,10 @@ class JobEvent(SQLModel, table=True):
 
 class Metric(SQLModel, table=True):
     __tablename__ = "metrics"
+    # a resumed attempt logs again the steps after its checkpoint: one row per value, the last
+    __table_args__ = (
+        UniqueConstraint("job_id", "step", "split", "name", name="uq_metrics_job_step_split_name"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)

@@ -34,7 +34,16 @@ class BaseModelEntry(BaseModel):
 
 
 class Limits(BaseModel):
+    """What one request or one job may cost."""
+
     max_upload_bytes: int = 2 * 1024**3
+    # every other request body (JSON), refused with 413 before any of it is parsed
+    max_request_bytes: int = 1024**2
+    # a job's resolved config as JSON (YAML aliases expanded), and any one string in it
+    max_config_bytes: int = 64 * 1024
+    max_config_string: int = 4096
+    # bytes a job directory may hold (checkpoints, logs); the worker stops a job over it
+    max_job_disk_bytes: int = 500 * 1024**3
     # a dataset archive (.zip / .tar.gz of train.jsonl, dev.jsonl and images), once unpacked
     max_archive_bytes: int = 8 * 1024**3
     max_archive_files: int = 100_000
@@ -63,6 +72,12 @@ class ChatSettings(BaseModel):
     cuda_graphs: bool = True
     max_new_tokens: int = 4096  # the most one request may ask for
     max_prompt_tokens: int = 8192
+    # a chat request's body: room for an image of 20 MiB, base64-encoded (other requests have
+    # limits.max_request_bytes); it is decoded off the event loop
+    max_request_bytes: int = 32 * 1024**2
+    # characters of all messages and tools together, checked before any tokenizing: no
+    # prompt this long can fit max_prompt_tokens, and tokenizing it would only cost time
+    max_prompt_chars: int = 65536
     max_messages: int = 256
 
 
@@ -122,6 +137,16 @@ class Settings(BaseSettings):
     worker_name: str | None = None
     heartbeat_interval_s: float = 5.0
     heartbeat_timeout_s: float = 60.0
+    # a queued job whose broker message is missing (a broker restart without persistence, an
+    # API killed between commit and publish) is published again once it is this old
+    publish_grace_s: float = 60.0
+    # how long a worker keeps supervising its trainer while the store cannot be reached; past
+    # it the trainer is stopped (checkpoints kept) and the job left to the reaper
+    store_outage_limit_s: float = 3600.0
+    # uploads that never became a dataset (an API killed mid-upload) are removed when older
+    upload_orphan_grace_s: float = 3600.0
+    # fault injection for tests: wait this long between committing a new job and publishing it
+    pause_after_commit_s: float = 0.0
     limits: Limits = Field(default_factory=Limits)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     evaluations: EvaluationSettings = Field(default_factory=EvaluationSettings)

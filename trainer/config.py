@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from trainer import hf_fields
+from trainer import config_rules, hf_fields
 
 Method = Literal["lora", "ptuning_v2", "sft"]
 _PEFT_TABLES = {"LORA": "lora", "PREFIX_TUNING": "prefix_tuning"}
@@ -127,6 +127,8 @@ def load_yaml(text: str, source: str = "config") -> Any:
         return yaml.load(io.StringIO(text))
     except YAMLError as exc:
         raise ConfigError([ConfigIssue("", f"not valid YAML: {exc}")], source) from exc
+    except RecursionError as exc:  # ruamel composes nested nodes recursively
+        raise ConfigError([ConfigIssue("", "the YAML is nested too deeply")], source) from exc
 
 
 def load_config(path: str | Path) -> FinetuningConfig:
@@ -138,7 +140,10 @@ def load_config(path: str | Path) -> FinetuningConfig:
 def parse_config(data: Any, source: str = "config") -> FinetuningConfig:
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue("", "a config must be a mapping of keys")], source)
-    issues: list[ConfigIssue] = []
+    shape = config_rules.check_shape(data)
+    if shape:  # the other checks walk the document: refuse a cycle or a tower first
+        raise ConfigError([ConfigIssue(k, m) for k, m in shape], source)
+    issues = [ConfigIssue(k, m) for k, m in config_rules.check_numbers(data)]
     config: FinetuningConfig | None = None
     try:
         config = FinetuningConfig.model_validate(data)
@@ -222,6 +227,9 @@ def _check_fields(values: dict[str, Any], table: str, prefix: str) -> list[Confi
                     f"{prefix}.{key}", f"expected {expected}, got {type(value).__name__} {value!r}"
                 )
             )
+        elif value is not None and spec.get("choices") and str(value) not in spec["choices"]:
+            shown = ", ".join(spec["choices"])
+            issues.append(ConfigIssue(f"{prefix}.{key}", f"must be one of {shown}; got {value!r}"))
     return issues
 
 
@@ -238,6 +246,9 @@ def _check_training_args(args: dict[str, Any]) -> list[ConfigIssue]:
         if k not in _RESERVED_TRAINING_ARGS and k not in ("generation_config", "report_to")
     }
     issues += _check_fields(rest, "training_args", "training_args")
+    issues += [
+        ConfigIssue(f"training_args.{k}", m) for k, m in config_rules.check_training_args(args)
+    ]
     generation = args.get("generation_config")
     if generation is not None and not isinstance(generation, dict):
         issues.append(ConfigIssue("training_args.generation_config", "must be a mapping"))

@@ -5,8 +5,11 @@
 
 ``yes`` resumes from the newest complete checkpoint (or starts fresh when there is none), ``N``
 from ``checkpoint-N`` (an error when it is missing or incomplete), ``no`` or nothing trains from
-scratch. Progress goes to ``events.jsonl`` in the output directory. Exit codes: 0 succeeded,
-2 the input was at fault (config, data, checkpoint, model directory), 1 anything else.
+scratch. Progress goes to ``events.jsonl`` in the output directory. ``--lock FILE --attempt N``
+(the worker's way) holds FILE so that no other trainer runs in the directory meanwhile
+(``trainer.fence``). Exit codes: 0 succeeded, 2 the input was at fault (config, data,
+checkpoint, model directory), 3 refused by the lock (another or a newer attempt owns the
+directory; nothing was written), 1 anything else.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from trainer.config import (
     report_targets,
     resolve_config_path,
 )
+from trainer.config_rules import DEFAULT_SAVE_TOTAL_LIMIT
 from trainer.data import (
     DataError,
     FeatureDataset,
@@ -58,6 +62,8 @@ from trainer.distributed import (
     exit_process,
 )
 from trainer.events import EventLog
+from trainer.fence import FenceError
+from trainer.fence import acquire as acquire_fence
 from trainer.generation import engine_unusable, generated_eval
 from trainer.loss import chunked_causal_lm_loss
 from trainer.memory import CHUNK_TOKENS, plan_for_config
@@ -87,6 +93,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_FENCED = 3
 # Exceptions that are the user's input at fault, with their stable error codes.
 _INPUT_ERRORS: dict[type[Exception], str] = {
     ConfigError: "invalid_config",
@@ -110,6 +117,9 @@ class RunArgs:
     output_dir: Path | None
     base_model_name: str | None
     feature_cache: Path | None = None
+    lock: Path | None = None
+    attempt: int = 0
+    lock_wait_s: float = 60.0
     trust_remote_code: bool = False
 
 
@@ -206,6 +216,9 @@ def run_args(ns: argparse.Namespace) -> RunArgs:
         ns.output_dir,
         ns.base_model_name,
         ns.feature_cache,
+        ns.lock,
+        ns.attempt,
+        ns.lock_wait,
         ns.trust_remote_code,
     )
 
@@ -239,6 +252,8 @@ def build_training_args(
         values["per_device_train_batch_size"] = config.batch_size // micro_batches
         values["gradient_accumulation_steps"] = config.accumulation_steps * micro_batches
     values["output_dir"] = str(output_dir)
+    if values.get("save_total_limit") is None:  # older checkpoints rotate away: bounded disk
+        values["save_total_limit"] = DEFAULT_SAVE_TOTAL_LIMIT
     on_gpu = torch.cuda.is_available()
     values["use_cpu"] = not on_gpu  # without it CPU ranks train separate copies, silently
     if on_gpu and "bf16" not in values and "fp16" not in values:
@@ -510,6 +525,13 @@ def execute(run_args: RunArgs) -> int:
     """Train as ``run_args`` say; the exit code (0 ok, 2 the input is at fault, 1 otherwise)."""
     dist = DistInfo.from_env()
     configure_logging(dist)
+    if run_args.lock is not None and dist.is_main:  # the other ranks follow rank 0's fate
+        try:
+            fence = acquire_fence(run_args.lock, run_args.attempt, wait_s=run_args.lock_wait_s)
+        except FenceError as exc:  # write nothing: the directory belongs to another trainer
+            logger.error("%s: %s", exc.code, exc)
+            return EXIT_FENCED
+        logger.info("attempt %d holds %s (pid %d)", fence.attempt, fence.path, os.getpid())
     # With --output-dir (the worker's way) even a config that fails to load is reported in events.
     events = EventLog(
         run_args.output_dir or Path("output"),

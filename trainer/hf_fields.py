@@ -24,7 +24,8 @@ _ASSET = "hf_fields.json"
 
 @cache
 def load() -> dict[str, dict[str, dict[str, Any]]]:
-    """``{"training_args"|"lora"|"prefix_tuning": {key: {"kinds": [...], "optional": bool}}}``."""
+    """``{"training_args"|"lora"|"prefix_tuning": {key: {"kinds": [...], "optional": bool}}}``;
+    an enumerated field (``eval_strategy``, ``optim``, ...) also has its ``choices``."""
     text = resources.files("trainer").joinpath("assets", _ASSET).read_text(encoding="utf-8")
     data: dict[str, dict[str, dict[str, Any]]] = json.loads(text)
     return data
@@ -43,6 +44,30 @@ def kind_matches(value: object, kinds: list[str], optional: bool) -> bool:
         "any": True,
     }
     return any(checks[k] for k in kinds)
+
+
+def choices_of(annotation: Any, metadata: Any = None) -> list[str] | None:
+    """The values an enumerated field accepts, or ``None``. ``IntervalStrategy | str`` is
+    enumerated too: Hugging Face converts the string to the enum (a ValueError for any other)."""
+    if metadata and metadata.get("choices"):
+        return sorted(str(c) for c in metadata["choices"])
+    enums: set[str] = set()
+    literals: set[str] = set()
+    free_str = False
+    for arg in typing.get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, Enum):
+            enums |= {str(member.value) for member in arg}
+        elif typing.get_origin(arg) is Literal and all(
+            isinstance(v, str) for v in typing.get_args(arg)
+        ):
+            literals |= set(typing.get_args(arg))
+        elif arg is str:
+            free_str = True
+        elif arg is not type(None):
+            return None  # also takes another kind of value (a bool, a list, a dict...)
+    if free_str and (literals or not enums):
+        return None  # a Literal beside str is a suggestion, not a rule
+    return sorted(enums | literals) or None
 
 
 def _kinds(annotation: Any) -> tuple[list[str], bool]:
@@ -84,6 +109,9 @@ def _fields(cls: type) -> dict[str, dict[str, Any]]:
         if "float" in kinds and "int" not in kinds:
             kinds = [*kinds, "int"]  # 1 is a fine learning rate
         out[field.name] = {"kinds": sorted(kinds), "optional": optional}
+        choices = choices_of(hints.get(field.name, Any), field.metadata)
+        if choices:
+            out[field.name]["choices"] = choices
     return out
 
 

@@ -35,6 +35,13 @@ class EventTail:
         """Bytes of the file consumed so far: always the end of a complete line."""
         return self._offset
 
+    def seek(self, offset: int) -> None:
+        """Read from ``offset`` (the end of a line) again: what was read since then was not
+        stored after all (the store failed), so the next call returns it once more."""
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        self._offset = offset
+
     def read_new(self) -> list[dict[str, Any]]:
         """The events appended since the last call, in file order."""
         try:

@@ -7,6 +7,8 @@
     config.yaml                        the resolved config the trainer runs
     output/                            events.jsonl and checkpoint-N/ (the trainer's)
     trainer.log                        the trainer's stdout and stderr
+    trainer.lock                       held by the running trainer; one line per attempt that
+                                       ran (trainer.fence): never two trainers at once
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class JobDir:
     @property
     def log(self) -> Path:
         return self.root / "trainer.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "trainer.lock"
 
     def contains(self, path: Path) -> bool:
         return path.resolve().is_relative_to(self.root.resolve())
@@ -95,14 +101,24 @@ def prepare(
         shutil.rmtree(job_dir.data)
         shutil.copytree(tree, job_dir.data, copy_function=_link_or_copy)
     else:
-        shutil.copyfile(train_file, job_dir.data / "train.jsonl")
+        _copy(train_file, job_dir.data / "train.jsonl")
         if validation_file is not None:
-            shutil.copyfile(validation_file, job_dir.data / "dev.jsonl")
+            _copy(validation_file, job_dir.data / "dev.jsonl")
     resolved = trainer_config(config, has_validation=validation_file is not None)
     training_args = resolved["training_args"]
     if training_args.get("deepspeed"):  # one of the shipped files (the API checks), by name
         shipped = SHIPPED_CONFIGS / Path(str(training_args["deepspeed"])).name
-        shutil.copyfile(shipped, job_dir.root / shipped.name)
+        _copy(shipped, job_dir.root / shipped.name)
         training_args["deepspeed"] = str((job_dir.root / shipped.name).resolve())
-    with job_dir.config.open("w", encoding="utf-8") as fh:
+    partial = job_dir.config.with_name(job_dir.config.name + ".partial")
+    with partial.open("w", encoding="utf-8") as fh:
         YAML(typ="safe", pure=True).dump(resolved, fh)
+    os.replace(partial, job_dir.config)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy by rename: a trainer of an earlier attempt that still reads the file (it waits
+    for the lock meanwhile) never sees it half written."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)

@@ -127,6 +127,9 @@ def build_trainer_command(
     resume: str,
     base_model_name: str,
     feature_cache: Path | None = None,
+    lock: Path | None = None,
+    attempt: int = 0,
+    lock_wait_s: float = 60.0,
     trust_remote_code: bool = False,
     python: str = sys.executable,
 ) -> list[str]:
@@ -135,6 +138,8 @@ def build_trainer_command(
     ``resume`` is the demo's positional argument (``yes``, a step ``N``, ``no``); empty omits it.
     ``feature_cache`` is where the trainer keeps pre-tokenised datasets between jobs;
     ``trust_remote_code`` comes from the base's registry entry only (the operator's choice).
+    With ``lock`` the trainer holds that file for ``attempt`` (``trainer.fence``), waiting up to
+    ``lock_wait_s`` for an earlier attempt's trainer to exit.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
@@ -156,6 +161,8 @@ def build_trainer_command(
     args += ["--output-dir", str(output_dir), "--base-model-name", base_model_name]
     if feature_cache is not None:
         args += ["--feature-cache", str(feature_cache)]
+    if lock is not None:
+        args += ["--lock", str(lock), "--attempt", str(attempt), "--lock-wait", f"{lock_wait_s:g}"]
     if trust_remote_code:
         args.append("--trust-remote-code")
     return [*launcher, *args]

@@ -4,6 +4,12 @@ No Celery here (the task is a thin wrapper), so the whole path is testable with 
 The trainer runs in its own session and dies with this process; events are tailed into SQL every
 ``poll_s``; the heartbeat proves to the reaper that this worker is alive; cancel and pause stop the
 whole process tree and keep the checkpoints (a paused job is then given up, for ``resume``).
+
+The worker never loses track of its trainer. A store that cannot be reached is retried with
+backoff while the trainer goes on (its events wait in ``events.jsonl``); only past
+``store_outage_limit_s`` is the trainer stopped, and it is always stopped before the worker lets
+go of the job. Every write is fenced by the job's attempt, and the trainer holds the job
+directory's lock for its attempt (``trainer.fence``), so two trainers never run for one job.
 """
 
 from __future__ import annotations
@@ -16,35 +22,26 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from core.errors import InvalidJobTransition
 from core.jobs import JobState, adapter_id, save_adapter, transition
-from core.models import Adapter, Checkpoint, Dataset, Job, utcnow
+from core.models import Adapter, Checkpoint, Dataset, Job
 from core.scheduling import claim_next, waiting_job
 from core.settings import Settings
-from worker import jobdir, storage_quota
+from worker import jobdir
 from worker.events_tail import EventTail
 from worker.gpus import GpuLeases
 from worker.launcher import TrainerProcess, build_trainer_command, compile_cache_env
-from worker.recorder import record_events
+from worker.store_retry import StoreRetry
+from worker.supervisor import LOST, STORE_LOST, Outcome, Supervisor, heartbeat, store_failed
 
 logger = logging.getLogger(__name__)
-# a paused job still beats until its trainer has stopped and the worker has given it up
-ACTIVE = (JobState.RUNNING.value, JobState.CANCELLING.value, JobState.PAUSED.value)
-LOST = "lost_ownership"
 
 
 class NodeBusyError(RuntimeError):
     """Not enough free GPUs on this node right now; the task should retry later."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: JobState
-    code: str | None = None
-    message: str | None = None
-    user_error: bool | None = None
 
 
 @dataclass
@@ -54,6 +51,7 @@ class Runner:
     leases: GpuLeases
     node: str
     poll_s: float = 1.0
+
     # publishes a wake-up message for a job id (the Celery task's ``send_task``)
     wake: Callable[[str], None] | None = None
 
@@ -70,13 +68,19 @@ class Runner:
                     raise NodeBusyError(f"the next job's GPUs are not free on {self.node}")
                 return "skipped"  # nothing this node can start, or every tenant at its quota
             claimed, gpus = claim.job, list(claim.job.gpu_ids)
-            job_id = claimed.id
+            job_id, tenant = claimed.id, claimed.tenant_id
+            # detached: a rollback after a failed write must not expire it, or reading
+            # claimed.id would need the store that just failed
+            session.expunge(claimed)
             try:
                 logger.info(
                     "job %s: attempt %d on %s, GPUs %s", job_id, claimed.attempt, self.node, gpus
                 )
                 try:
                     outcome = self._attempt(session, claimed, gpus)
+                except SQLAlchemyError:  # before a trainer ran: the reaper re-queues the job
+                    logger.exception("job %s: the store failed before the trainer ran", job_id)
+                    return "store_unavailable"
                 except Exception as exc:  # never leave a claimed job running with no trainer
                     logger.exception("job %s: could not run the trainer", job_id)
                     outcome = Outcome(
@@ -84,12 +88,16 @@ class Runner:
                     )
                 if outcome.code == LOST:
                     return "lost"  # the reaper gave the job to another attempt: record nothing
+                if outcome.code == STORE_LOST:
+                    return "store_unavailable"  # trainer stopped; the reaper re-queues the job
                 return self._finish(session, claimed, outcome)
             finally:
                 self.leases.release(job_id)
-                self._wake_waiting(session, claimed.tenant_id)
+                self._wake_waiting(session, tenant)
 
     def _wake_waiting(self, session: Session, tenant: str) -> None:
+        """Publish a wake-up for the tenant's next waiting job: a claim that passed it over
+        (quota, fair share) consumed the message that named it."""
         try:
             waiting = waiting_job(session, self.settings, tenant) if self.wake else None
             if waiting is not None and self.wake is not None:
@@ -141,6 +149,9 @@ class Runner:
             resume=_resume_argument(session, job),
             base_model_name=job.model,
             feature_cache=self.settings.feature_cache,
+            lock=directory.lock,
+            attempt=job.attempt,
+            lock_wait_s=self.settings.heartbeat_timeout_s,
             trust_remote_code=model.trust_remote_code,
         )
         events_file = directory.output / "events.jsonl"
@@ -155,84 +166,27 @@ class Runner:
         )
         if gpus:  # the trainer's pid keeps the lease alive should this worker die first
             self.leases.attach(job.id, process.pid)
-        return self._supervise(session, job, process, tail)
+        supervisor = Supervisor(self.settings, self.node, self.poll_s, session, job, directory)
+        try:
+            return supervisor.watch(process, tail)
+        finally:
+            if process.poll() is None:  # whatever ended supervision, the trainer goes with it
+                process.terminate()
+                logger.warning("job %s: stopped the trainer before letting go", directory.root)
 
-    def _supervise(
-        self, session: Session, job: Job, process: TrainerProcess, tail: EventTail
-    ) -> Outcome:
-        last_beat = 0.0
-        status: dict[str, Any] = {}
-        stopped: JobState | None = None
-        returncode = None
-        while returncode is None:
-            returncode = process.wait(self.poll_s)
-            process.processes()  # remember the ranks, should torchrun die first
-            status = self._record(session, job, tail) or status
-            if (over_quota := self._over_quota(process, tail, status)) is not None:
-                return over_quota
-            if time.monotonic() - last_beat >= self.settings.heartbeat_interval_s:
-                last_beat = time.monotonic()
-                if not self._heartbeat(session, job.id):
-                    logger.warning("job %s: no longer owned by %s; stopping", job.id, self.node)
-                    process.terminate()
-                    return Outcome(JobState.FAILED, LOST)
-            stop = self._stop_requested(session, job.id) if returncode is None else None
-            if stop is not None:
-                logger.info("job %s: %s; stopping the trainer", job.id, stop.value)
-                returncode = process.terminate()
-                stopped = stop
-        status = self._record(session, job, tail) or status
-        over_quota = self._over_quota(process, tail, status)
-        if stopped is not None:
-            return Outcome(stopped)
-        if over_quota is not None:
-            return over_quota
-        if returncode == 0 and status.get("status") == "succeeded":
-            return Outcome(JobState.SUCCEEDED)
-        return Outcome(
-            JobState.FAILED,
-            status.get("code") or "trainer_crashed",
-            status.get("message") or f"trainer exited with code {returncode}",
-            bool(status.get("user_error", False)),
-        )
-
-    def _over_quota(
-        self, process: TrainerProcess, tail: EventTail, status: dict[str, Any]
-    ) -> Outcome | None:
-        """A checkpoint past the storage quota: stop the trainer before it writes more, remove
-        that checkpoint and any newer one, and fail the job."""
-        if status.get("code") != storage_quota.CODE:
-            return None
-        process.terminate()
-        storage_quota.discard_from(jobdir.JobDir(tail.path.parents[1]), int(status["step"]))
-        return Outcome(JobState.FAILED, storage_quota.CODE, status["message"], True)
-
-    def _record(self, session: Session, job: Job, tail: EventTail) -> dict[str, Any] | None:
-        events = tail.read_new()
-        if not events:
-            return None
-        events, over_quota = storage_quota.split_at_quota(session, self.settings, job, events)
-        record_events(session, job, events, offset=tail.offset)
-        statuses = [e for e in events if e.get("event") == "status"]
-        return over_quota or (statuses[-1] if statuses else None)
-
-    def _heartbeat(self, session: Session, job_id: str) -> bool:
-        result = session.execute(
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.worker) == self.node, col(Job.state).in_(ACTIVE))
-            .values(heartbeat_at=utcnow())
-        )
-        session.commit()
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def _stop_requested(self, session: Session, job_id: str) -> JobState | None:
-        """``cancelled`` or ``paused`` when the job asks its trainer to stop, else None."""
-        job = session.get(Job, job_id, populate_existing=True)
-        if job is None:
-            return None
-        if job.cancel_requested or job.state == JobState.CANCELLING:
-            return JobState.CANCELLED
-        return JobState.PAUSED if job.state == JobState.PAUSED else None
+    def _finish(self, session: Session, job: Job, outcome: Outcome) -> str:
+        store = StoreRetry(limit_s=self.settings.store_outage_limit_s)
+        while True:
+            try:
+                return self._finish_once(session, job, outcome)
+            except InvalidJobTransition:
+                logger.warning("job %s: attempt %d no longer owns it", job.id, job.attempt)
+                return "lost"
+            except SQLAlchemyError as exc:
+                store_failed(session, job, store, exc)
+                if store.given_up():
+                    return "store_unavailable"  # the reaper re-queues it; checkpoints stay
+                time.sleep(store.wait_s())
 
     def _give_up_paused(self, session: Session, job_id: str) -> str:
         """The trainer of a paused job has stopped: release it, so that it may be resumed."""
@@ -246,11 +200,13 @@ class Runner:
         logger.info("job %s: paused; its trainer stopped", job_id)
         return JobState.PAUSED.value
 
-    def _finish(self, session: Session, job: Job, outcome: Outcome) -> str:
+    def _finish_once(self, session: Session, job: Job, outcome: Outcome) -> str:
         if outcome.state == JobState.PAUSED:
             return self._give_up_paused(session, job.id)
         fields: dict[str, Any] = {}
         if outcome.state == JobState.SUCCEEDED:
+            if not heartbeat(session, job, self.node):
+                raise InvalidJobTransition(f"job {job.id} moved on from attempt {job.attempt}")
             adapter = register_adapter(session, job)
             fields["adapter_id"] = adapter.id if adapter else None
         elif outcome.state == JobState.FAILED:
@@ -260,11 +216,18 @@ class Runner:
                 user_error=outcome.user_error,
             )
         try:
-            transition(session, job.id, outcome.state, reason=_reason(outcome), **fields)
+            transition(
+                session,
+                job.id,
+                outcome.state,
+                at_attempt=job.attempt,
+                reason=_reason(outcome),
+                **fields,
+            )
         except InvalidJobTransition:
             current = session.get(Job, job.id, populate_existing=True)
-            if current is None:
-                raise
+            if current is None or current.attempt != job.attempt:
+                raise  # another attempt owns the job: _finish records nothing
             if current.state == JobState.PAUSED:  # paused as the trainer ended: resume finishes it
                 return self._give_up_paused(session, job.id)
             # e.g. a job paused, then cancelled while its trainer stopped: already decided

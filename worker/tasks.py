@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import redis
 from celery import signals
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from core.db import prepare
 from core.models import WorkerNode, utcnow
 from core.settings import get_settings
+from worker.broker import covered_jobs
 from worker.celery_app import REAP_STALE_JOBS, RUN_TRAINING_JOB, TRAINING_QUEUE, app
 from worker.gpus import GpuLeases
+from worker.reaper import StoreWatch, republish_lost_jobs
 from worker.reaper import reap_stale_jobs as reap
 from worker.runner import NodeBusyError, Runner
 from worker.webhooks import Dispatcher
@@ -31,6 +36,7 @@ _log = logging.getLogger(__name__)
 class NodeRuntime:
     engine: Engine
     runner: Runner
+    store_watch: StoreWatch
 
 
 @cache
@@ -40,7 +46,8 @@ def runtime() -> NodeRuntime:
     engine = prepare(settings)
     node = settings.worker_name or socket.gethostname()
     leases = GpuLeases(settings.home / "gpu-leases", settings.worker_gpus)
-    return NodeRuntime(engine, Runner(settings, engine, leases, node, wake=_enqueue))
+    watch = StoreWatch(gap_s=settings.heartbeat_timeout_s)
+    return NodeRuntime(engine, Runner(settings, engine, leases, node, wake=_enqueue), watch)
 
 
 def _enqueue(job_id: str) -> None:
@@ -58,13 +65,26 @@ def run_training_job(self: Any, job_id: str) -> str:
 
 @app.task(name=REAP_STALE_JOBS)
 def reap_stale_jobs() -> list[str]:
+    """The beat's sweep: stale running jobs, then queued jobs that no message covers."""
     settings = get_settings()
-    with Session(runtime().engine, expire_on_commit=False) as session:
-        return reap(
-            session,
-            timeout_s=settings.heartbeat_timeout_s,
-            enqueue=_enqueue,
-        )
+    state = runtime()
+    touched: list[str] = []
+    try:
+        with Session(state.engine, expire_on_commit=False) as session:
+            session.connection()  # raises while the store is down
+            state.store_watch.saw_store(time.monotonic())
+            if state.store_watch.watched_for(time.monotonic()) >= settings.heartbeat_timeout_s:
+                touched += reap(session, timeout_s=settings.heartbeat_timeout_s, enqueue=_enqueue)
+            touched += republish_lost_jobs(
+                session,
+                grace_s=settings.publish_grace_s,
+                covered=lambda: covered_jobs(settings.resolved_broker_url, TRAINING_QUEUE),
+                enqueue=_enqueue,
+            )
+    except (SQLAlchemyError, redis.RedisError, OSError) as exc:
+        state.store_watch.lost_store()  # heartbeats missed meanwhile do not count
+        logger.warning("sweep skipped: %s: %s", type(exc).__name__, exc)
+    return touched
 
 
 def announce_node(engine: Engine, name: str, gpus: list[int]) -> None:

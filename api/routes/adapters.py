@@ -19,6 +19,7 @@ from api.services.chat import ChatService
 from core.errors import AdapterBusy, AdapterNotFound, ChatCapacity
 from core.models import Adapter, Job
 from serving.errors import AdapterBusyError, AdapterCacheFullError
+from trainer.config_rules import INT_MAX
 
 router = APIRouter(tags=["adapters"])
 AdapterIdPath = Annotated[
@@ -143,7 +144,10 @@ async def _unload(service: ChatService, adapter: Adapter) -> None:
     responses=error_responses(404),
 )
 def promote_checkpoint(
-    job: JobDep, step: int, request: Request, session: SessionDep
+    job: JobDep,
+    step: Annotated[int, Path(ge=0, le=INT_MAX, description="The checkpoint's step.")],
+    request: Request,
+    session: SessionDep,
 ) -> AdapterPublic:
     """Make the checkpoint at ``step`` an adapter of its own (the same one when repeated)."""
     checkpoint = find_checkpoint(session, job, step, param="step")

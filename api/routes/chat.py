@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
+from api.json_route import ThreadedJsonRoute
 from api.schemas.chat import ChatRequest, ChatResponse
 from api.schemas.common import error_responses
 from api.services.chat import (
@@ -22,7 +24,7 @@ from api.services.chat import (
 from api.sse import format_event
 from serving.params import GenerationParams
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=ThreadedJsonRoute)
 
 
 def chat_service(request: Request) -> ChatService:
@@ -45,7 +47,9 @@ async def chat(
     one ``done`` frame holding the whole response, or an ``error`` frame."""
     service = chat_service(request)
     target, engine = await service.open(session, tenant, body.model)
-    prompt, params, names = service.prepare(engine, body.messages, body.tools, body)
+    prompt, params, names = await run_in_threadpool(
+        service.prepare, engine, body.messages, body.tools, body
+    )
     if body.stream:
         frames = _frames(service, engine, target, prompt, params, names)
         return StreamingResponse(frames, media_type="text/event-stream")

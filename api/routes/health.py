@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import EngineDep, PrincipalDep, SettingsDep, TenantDep
-from api.schemas.common import error_responses
+from api.schemas.common import error_responses, json_error_responses
 from api.schemas.system import Health
 from api.telemetry import Telemetry
 from core.db import upgrade
@@ -22,7 +22,7 @@ router = APIRouter(tags=["health"])
 PING_TIMEOUT_S = 1.0
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, responses=error_responses())
 def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
@@ -72,8 +72,11 @@ def readyz(request: Request, engine: EngineDep, settings: SettingsDep) -> Health
     "/metrics",
     response_class=Response,
     responses={
-        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
-        **error_responses(401, 403),
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format.",
+        },
+        **json_error_responses(401, 403),
     },
 )
 def metrics(request: Request, tenant: TenantDep, principal: PrincipalDep) -> Response:

@@ -12,10 +12,11 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlmodel import col, select
 
 from api.deps import EngineDep, JobDep, SessionDep, SettingsDep
-from api.schemas.common import ListOf, Page, error_responses
+from api.schemas.common import ListOf, Page, error_responses, json_error_responses
 from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
 from api.sse import SSE_DOC, after_id, job_event_stream
 from core.models import Checkpoint, JobEvent, Metric
+from trainer.config_rules import INT_MAX
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["jobs"])
 LOG_FILE = "trainer.log"
@@ -34,7 +35,9 @@ def get_events(
     session: SessionDep,
     engine: EngineDep,
     request: Request,
-    after: Annotated[int | None, Query(ge=0, description="Events with a larger id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT_MAX, description="Events with a larger id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Page[EventPublic] | StreamingResponse:
@@ -67,7 +70,9 @@ def get_metrics(
     session: SessionDep,
     split: Annotated[str | None, Query(description="train | validation | test")] = None,
     name: Annotated[str | None, Query(examples=["loss"])] = None,
-    after: Annotated[int | None, Query(ge=0, description="Metrics with a larger id.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT_MAX, description="Metrics with a larger id.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Page[MetricPublic]:
     """The job's recorded metrics in the order they were written."""
@@ -122,10 +127,7 @@ def tail_lines(path: Path, count: int) -> str:
 @router.get(
     "/logs",
     response_class=PlainTextResponse,
-    responses={
-        200: {"content": {"text/plain": {}}, "description": "The log's last lines."},
-        **error_responses(404),
-    },
+    responses={200: {"description": "The log's last lines."}, **json_error_responses(404)},
 )
 def get_logs(
     job: JobDep,

@@ -12,8 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, TenantDep
+from api.json_route import ThreadedJsonRoute
 from api.openai_errors import OPENAI_ERROR_RESPONSES, OpenAIRoute, error_type
 from api.routes.chat import chat_service
 from api.schemas.chat import GenerationFields
@@ -32,7 +34,12 @@ from api.services.openai_chat import completion_of, glm_messages
 from core.models import BaseModelRecord
 from serving.params import GenerationParams
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+class _OpenAIChatRoute(OpenAIRoute, ThreadedJsonRoute):
+    """OpenAI's error shape around a body decoded off the event loop."""
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=_OpenAIChatRoute)
 
 
 @router.post(
@@ -53,7 +60,9 @@ async def chat_completions(
     tools = None
     if body.tools and body.tool_choice != "none":
         tools = [t.model_dump(exclude_none=True) for t in body.tools]
-    prompt, params, names = service.prepare(engine, messages, tools, _fields(body))
+    prompt, params, names = await run_in_threadpool(
+        service.prepare, engine, messages, tools, _fields(body)
+    )
     created = int(time.time())
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if body.stream:

@@ -15,7 +15,9 @@ class CheckpointRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job: str = Field(description="The job id.", examples=["job-3f2a9c0d1e4b5a6f7c8d9e0f"])
-    checkpoint: int = Field(ge=0, description="The checkpoint's step.", examples=[500])
+    checkpoint: int = Field(
+        ge=0, le=2**31 - 1, description="The checkpoint's step.", examples=[500]
+    )
 
 
 class GenerationFields(BaseModel):
@@ -32,7 +34,9 @@ class GenerationFields(BaseModel):
     stop: list[str] | str | None = Field(
         default=None, description="Text that ends the answer (not included)."
     )
-    seed: int | None = Field(default=None, description="Makes sampling reproducible.")
+    seed: int | None = Field(
+        default=None, ge=-(2**63), le=2**64 - 1, description="Makes sampling reproducible."
+    )
 
 
 class ChatRequest(GenerationFields):

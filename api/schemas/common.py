@@ -91,3 +91,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {"model": ErrorEnvelope, "description": _DESCRIPTIONS.get(status, "Error.")}
         for status in wanted
     }
+
+
+def json_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """:func:`error_responses` for a route whose own answer is not JSON (a text log): the
+    envelope is documented as ``application/json``, which is how errors leave every route."""
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    return {
+        status: {"description": _DESCRIPTIONS.get(status, "Error."), "content": content}
+        for status in sorted({*statuses, 422})
+    }

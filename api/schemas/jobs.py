@@ -8,10 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from pydantic.config import JsonDict
 
 from api.schemas.common import UtcDatetime
+from trainer.config_rules import INT_MAX, MAX_DEPTH, measure
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 MAX_METADATA_KEYS = 16
+MAX_OVERRIDES = 64
+#: a YAML document sent as ``config`` (the resolved config has its own limit, in settings)
+MAX_CONFIG_TEXT = 64 * 1024
+ResourceId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 _CREATE_EXAMPLE: JsonDict = {
     "model": "glm-4-9b-chat-hf",
@@ -32,24 +37,37 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="A base model of the registry (see GET /models).")
+    model: str = Field(
+        max_length=200, description="A base model of the registry (see GET /models)."
+    )
     method: Literal["lora", "ptuning_v2", "sft"]
     config: str | None = Field(
         default=None,
+        max_length=MAX_CONFIG_TEXT,
         description="A shipped preset name (`lora`, `tiny/lora`, ...) or an upstream-style YAML "
         "document. Default: the preset named like `method`.",
     )
-    overrides: dict[str, Any] = Field(
+    overrides: dict[Annotated[str, StringConstraints(max_length=200)], Any] = Field(
         default_factory=dict,
+        max_length=MAX_OVERRIDES,
         description='Dotted config keys to set, e.g. {"training_args.max_steps": 500}.',
     )
     gpus: int | None = Field(
         default=None,
         ge=0,
+        le=1024,
         description="GPUs for the job; 0 trains on CPU. Default: the base model's `gpus` in the "
         "registry, else 1 when a worker has GPUs and 0 when none has.",
     )
-    seed: int | None = Field(default=None, ge=0, description="Sets training_args.seed.")
+    seed: int | None = Field(default=None, ge=0, le=INT_MAX, description="Sets training_args.seed.")
+
+    @field_validator("overrides")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        depth = measure(value).depth
+        if depth > MAX_DEPTH:
+            raise ValueError(f"values are nested {depth} levels deep; at most {MAX_DEPTH}")
+        return value
 
 
 class JobCheckRequest(JobSpec):
@@ -82,8 +100,10 @@ class JobCreate(JobSpec):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
 
-    training_dataset: str = Field(description="Id of a valid dataset of yours.")
-    validation_dataset: str | None = Field(default=None, description="Id of a valid dataset.")
+    training_dataset: ResourceId = Field(description="Id of a valid dataset of yours.")
+    validation_dataset: ResourceId | None = Field(
+        default=None, description="Id of a valid dataset."
+    )
     suffix: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
@@ -114,7 +134,10 @@ class ResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint_step: int | None = Field(
-        default=None, ge=0, description="A recorded checkpoint's step; default: the newest one."
+        default=None,
+        ge=0,
+        le=INT_MAX,
+        description="A recorded checkpoint's step; default: the newest one.",
     )
 
 

@@ -251,17 +251,28 @@ class ChatService:
         tools: list[dict[str, Any]] | None,
         fields: GenerationFields,
     ) -> tuple[Prompt, GenerationParams, set[str]]:
-        """The prompt's token ids, the sampling parameters and the offered tool names."""
+        """The prompt's token ids, the sampling parameters and the offered tool names.
+
+        CPU work (validation, the template, the tokenizer, images): call it in a worker thread,
+        never on the event loop. Text too long for any prompt is refused before it is tokenized.
+        """
         from api.services.vision_chat import has_images, prepare_vision
         from serving.vision import VisionEngine
 
+        limits = self.settings.chat
+        chars = text_size(messages) + text_size(tools)
+        if chars > limits.max_prompt_chars:
+            raise PromptTooLong(
+                f"the messages and tools hold {chars} characters; at most "
+                f"{limits.max_prompt_chars} (and {limits.max_prompt_tokens} tokens)",
+                param="messages",
+            )
         if isinstance(engine, VisionEngine):  # images allowed: api.services.vision_chat
             return prepare_vision(self.settings, engine, messages, tools, fields)
         if has_images(messages):
             raise InvalidMessages(
                 "this model is not a vision model: images need a vision base", param="messages"
             )
-        limits = self.settings.chat
         if len(messages) > limits.max_messages:
             raise InvalidMessages(
                 f"{len(messages)} messages; at most {limits.max_messages}", param="messages"
@@ -330,10 +341,25 @@ class ChatService:
             request.cancelled = True
 
 
+def text_size(value: Any) -> int:
+    """Characters of every string (keys included) in a JSON-like value, but for image data URLs
+    (images, which are no text of the prompt)."""
+    total, todo = 0, [value]
+    while todo:  # a loop, not recursion: a deeply nested body must not overflow the stack
+        item = todo.pop()
+        if isinstance(item, str):
+            total += 0 if item.startswith("data:image/") else len(item)
+        elif isinstance(item, dict):
+            todo += list(item.keys()) + list(item.values())
+        elif isinstance(item, list | tuple):
+            todo += list(item)
+    return total
+
+
 def _checkpoint_ref(model: str) -> str | CheckpointRef:
     """``ft:<base>:<suffix>:<job>:ckpt-<step>`` as a job checkpoint, else ``model`` as it is."""
     adapter, found, step = model.rpartition(PROMOTED)
-    if not found or not step.isdigit() or ":" not in adapter:
+    if not found or not step.isdigit() or int(step) >= 2**31 or ":" not in adapter:
         return model
     return CheckpointRef(job=adapter.rsplit(":", 1)[1], checkpoint=int(step))
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, or_, select
+from sqlmodel import Session, col, or_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -230,3 +231,38 @@ def delete_dataset(*, session: Session, dataset: Dataset, force: bool = False) -
     session.commit()
     shutil.rmtree(directory, ignore_errors=True)
     logger.info("deleted dataset %s (%d jobs keep its record)", dataset.id, len(users))
+
+
+def _last_written(directory: Path) -> float:
+    """The newest mtime of ``directory`` and its files (an upload in progress is fresh)."""
+    stamps = [directory.stat().st_mtime]
+    stamps += [f.stat().st_mtime for f in directory.iterdir() if f.is_file()]
+    return max(stamps)
+
+
+def sweep_orphan_uploads(*, engine: Engine, artifacts: Path, grace_s: float) -> list[Path]:
+    """Remove upload directories older than ``grace_s`` that no dataset row names: what an API
+    process killed mid-upload (or mid-validation) left. Returns the directories removed."""
+    root = artifacts / "datasets"
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - grace_s
+    candidates = {
+        d.name: d
+        for tenant in root.iterdir()
+        if tenant.is_dir()
+        for d in tenant.iterdir()
+        if d.is_dir() and _last_written(d) < cutoff
+    }
+    if not candidates:
+        return []
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Dataset.id, Dataset.path).where(col(Dataset.id).in_(list(candidates)))
+        ).all()
+    kept = {row_id for row_id, path in rows if path != TOMBSTONE}
+    removed = [d for name, d in candidates.items() if name not in kept]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+        logger.warning("removed %s: an upload that never became a dataset", directory)
+    return removed

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, select
 
-from api.queue import TRAINING_QUEUE, Enqueuer
+from api.queue import Enqueuer
 from api.schemas.common import as_utc
-from api.services.jobs import enter_queue, usable_dataset
+from api.services.jobs import enter_queue, publish, usable_dataset
 from core.errors import Invalid, InvalidJobTransition, JobStillStopping, Unavailable
 from core.jobs import TERMINAL, JobState, transition
 from core.models import Checkpoint, Job, utcnow
@@ -156,7 +156,7 @@ def resume_job(
         + (f"checkpoint {resume_from}" if resume_from is not None else "the start"),
     )
     try:
-        enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+        publish(session, enqueuer, job)
     except Exception as exc:  # any broker failure
         logger.exception("enqueue of resumed job %s failed", job.id)
         transition(

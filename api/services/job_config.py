@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidConfig
+from core.settings import Limits
 from trainer.config import ConfigError, ConfigIssue, load_yaml, parse_config
+from trainer.config_rules import MAX_DEPTH, measure
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 #: DeepSpeed configs a job may name; the worker resolves them inside its own install.
@@ -35,7 +37,19 @@ _FORBIDDEN_ARGS = {
     "resume_from_checkpoint": "resume a job with POST /jobs/{id}/resume",
     "push_to_hub": "glmft never uploads; adapters are served by this service",
     "hub_token": "glmft never uploads; adapters are served by this service",
+    "parallelism_config": "glmft launches the ranks itself",
 }
+#: training_args Hugging Face reads a file for when given a string: only a mapping is taken
+#: (a path would let a job open any file of a worker)
+MAPPING_ARGS = (
+    "accelerator_config",
+    "fsdp_config",
+    "activation_checkpointing_kwargs",
+    "gradient_checkpointing_kwargs",
+    "lr_scheduler_kwargs",
+)
+#: training_args a CPU job (gpus 0) cannot run with
+GPU_ONLY_ARGS = ("fp16", "fp16_full_eval", "tf32")
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,11 @@ def _service_rules(args: dict[str, Any]) -> list[ConfigIssue]:
     for key, why in _FORBIDDEN_ARGS.items():
         if args.get(key):
             issues.append(ConfigIssue(f"training_args.{key}", f"cannot be set: {why}"))
+    for key in MAPPING_ARGS:
+        if isinstance(args.get(key), str):
+            issues.append(
+                ConfigIssue(f"training_args.{key}", "must be a mapping; file paths are not taken")
+            )
     deepspeed = args.get("deepspeed")
     if deepspeed is not None:
         canonical = f"configs/{posixpath.basename(str(deepspeed))}"
@@ -175,6 +194,40 @@ def _check_seed(
     return []
 
 
+def _cost_issues(data: dict[str, Any], limits: Limits) -> list[ConfigIssue]:
+    """A config too large once its YAML aliases are expanded, or with too long a string."""
+    shape = measure(data)
+    if shape.cycle or shape.depth > MAX_DEPTH:
+        return []  # parse_config refuses it, with its own words
+    if shape.longest > limits.max_config_string and shape.size <= 64 * limits.max_config_bytes:
+        return [  # named, when the document is small enough to walk
+            ConfigIssue(key, f"is longer than {limits.max_config_string} characters")
+            for key in _long_strings(data, limits.max_config_string)
+        ]
+    if shape.size > limits.max_config_bytes:
+        return [
+            ConfigIssue(
+                "",
+                f"the config expands to {shape.size} bytes (YAML aliases included); "
+                f"at most {limits.max_config_bytes}",
+            )
+        ]
+    return []
+
+
+def _long_strings(data: Any, limit: int, where: str = "") -> list[str]:
+    if isinstance(data, str):
+        return [where] if len(data) > limit else []
+    if not isinstance(data, dict | list):
+        return []
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    found = []
+    for name, value in items:
+        key = f"{where}.{name}" if where else str(name)
+        found += [key] if len(str(name)) > limit else _long_strings(value, limit, key)
+    return found
+
+
 def resolve_config(
     *,
     method: str,
@@ -183,18 +236,40 @@ def resolve_config(
     seed: int | None,
     train_file: Path,
     val_file: Path | None,
+    limits: Limits | None = None,
+    gpus: int | None = None,
 ) -> ResolvedConfig:
-    """Build and check the job's config; raises ``InvalidConfig``."""
+    """Build and check the job's config; raises ``InvalidConfig``.
+
+    The trainer's own validation (``trainer.config.parse_config``) runs here with the
+    service's rules on top, so a config admitted here is one the worker runs. ``limits``
+    (default: the defaults of ``core.settings.Limits``) bound its size and strings; with
+    ``gpus`` 0 the arguments only a GPU runs (fp16, tf32) are refused.
+    """
     try:
         data = _load_base(config, method)
     except ConfigError as exc:
         raise _refuse(exc.issues, {}) from exc
+    cost = _cost_issues(data, limits or Limits())  # before anything walks an alias bomb
+    if cost:
+        raise _refuse(cost, {})
     issues = _apply_overrides(data, overrides)
+    cost = _cost_issues(data, limits or Limits())
+    if cost:  # the base alone was fine: the overrides made it so
+        refusal = _refuse(cost, overrides)
+        refusal.param = refusal.param if refusal.param != "config" else "overrides"
+        raise refusal
     if data.pop("trust_remote_code", None) is not None:
         issues.append(ConfigIssue("trust_remote_code", TRUST_REMOTE_CODE))
     args = data.get("training_args")
     if isinstance(args, dict):
         issues += _check_seed(args, seed, overrides) + _service_rules(args)
+        if gpus == 0:
+            issues += [
+                ConfigIssue(f"training_args.{k}", "needs a GPU; the job has gpus 0")
+                for k in GPU_ONLY_ARGS
+                if args.get(k)
+            ]
     given = data.get("data_config")
     data["data_config"] = {
         **(given if isinstance(given, dict) else {}),

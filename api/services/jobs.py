@@ -6,15 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlalchemy import delete, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, col, select
 
 from api.queue import TRAINING_QUEUE, Enqueuer
 from api.schemas.common import as_utc
@@ -143,6 +144,7 @@ def admit(
     """Resolve and check ``spec``'s config against its base model, and its GPUs against the
     fleet. The data files are named by their uploaded names: the worker copies the datasets
     into the job directory, so no server path is stored on the job (or shown to callers)."""
+    gpus = spec.gpus if spec.gpus is not None else default_gpus(session, settings, model.name)
     resolved = resolve_config(
         method=spec.method,
         config=spec.config,
@@ -150,9 +152,10 @@ def admit(
         seed=spec.seed,
         train_file=Path(train_name),
         val_file=Path(val_name) if val_name else None,
+        limits=settings.limits,
+        gpus=gpus,
     )
     fitted = fit_config_to_model(resolved.config, Path(model.path), spec.overrides)
-    gpus = spec.gpus if spec.gpus is not None else default_gpus(session, settings, model.name)
     check_capacity(session, settings, gpus)
     return Admission(fitted.config, resolved.max_steps, gpus, fitted.notes)
 
@@ -236,12 +239,16 @@ def create_job(
 
     Returns ``(job, created)``. The message is published only after the row is committed; if
     the broker refuses it the row is removed again (no worker can have seen it) and
-    ``Unavailable`` tells the client to retry with the same key.
+    ``Unavailable`` tells the client to retry with the same key. A replay of a queued job that
+    was never known to be published (the API died between commit and publish) publishes it;
+    the reaper's reconciler does the same for jobs nobody asks about again.
     """
     digest = request_hash(job_in)
     if idempotency_key is not None:
         existing = _replay(session, tenant, idempotency_key, digest)
         if existing is not None:
+            if existing.state == JobState.QUEUED.value and existing.enqueued_at is None:
+                publish(session, enqueuer, existing)
             return existing, False
     job, notes = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
     enter_queue(session, settings, tenant, job.gpus)
@@ -259,6 +266,8 @@ def create_job(
         if existing is None:
             raise
         return existing, False
+    if settings.pause_after_commit_s:  # fault injection: a crash between commit and publish
+        time.sleep(settings.pause_after_commit_s)
     _enqueue_or_withdraw(session, enqueuer, job)
     # after the publish: a job withdrawn for a broker failure never announced itself
     webhooks.enqueue(session, tenant, "job.queued", {"job": webhooks.job_view(job)})
@@ -293,9 +302,23 @@ def enter_queue(session: Session, settings: Settings, tenant: str, gpus: int) ->
     join(session, tenant)
 
 
+def publish(session: Session, enqueuer: Enqueuer, job: Job) -> None:
+    """Publish ``job`` and record when (``enqueued_at``); raises what the broker raises."""
+    enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+    job.enqueued_at = utcnow()
+    try:
+        session.execute(
+            update(Job).where(col(Job.id) == job.id).values(enqueued_at=job.enqueued_at)
+        )
+        session.commit()
+    except SQLAlchemyError:  # published all the same: the reconciler finds the message
+        session.rollback()
+        logger.warning("job %s: published, but its enqueued_at was not stored", job.id)
+
+
 def _enqueue_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None:
     try:
-        enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
+        publish(session, enqueuer, job)
     except Exception as exc:  # any broker failure: kombu raises many unrelated types
         logger.exception("enqueue of job %s failed; withdrawing it", job.id)
         session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from api.services.job_config import resolve_config
 from core.errors import AppError, Invalid
 from core.jobs import adapter_id
 from core.models import Checkpoint, Dataset, Job, JobEvent, Metric
+from trainer.config_rules import INT_MAX
 
 #: glmft's request fields -> the OpenAI request's (errors name what the caller sent).
 _PARAMS = {
@@ -279,7 +280,7 @@ def _prefixed_id(value: str | None, prefix: str) -> int | None:
     if value is None:
         return None
     number = value.removeprefix(prefix)
-    if not number.isdigit():
+    if not number.isdigit() or int(number) > INT_MAX:  # ids are SQL integers
         raise Invalid(f"after: {value!r} is not an id of this list", param="after")
     return int(number)
 

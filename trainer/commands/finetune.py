@@ -69,6 +69,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load a checkpoint whose modeling code ships with it (the operator's choice)",
     )
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        metavar="FILE",
+        help="hold FILE while training; refuse to run while another trainer holds it",
+    )
+    parser.add_argument(
+        "--attempt",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --lock: this run's attempt; refuse to run once a newer attempt has run",
+    )
+    parser.add_argument(
+        "--lock-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --lock: how long to wait for the holder to exit (default 60)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

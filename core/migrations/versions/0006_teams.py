@@ -1,7 +1,7 @@
 """teams: tenants, API keys, webhooks (outbox and attempts), job priority, dataset stored bytes
 
 Revision ID: 0006
-Revises: 0007
+Revises: 0005
 Create Date: 2026-12-08 09:00:00
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0007"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """evaluations: runs, samples, outputs, events
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-06 02:56:53.521996
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 
 revision: str = "0007"
-down_revision: str | None = "0004"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
