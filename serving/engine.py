@@ -24,27 +24,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from serving.adapter_cache import NO_ADAPTER, AdapterCache, LoadedAdapter
 from serving.adapters import AdapterError, AdapterSpec
 from serving.batch import Batch, Row
-from serving.errors import AdapterBusyError, AdapterCacheFullError, EngineClosedError
+from serving.errors import AdapterCacheFullError, EngineClosedError
 from serving.events import Event
 from serving.graphs import DecodeGraphs
 from serving.kvcache import CacheCapacityError, KVCache
-from serving.lora import LoraPool, LoraWeights, read_lora
+from serving.lora import LoraPool
 from serving.model import Glm, PrefillRow
 from serving.requests import Request
 from serving.sampling import choose_tokens, make_generator
 from serving.text import RowText, decoder
-from serving.weights import load_prefix
 from trainer.modeling import check_model_dir, compute_dtype, load_model, load_tokenizer
 from trainer.template import SpecialTokens
 
@@ -53,33 +52,6 @@ logger = logging.getLogger(__name__)
 CPU_CACHE_BYTES = 256 * 1024**2
 GPU_CACHE_SHARE = 0.6  # of the memory free once the model is loaded
 GPU_RESERVE_BYTES = 2 * 1024**3  # graphs, prefill activations, logits
-
-
-@dataclass
-class LoadedAdapter:
-    spec: AdapterSpec
-    nbytes: int
-    pinned: bool = False
-    load_ms: float = 0.0
-    slot: int = -1  # LoRA: its pool slot
-    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # P-Tuning v2, per layer
-
-
-@dataclass
-class _Load:
-    """An adapter on its way in: read by the loader thread, installed by the engine thread."""
-
-    spec: AdapterSpec
-    started: float
-    futures: list[Future[LoadedAdapter]] = field(default_factory=list)
-    pin: bool | None = None
-    payload: LoraWeights | list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    error: Exception | None = None
-
-    @property
-    def done(self) -> bool:
-        """Read (or failed): ready for the engine thread."""
-        return self.payload is not None or self.error is not None
 
 
 class Engine:
@@ -159,14 +131,20 @@ class Engine:
             self.batch,
             enabled=cuda_graphs and self.device.type == "cuda" and self.glm.graphable,
         )
-        self.adapters: OrderedDict[str, LoadedAdapter] = OrderedDict()
-        self._free_slots = list(range(max_adapters - 1, -1, -1))
-        self._users: dict[str, int] = {}  # adapter -> rows using it
-        self._loads: dict[str, _Load] = {}
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix=f"adapters:{name}")
         self._waiting: deque[Request] = deque()
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._wake = threading.Condition()
+        self.adapters = AdapterCache(
+            config=self.config,
+            dtype=self.dtype,
+            device=self.device,
+            lora=self.lora,
+            on_pool_change=self.graphs.invalidate_lora,
+            lock=self._wake,
+            max_adapters=max_adapters,
+            max_adapter_bytes=max_adapter_bytes,
+            name=name,
+        )
         self._closed = False
         self._last_work = time.monotonic()
         self.steps = 0
@@ -213,18 +191,23 @@ class Engine:
         with self._wake:
             if self._closed:
                 raise EngineClosedError("the engine is closed")
-            if spec.name not in self.adapters:
-                load = self._start_load(spec)
+            if self.adapters.get(spec.name) is None:
+                load = self.adapters.start(spec)
                 load.futures.append(future)
                 if pin is not None:
                     load.pin = pin
                 return future
-        self._call(lambda: self._request_load(spec, pin=pin, future=future))
+
+        def request() -> object:
+            self.adapters.request(spec, pin, future)
+            return _PENDING
+
+        self._call(request)
         return future
 
     def unload(self, name: str) -> Future[bool]:
         """Unload ``name`` (pinned or not); False when it was not loaded."""
-        return self._call(lambda: self._unload(name))
+        return self._call(lambda: self.adapters.unload(name))
 
     def warm(self, *, lora: bool = False) -> Future[float]:
         """Capture the decode step's graphs for every batch size now (with ``lora``: those
@@ -239,8 +222,7 @@ class Engine:
 
     def loaded(self) -> dict[str, LoadedAdapter]:
         """A snapshot of the loaded adapters, least recently used first."""
-        with self._wake:
-            return dict(self.adapters)
+        return self.adapters.snapshot()
 
     @property
     def queued(self) -> int:
@@ -277,8 +259,7 @@ class Engine:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=60)
-        self._loader.shutdown(wait=True, cancel_futures=True)
-        self.adapters.clear()
+        self.adapters.close("the engine is closed")
         self.model = None
         # the forward, its graphs, the cache and the pool hold the GPU memory: let it go
         del self.graphs, self.glm, self.lora, self.cache
@@ -304,7 +285,7 @@ class Engine:
                     or self._commands
                     or self._closed
                     or self.batch.rows
-                    or any(load.done for load in self._loads.values())
+                    or self.adapters.landed()
                 ):
                     self._wake.wait()
                 if self._closed:
@@ -394,22 +375,19 @@ class Engine:
                 lora_slot=adapter.slot,
             )
             if row.adapter:
-                self._users[row.adapter] = self._users.get(row.adapter, 0) + 1
-                self.adapters.move_to_end(row.adapter)
+                self.adapters.use(row.adapter)
             admitted.append((row, PrefillRow(request.prompt, blocks, adapter.slot, prefix)))
         return admitted
 
     def _adapter_for(self, request: Request) -> LoadedAdapter | None:
-        """The request's loaded adapter (``_NONE`` without one), or None while it loads."""
+        """The request's loaded adapter (``NO_ADAPTER`` without one), or None while it loads."""
         spec = request.adapter
         if spec is None:
-            return _NONE
+            return NO_ADAPTER
         loaded = self.adapters.get(spec.name)
-        if loaded is not None:
-            return loaded
-        if spec.name not in self._loads:
-            self._start_load(spec)
-        return None
+        if loaded is None:
+            self.adapters.start(spec)
+        return loaded
 
     def _prefill(self, admitted: list[tuple[Row, PrefillRow]]) -> None:
         start = len(self.batch)
@@ -481,9 +459,7 @@ class Engine:
     def _release(self, row: Row) -> None:
         self.cache.release(row.blocks)
         if row.adapter:
-            self._users[row.adapter] -= 1
-            if not self._users[row.adapter]:
-                del self._users[row.adapter]
+            self.adapters.release(row.adapter)
 
     def _drop(self, request: Request, event: Event | None = None) -> None:
         with self._wake:
@@ -492,145 +468,18 @@ class Engine:
         if event is not None:
             request.on_event(event)
 
-    # ---- adapters (engine thread) -----------------------------------------------------------
-
-    def _request_load(
-        self, spec: AdapterSpec, *, pin: bool | None, future: Future[LoadedAdapter]
-    ) -> object:
-        loaded = self.adapters.get(spec.name)
-        if loaded is not None:
-            if pin is not None:
-                loaded.pinned = pin
-            self.adapters.move_to_end(spec.name)
-            future.set_result(loaded)
-            return _PENDING
-        load = self._start_load(spec)
-        load.futures.append(future)
-        if pin is not None:
-            load.pin = pin
-        return _PENDING
-
-    def _start_load(self, spec: AdapterSpec) -> _Load:
-        """The load of ``spec`` under way, started now if there is none (any thread)."""
-        with self._wake:
-            load = self._loads.get(spec.name)
-            if load is not None:
-                return load
-            load = _Load(spec, started=time.perf_counter())
-            self._loads[spec.name] = load
-
-        def read() -> None:
-            try:
-                load.payload = self._read(spec)
-            except Exception as exc:  # reported when the engine thread installs it
-                load.error = exc
-            with self._wake:
-                self._wake.notify()
-
-        self._loader.submit(read)
-        return load
-
-    def _read(self, spec: AdapterSpec) -> LoraWeights | list[tuple[torch.Tensor, torch.Tensor]]:
-        """The adapter's tensors on the CPU (loader thread)."""
-        if spec.kind == "lora":
-            return read_lora(spec.path, self.config, self.dtype)
-        prefix = load_prefix(spec.path, self.config, device=torch.device("cpu"), dtype=self.dtype)
-        return [(k[0].transpose(0, 1), v[0].transpose(0, 1)) for k, v in prefix.layers]
-
     def _install_loads(self) -> None:
-        for name, load in list(self._loads.items()):
-            if not load.done:
-                continue  # still reading
-            try:
-                if load.error is not None:
-                    raise load.error
-                if not self._make_room(_disk_bytes(load.spec.path), keep={name}):
-                    continue  # the adapters in the way are answering: try after this step
-                loaded = self._install(load)
-            except Exception as exc:
-                with self._wake:
-                    del self._loads[name]
-                self._fail_load(load, exc)
-                continue
+        for load, exc in self.adapters.install_ready():
+            capacity = isinstance(exc, AdapterCacheFullError)
+            if not capacity and not isinstance(exc, AdapterError):
+                logger.exception("could not load adapter %s", load.spec.name, exc_info=exc)
+            message = str(exc) if capacity else f"could not load the adapter: {exc}"
+            event = Event("error", message=message, code="capacity" if capacity else "failed")
             with self._wake:
-                del self._loads[name]
-            for future in load.futures:
-                future.set_result(loaded)
-
-    def _install(self, load: _Load) -> LoadedAdapter:
-        spec, payload = load.spec, load.payload
-        loaded = LoadedAdapter(spec, _disk_bytes(spec.path), pinned=bool(load.pin))
-        if isinstance(payload, LoraWeights):
-            if self.lora.fit(payload):
-                self.graphs.invalidate_lora()
-            loaded.slot = self._free_slots.pop()
-            self.lora.write(loaded.slot, payload)
-        elif payload is not None:
-            loaded.prefix = [(k.to(self.device), v.to(self.device)) for k, v in payload]
-        loaded.load_ms = (time.perf_counter() - load.started) * 1000
-        with self._wake:
-            self.adapters[spec.name] = loaded
-        logger.info("loaded adapter %s (%s) in %.0f ms", spec.name, spec.kind, loaded.load_ms)
-        return loaded
-
-    def _fail_load(self, load: _Load, exc: Exception) -> None:
-        capacity = isinstance(exc, AdapterCacheFullError)
-        if not capacity and not isinstance(exc, AdapterError):
-            logger.exception("could not load adapter %s", load.spec.name, exc_info=exc)
-        message = str(exc) if capacity else f"could not load the adapter: {exc}"
-        for future in load.futures:
-            future.set_exception(exc)
-        with self._wake:
-            waiting = [r for r in self._waiting if r.adapter and r.adapter.name == load.spec.name]
-        event = Event("error", message=message, code="capacity" if capacity else "failed")
-        for request in waiting:
-            self._drop(request, event)
-
-    def _make_room(self, nbytes: int, *, keep: set[str]) -> bool:
-        """Unload least recently used idle adapters until one more of ``nbytes`` fits; False
-        while the ones in the way answer requests.
-
-        Raises:
-            AdapterCacheFullError: every adapter in the way is pinned.
-        """
-
-        def full() -> bool:
-            used = sum(a.nbytes for a in self.adapters.values()) + nbytes
-            budget = self.max_adapter_bytes
-            return len(self.adapters) >= self.max_adapters or (budget is not None and used > budget)
-
-        busy = False
-        for name, adapter in list(self.adapters.items()):  # least recently used first
-            if not full():
-                return True
-            if adapter.pinned or name in keep:
-                continue
-            if name in self._users:
-                busy = True
-                continue
-            self._unload(name)
-        if not full():
-            return True
-        if busy:
-            return False
-        raise AdapterCacheFullError(
-            f"no room for another adapter: {len(self.adapters)} loaded "
-            f"(limit {self.max_adapters}), all pinned"
-        )
-
-    def _unload(self, name: str) -> bool:
-        if name in self._users:
-            raise AdapterBusyError(f"adapter {name} is answering requests; unload it after them")
-        with self._wake:
-            adapter = self.adapters.pop(name, None)
-        if adapter is None:
-            return False
-        if adapter.slot >= 0:
-            self.lora.clear(adapter.slot)
-            self._free_slots.append(adapter.slot)
-        adapter.prefix = None
-        logger.info("unloaded adapter %s", name)
-        return True
+                name = load.spec.name
+                waiting = [r for r in self._waiting if r.adapter and r.adapter.name == name]
+            for request in waiting:
+                self._drop(request, event)
 
     # ---- failures ---------------------------------------------------------------------------
 
@@ -648,13 +497,9 @@ class Engine:
         for _, future in self._commands:
             future.set_exception(EngineClosedError(message))
         self._commands.clear()
-        for load in self._loads.values():
-            for future in load.futures:
-                future.set_exception(EngineClosedError(message))
 
 
 _PENDING = object()  # a command that resolves its future itself, later
-_NONE = LoadedAdapter(AdapterSpec("", Path(), "lora"), 0)  # "no adapter": the base model
 
 
 def _default_cache_bytes(device: torch.device) -> int:
@@ -662,7 +507,3 @@ def _default_cache_bytes(device: torch.device) -> int:
         return CPU_CACHE_BYTES
     free, _ = torch.cuda.mem_get_info(device)
     return max(int((free - GPU_RESERVE_BYTES) * GPU_CACHE_SHARE), 64 * 1024**2)
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("adapter_model.*"))

@@ -26,8 +26,8 @@ import torch
 from peft import PeftModel
 from transformers import StoppingCriteriaList
 
+from serving.adapter_cache import LoadedAdapter
 from serving.adapters import AdapterSpec
-from serving.engine import LoadedAdapter
 from serving.errors import AdapterBusyError, AdapterCacheFullError, EngineClosedError
 from serving.events import Event, FinishReason, Result
 from serving.params import GenerationParams
