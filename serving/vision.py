@@ -97,6 +97,8 @@ class VisionEngine:
         self._active: str | None = None  # the adapter of the request being answered
         self._wake = threading.Condition()
         self._closed = False
+        self._last_work = time.monotonic()
+        self.name = name
         self._thread = threading.Thread(target=self._run, name=f"vision:{name}", daemon=True)
         self._thread.start()
 
@@ -165,6 +167,17 @@ class VisionEngine:
     def busy(self) -> bool:
         return self._active is not None
 
+    @property
+    def idle_s(self) -> float:
+        """Seconds since the engine last had a request (0 while it has one)."""
+        if self._waiting or self._active is not None:
+            return 0.0
+        return time.monotonic() - self._last_work
+
+    def capacity(self) -> dict[str, int]:
+        """Its rows: one at a time (it has no paged cache)."""
+        return {"max_batch": 1, "running": int(self.busy), "waiting": self.queued}
+
     def close(self) -> None:
         with self._wake:
             self._closed = True
@@ -198,6 +211,7 @@ class VisionEngine:
             self._run_commands()
             if request is not None and not request.cancelled:
                 self._answer(request)
+            self._last_work = time.monotonic()
 
     def _run_commands(self) -> None:
         while True:

@@ -47,7 +47,6 @@ if TYPE_CHECKING:  # the engines load torch: imported when this process first se
     from serving.engine import Engine
     from serving.pool import EnginePool
     from serving.vision import VisionEngine, VisionPrompt
-    from serving.vision_pool import VisionPool
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +75,22 @@ class ChatService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._pool: EnginePool | None = None
-        self._vision: VisionPool | None = None
+        self._pool: EnginePool[Engine] | None = None
+        self._vision: EnginePool[VisionEngine] | None = None
         self._pool_lock = threading.Lock()
 
     @property
-    def pool(self) -> EnginePool:
+    def pool(self) -> EnginePool[Engine]:
         """This process's engines; the first use loads torch (an API that forwards chat to a
         replica never does)."""
         with self._pool_lock:
             if self._pool is None:
+                from serving.engine import Engine
                 from serving.pool import EnginePool
 
                 chat = self.settings.chat
                 self._pool = EnginePool(
+                    Engine.open,
                     max_models=chat.max_models,
                     max_batch=chat.max_batch,
                     max_adapters=chat.max_adapters,
@@ -103,14 +104,16 @@ class ChatService:
             return self._pool
 
     @property
-    def vision(self) -> VisionPool:
+    def vision(self) -> EnginePool[VisionEngine]:
         """This process's vision engines (:mod:`serving.vision`), made on first use."""
         with self._pool_lock:
             if self._vision is None:
-                from serving.vision_pool import VisionPool
+                from serving.pool import EnginePool
+                from serving.vision import VisionEngine
 
                 chat = self.settings.chat
-                self._vision = VisionPool(
+                self._vision = EnginePool(
+                    VisionEngine.open,
                     max_models=chat.max_models,
                     max_adapters=chat.max_adapters,
                     max_adapter_bytes=chat.max_adapter_bytes,
