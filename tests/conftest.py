@@ -3,6 +3,7 @@ migrated store on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,19 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_removed() -> Iterator[None]:
+    """A CLI run in-process (``main(argv)``) gives the root logger a stream handler bound to that
+    test's captured stderr; remove it after the test, so that a later test's records (with
+    ``CI=true`` transformers propagates its own to the root) never reach a closed stream."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in root.handlers[:]:
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
 
 
 @contextmanager
