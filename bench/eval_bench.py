@@ -6,8 +6,8 @@ its SQLite store, the runner thread, the chat engines), timed from ``POST /evalu
 On a GPU it saves a GLM-4-9B-shaped model (``GlmConfig`` defaults) with random bf16 weights to
 ``--workdir`` (about 19 GB, with the tiny model's GLM-4 tokenizer) and demo-sized LoRA adapters
 (r 8, alpha 32, q/k/v) with random weights; the prompts are ``--prompt-tokens`` long. A random
-model rarely emits an end token, so every answer runs to its length. The issue's target: 1,000
-prompts x 128 tokens for 4 adapters in under 2 minutes.
+model rarely emits an end token, so every answer runs to its length. The target: 1,000 prompts
+x 128 tokens for 4 adapters in under 2 minutes.
 
 It also times the upstream way on ``--baseline-prompts`` prompts of one adapter (``PeftModel
 .generate`` in batches of 16, as the demo's Seq2SeqTrainer evaluates) and extrapolates it to the

@@ -24,8 +24,8 @@ What it does, in one run:
    a two-step profile (GPU busy share, kernel time by kind) of the ``--profile`` methods, and for
    ZeRO-3 that the saved checkpoint reloads in a NEW process;
 5. compares lora_fast's logged losses with lora_bs16's (same batches: packing and the chunked
-   loss must not change the loss), checks the issue's targets, prints tables and writes JSON to
-   ``$OUT`` (when set) and ``bench/results/train_bench_<device>[_<tag>].json``.
+   loss must not change the loss), checks the training-speed targets, prints tables and writes
+   JSON to ``$OUT`` (when set) and ``bench/results/train_bench_<device>[_<tag>].json``.
 
 Run on a GPU box (one GPU for LoRA / P-Tuning v2, two for ZeRO-3)::
 

@@ -320,7 +320,7 @@ GIB_PER_GB = 1e9 / 2**30
 
 
 def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each against what this run measured (missing runs are left out)."""
+    """The training-speed targets, each against what this run measured (missing runs left out)."""
     runs = {r["method"]: r for r in results if r.get("status") == "succeeded"}
 
     def metric(method: str, key: str) -> float | None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The single-GPU methods of issue 6 and the two-GPU offload run, side by side on one 4-GPU host
+# The single-GPU training-speed methods and the two-GPU offload run, side by side on one 4-GPU host
 # (each run has its own GPUs and cores; they share only the saved 40-layer model):
 #   GPU 0: the upstream LoRA baseline, compiled LoRA and compiled P-Tuning v2 (the 90% ratio)
 #   GPU 1: packed and compiled 2-4k chats, upstream P-Tuning v2 and P-Tuning v2 under 22 GB

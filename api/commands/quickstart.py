@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             adapter = _train(client, args.timeout)
             if adapter is None:
                 return 1
-        # the chat endpoint arrives with the chat issue; until then, load the adapter locally
+        # the prompt is answered in this process from the adapter's checkpoint, not through /chat
         checkpoint = (
             args.home
             / "artifacts"

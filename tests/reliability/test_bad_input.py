@@ -27,7 +27,7 @@ from tests.reliability.services import (
     upload_dataset,
 )
 
-#: 634 bytes of YAML that expand to 9^6 strings (the issue's "billion laughs")
+#: 634 bytes of YAML that expand to 9^6 strings (a "billion laughs")
 ALIAS_BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
 b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
 c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]

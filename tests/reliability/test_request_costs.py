@@ -58,7 +58,7 @@ def test_an_oversize_prompt_is_refused_while_the_api_answers(
             assert client.post("/chat", json=hello).status_code == 200  # the model is loaded
             # encoded up front: the probe's thread shares this process (and its GIL)
             over = _json({**hello, "messages": [_user("a " * (20 << 20))]})  # 40 MiB: over 32
-            huge = _json({**hello, "messages": [_user("a " * (8 << 20))]})  # 16 MiB (the issue's)
+            huge = _json({**hello, "messages": [_user("a " * (8 << 20))]})  # 16 MiB
             with HealthProbe(api.base_url) as probe:
                 time.sleep(0.2)
                 answers = [
