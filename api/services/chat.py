@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.schemas.chat import ChatResponse, CheckpointRef, GenerationFields
 from api.services.adapters import find_checkpoint
+from api.services.chat_params import generation_params
 from core.errors import (
     AppError,
     ChatCapacity,
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 _TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}  # a chat needs no answer to train on
 _TURN_ROLES = ("user", "observation")
-DEFAULT_MAX_NEW_TOKENS = 1024
 PREFIX_ALLOWANCE = 1024  # context a P-Tuning v2 prefix may take besides prompt and answer
 # --- vision (serving.vision, api.services.vision_chat): a vision base gets a VisionEngine
 ChatEngine: TypeAlias = "Engine | VisionEngine"
@@ -291,24 +291,7 @@ class ChatService:
         prompt = render_ids(
             engine.tokenizer, [clean_message(m) for m in messages], generation_prompt=True
         )
-        context = int(getattr(engine.config, "max_position_embeddings", 0) or 0) or 1 << 30
-        room = min(context - len(prompt), limits.max_new_tokens)
-        max_new_tokens = fields.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, room)
-        if len(prompt) > limits.max_prompt_tokens or max_new_tokens > room or room < 1:
-            raise PromptTooLong(
-                f"the prompt is {len(prompt)} tokens (at most {limits.max_prompt_tokens}) and "
-                f"{max_new_tokens} more must fit the model's {context}-token context",
-                param="messages",
-            )
-        stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
-        params = GenerationParams(
-            max_new_tokens=max_new_tokens,
-            temperature=fields.temperature,
-            top_p=fields.top_p,
-            repetition_penalty=fields.repetition_penalty,
-            stop=stop,
-            seed=fields.seed,
-        )
+        params = generation_params(len(prompt), engine.config, fields, limits)
         return prompt, params, tool_names(messages)
 
     async def events(

@@ -18,7 +18,8 @@ import re
 from typing import Any
 
 from api.schemas.chat import GenerationFields
-from core.errors import InvalidMessages, PromptTooLong
+from api.services.chat_params import generation_params
+from core.errors import InvalidMessages
 from core.settings import Settings
 from serving.params import GenerationParams
 from serving.vision import VisionEngine, VisionPrompt
@@ -32,7 +33,6 @@ from trainer.vision_data import native_messages
 MAX_IMAGE_BYTES = 20 * 1024**2
 _DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[^,]*)?;base64,", re.IGNORECASE)
 _TRAINING_ONLY = {Code.NO_ASSISTANT_CONTENT.value}
-DEFAULT_MAX_NEW_TOKENS = 1024
 
 
 def with_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,24 +115,8 @@ def prepare_vision(
         image = decode_image(url, "messages[0].image", max_pixels=settings.limits.max_image_pixels)
     ids = render_ids(engine.tokenizer, [clean_message(m) for m in native], generation_prompt=True)
     prompt = engine.prompt(ids, image)
-    context = int(getattr(engine.config, "max_position_embeddings", 0) or 0) or 1 << 30
-    room = min(context - len(prompt), limits.max_new_tokens)
-    max_new_tokens = fields.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, room)
-    if len(prompt) > limits.max_prompt_tokens or max_new_tokens > room or room < 1:
-        raise PromptTooLong(
-            f"the prompt is {len(prompt)} tokens, its image included (at most "
-            f"{limits.max_prompt_tokens}), and {max_new_tokens} more must fit the model's "
-            f"{context}-token context",
-            param="messages",
-        )
-    stop = (fields.stop,) if isinstance(fields.stop, str) else tuple(fields.stop or ())
-    params = GenerationParams(
-        max_new_tokens=max_new_tokens,
-        temperature=fields.temperature,
-        top_p=fields.top_p,
-        repetition_penalty=fields.repetition_penalty,
-        stop=stop,
-        seed=fields.seed,
+    params = generation_params(
+        len(prompt), engine.config, fields, limits, prompt_is="the prompt, its image included, is"
     )
     return prompt, params, set()
 

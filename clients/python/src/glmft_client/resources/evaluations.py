@@ -9,12 +9,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import httpx
-
+from glmft_client._event_stream import EventRoute, aevents, events
 from glmft_client._http import AsyncHTTP, RequestSpec, SyncHTTP
-from glmft_client._sse import ServerSentEvent, aiter_sse, iter_sse
-from glmft_client.errors import APIConnectionError, WaitTimeoutError
-from glmft_client.resources.jobs import SSE_HEADERS, new_idempotency_key
+from glmft_client.errors import WaitTimeoutError
+from glmft_client.resources.jobs import new_idempotency_key
 from glmft_client.types import (
     CheckpointRef,
     Evaluation,
@@ -24,7 +22,6 @@ from glmft_client.types import (
     Page,
 )
 
-EVENTS_PAGE = 1000
 SAMPLES_PAGE = 1000
 #: A model: a base model name, an adapter id, or ``{"job": ..., "checkpoint": step}``.
 EvaluationModel = str | CheckpointRef | Mapping[str, Any]
@@ -65,23 +62,10 @@ def _samples_spec(
     return RequestSpec("GET", f"/evaluations/{evaluation_id}/samples", params=params)
 
 
-def _events_spec(evaluation_id: str, after: int, follow: bool) -> RequestSpec:
-    return RequestSpec(
-        "GET",
-        f"/evaluations/{evaluation_id}/events",
-        params={"after": after, "limit": EVENTS_PAGE},
-        headers=SSE_HEADERS if follow else {},
+def _events(evaluation_id: str) -> EventRoute[EvaluationEvent]:
+    return EventRoute(
+        f"evaluation {evaluation_id}", f"/evaluations/{evaluation_id}/events", EvaluationEvent
     )
-
-
-def _event(sse: ServerSentEvent) -> EvaluationEvent | None:
-    """The event a frame carries; ``None`` for the final ``end`` frame."""
-    return None if sse.event == "end" else EvaluationEvent.model_validate_json(sse.data)
-
-
-def _stream_broke(evaluation_id: str, exc: Exception | None) -> APIConnectionError:
-    why = f"broke ({type(exc).__name__}: {exc})" if exc else "closed before its end event"
-    return APIConnectionError(f"the event stream of evaluation {evaluation_id} {why}")
 
 
 def _options(**given: Any) -> dict[str, Any]:
@@ -189,30 +173,7 @@ class Evaluations:
         """The evaluation's events in order; with ``follow`` the live stream until it ends
         (a dropped stream is reopened after the last event received, ``max_retries`` times
         in a row at most; then ``APIConnectionError``)."""
-        while not follow:
-            response = self._http.request(_events_spec(evaluation_id, after, follow=False))
-            page = Page[EvaluationEvent].model_validate(response.json())
-            yield from page.data
-            if not page.has_more or not page.data:
-                return
-            after = page.data[-1].id
-        failures = 0
-        while True:
-            try:
-                with self._http.stream(_events_spec(evaluation_id, after, True)) as response:
-                    for sse in iter_sse(response.iter_lines()):
-                        event = _event(sse)
-                        if event is None:
-                            return
-                        failures, after = 0, event.id
-                        yield event
-                error = _stream_broke(evaluation_id, None)
-            except httpx.TransportError as exc:  # raised while reading: the stream broke
-                error = _stream_broke(evaluation_id, exc)
-            failures += 1
-            if failures > self._http.options.max_retries:
-                raise error
-            time.sleep(self._http.options.backoff_s)
+        return events(self._http, _events(evaluation_id), after, follow=follow)
 
     def wait(
         self,
@@ -315,35 +276,11 @@ class AsyncEvaluations:
         spec = RequestSpec("POST", f"/evaluations/{evaluation_id}/cancel")
         return Evaluation.model_validate((await self._http.request(spec)).json())
 
-    async def events(
+    def events(
         self, evaluation_id: str, *, follow: bool = False, after: int = 0
     ) -> AsyncIterator[EvaluationEvent]:
         """See :meth:`Evaluations.events`."""
-        while not follow:
-            response = await self._http.request(_events_spec(evaluation_id, after, follow=False))
-            page = Page[EvaluationEvent].model_validate(response.json())
-            for past in page.data:
-                yield past
-            if not page.has_more or not page.data:
-                return
-            after = page.data[-1].id
-        failures = 0
-        while True:
-            try:
-                async with self._http.stream(_events_spec(evaluation_id, after, True)) as response:
-                    async for sse in aiter_sse(response.aiter_lines()):
-                        event = _event(sse)
-                        if event is None:
-                            return
-                        failures, after = 0, event.id
-                        yield event
-                error = _stream_broke(evaluation_id, None)
-            except httpx.TransportError as exc:
-                error = _stream_broke(evaluation_id, exc)
-            failures += 1
-            if failures > self._http.options.max_retries:
-                raise error
-            await asyncio.sleep(self._http.options.backoff_s)
+        return aevents(self._http, _events(evaluation_id), after, follow=follow)
 
     async def wait(
         self,

@@ -10,11 +10,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-import httpx
-
+from glmft_client._event_stream import EventRoute, aevents, events
 from glmft_client._http import AsyncHTTP, RequestSpec, SyncHTTP
-from glmft_client._sse import ServerSentEvent, aiter_sse, iter_sse
-from glmft_client.errors import APIConnectionError, WaitTimeoutError
+from glmft_client.errors import WaitTimeoutError
 from glmft_client.types import (
     Checkpoint,
     Job,
@@ -29,9 +27,7 @@ from glmft_client.types import (
     ResumeRequest,
 )
 
-EVENTS_PAGE = 1000
 METRICS_PAGE = 10_000
-SSE_HEADERS = {"Accept": "text/event-stream"}
 #: Called with the job each time ``wait`` polls it.
 JobCallback = Callable[[Job], None]
 
@@ -86,21 +82,8 @@ def _resume_spec(job_id: str, checkpoint_step: int | None) -> RequestSpec:
     return RequestSpec("POST", f"/jobs/{job_id}/resume", json=body)
 
 
-def _events_spec(job_id: str, after: int, follow: bool) -> RequestSpec:
-    params = {"after": after, "limit": EVENTS_PAGE}
-    return RequestSpec(
-        "GET", f"/jobs/{job_id}/events", params=params, headers=SSE_HEADERS if follow else {}
-    )
-
-
-def _job_event(sse: ServerSentEvent) -> JobEvent | None:
-    """The job event a frame carries; ``None`` for the final ``end`` frame."""
-    return None if sse.event == "end" else JobEvent.model_validate_json(sse.data)
-
-
-def _stream_broke(job_id: str, exc: Exception | None) -> APIConnectionError:
-    why = f"broke ({type(exc).__name__}: {exc})" if exc else "closed before its end event"
-    return APIConnectionError(f"the event stream of job {job_id} {why}")
+def _events(job_id: str) -> EventRoute[JobEvent]:
+    return EventRoute(f"job {job_id}", f"/jobs/{job_id}/events", JobEvent)
 
 
 def _metrics_spec(job_id: str, split: str | None, name: str | None, after: int) -> RequestSpec:
@@ -229,35 +212,7 @@ class Jobs:
         A stream that drops is reopened after the last event received (up to the client's
         ``max_retries`` times in a row); then ``APIConnectionError`` is raised.
         """
-        if not follow:
-            yield from self._past_events(job_id, after)
-            return
-        failures = 0
-        while True:
-            try:
-                with self._http.stream(_events_spec(job_id, after, follow=True)) as response:
-                    for sse in iter_sse(response.iter_lines()):
-                        event = _job_event(sse)
-                        if event is None:
-                            return
-                        failures, after = 0, event.id
-                        yield event
-                error = _stream_broke(job_id, None)
-            except httpx.TransportError as exc:  # raised while reading: the stream broke
-                error = _stream_broke(job_id, exc)
-            failures += 1
-            if failures > self._http.options.max_retries:
-                raise error
-            time.sleep(self._http.options.backoff_s)
-
-    def _past_events(self, job_id: str, after: int) -> Iterator[JobEvent]:
-        while True:
-            response = self._http.request(_events_spec(job_id, after, follow=False))
-            page = Page[JobEvent].model_validate(response.json())
-            yield from page.data
-            if not page.has_more or not page.data:
-                return
-            after = page.data[-1].id
+        return events(self._http, _events(job_id), after, follow=follow)
 
     def metrics(
         self, job_id: str, *, split: str | None = None, name: str | None = None
@@ -390,35 +345,11 @@ class AsyncJobs:
         response = await self._http.request(_resume_spec(job_id, checkpoint_step))
         return Job.model_validate(response.json())
 
-    async def events(
+    def events(
         self, job_id: str, *, follow: bool = False, after: int = 0
     ) -> AsyncIterator[JobEvent]:
         """See :meth:`Jobs.events`."""
-        failures = 0
-        while not follow:
-            response = await self._http.request(_events_spec(job_id, after, follow=False))
-            page = Page[JobEvent].model_validate(response.json())
-            for past in page.data:
-                yield past
-            if not page.has_more or not page.data:
-                return
-            after = page.data[-1].id
-        while True:
-            try:
-                async with self._http.stream(_events_spec(job_id, after, True)) as response:
-                    async for sse in aiter_sse(response.aiter_lines()):
-                        event = _job_event(sse)
-                        if event is None:
-                            return
-                        failures, after = 0, event.id
-                        yield event
-                error = _stream_broke(job_id, None)
-            except httpx.TransportError as exc:
-                error = _stream_broke(job_id, exc)
-            failures += 1
-            if failures > self._http.options.max_retries:
-                raise error
-            await asyncio.sleep(self._http.options.backoff_s)
+        return aevents(self._http, _events(job_id), after, follow=follow)
 
     async def metrics(
         self, job_id: str, *, split: str | None = None, name: str | None = None
