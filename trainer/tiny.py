@@ -255,6 +255,18 @@ def build_config(
 _HEAD_LOGIT_SCALE = 16.0
 
 
+def chat_generation_config(eos_token_id: int | list[int], pad_token_id: int) -> GenerationConfig:
+    """GLM-4-9B-Chat's own sampling defaults, saved with a tiny model."""
+    return GenerationConfig(
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        do_sample=True,
+        top_p=0.8,
+        temperature=0.8,
+        repetition_penalty=1.2,
+    )
+
+
 def _scale_output_head(model: GlmForCausalLM) -> None:
     with torch.no_grad():
         model.lm_head.weight.normal_(0.0, _HEAD_LOGIT_SCALE / model.config.hidden_size)
@@ -282,14 +294,7 @@ def build_tiny_model(
         _scale_output_head(model)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        do_sample=True,
-        top_p=0.8,
-        temperature=0.8,
-        repetition_penalty=1.2,
-    )
+    model.generation_config = chat_generation_config(config.eos_token_id, config.pad_token_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _no_progress_bars():
         model.save_pretrained(out_dir)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from tokenizers import AddedToken
-from transformers import GenerationConfig, Glm4vConfig, Glm4vForConditionalGeneration
+from transformers import Glm4vConfig, Glm4vForConditionalGeneration
 from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
 from trainer.tiny import (
@@ -25,6 +25,7 @@ from trainer.tiny import (
     _no_progress_bars,
     _round_up,
     build_tokenizer,
+    chat_generation_config,
     load_chat_template,
     token_id,
 )
@@ -136,14 +137,7 @@ def build_tiny_vision_model(
     finally:
         torch.random.set_rng_state(state)
     text = config.text_config
-    model.generation_config = GenerationConfig(
-        eos_token_id=text.eos_token_id,
-        pad_token_id=text.pad_token_id,
-        do_sample=True,
-        top_p=0.8,
-        temperature=0.8,
-        repetition_penalty=1.2,
-    )
+    model.generation_config = chat_generation_config(text.eos_token_id, text.pad_token_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _no_progress_bars():
         model.save_pretrained(out_dir)
