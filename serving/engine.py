@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 from serving.adapter_cache import NO_ADAPTER, AdapterCache, LoadedAdapter
 from serving.adapters import AdapterError, AdapterSpec
 from serving.batch import Batch, Row
+from serving.commands import PENDING, Commands
 from serving.errors import AdapterCacheFullError, EngineClosedError
 from serving.events import Event
 from serving.graphs import DecodeGraphs
@@ -132,8 +132,8 @@ class Engine:
             enabled=cuda_graphs and self.device.type == "cuda" and self.glm.graphable,
         )
         self._waiting: deque[Request] = deque()
-        self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._wake = threading.Condition()
+        self._commands = Commands(self._wake)
         self.adapters = AdapterCache(
             config=self.config,
             dtype=self.dtype,
@@ -145,7 +145,6 @@ class Engine:
             max_adapter_bytes=max_adapter_bytes,
             name=name,
         )
-        self._closed = False
         self._last_work = time.monotonic()
         self.steps = 0
         logger.info(
@@ -177,7 +176,7 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         with self._wake:
-            if self._closed:
+            if self._commands.closed:
                 raise EngineClosedError("the engine is closed")
             self._waiting.append(request)
             self._wake.notify()
@@ -189,7 +188,7 @@ class Engine:
         between two steps."""
         future: Future[LoadedAdapter] = Future()
         with self._wake:
-            if self._closed:
+            if self._commands.closed:
                 raise EngineClosedError("the engine is closed")
             if self.adapters.get(spec.name) is None:
                 load = self.adapters.start(spec)
@@ -200,14 +199,14 @@ class Engine:
 
         def request() -> object:
             self.adapters.request(spec, pin, future)
-            return _PENDING
+            return PENDING
 
-        self._call(request)
+        self._commands.call(request)
         return future
 
     def unload(self, name: str) -> Future[bool]:
         """Unload ``name`` (pinned or not); False when it was not loaded."""
-        return self._call(lambda: self.adapters.unload(name))
+        return self._commands.call(lambda: self.adapters.unload(name))
 
     def warm(self, *, lora: bool = False) -> Future[float]:
         """Capture the decode step's graphs for every batch size now (with ``lora``: those
@@ -218,7 +217,7 @@ class Engine:
             self.graphs.warm(lora=lora)
             return time.perf_counter() - started
 
-        return self._call(capture)
+        return self._commands.call(capture)
 
     def loaded(self) -> dict[str, LoadedAdapter]:
         """A snapshot of the loaded adapters, least recently used first."""
@@ -242,7 +241,7 @@ class Engine:
 
     def capacity(self) -> dict[str, int]:
         """The cache and batch limits, and what is free now (nothing once closed)."""
-        if self._closed:
+        if self._commands.closed:
             return {}
         return {
             "cache_tokens": self.cache.capacity_tokens,
@@ -255,9 +254,7 @@ class Engine:
 
     def close(self) -> None:
         """Fail what waits, stop the rows being decoded, and free the model."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
+        self._commands.close()
         self._thread.join(timeout=60)
         self.adapters.close("the engine is closed")
         self.model = None
@@ -265,15 +262,6 @@ class Engine:
         del self.graphs, self.glm, self.lora, self.cache
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def _call(self, fn: Callable[[], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        with self._wake:
-            if self._closed:
-                raise EngineClosedError("the engine is closed")
-            self._commands.append((fn, future))
-            self._wake.notify()
-        return future
 
     # ---- engine thread --------------------------------------------------------------------
 
@@ -283,12 +271,12 @@ class Engine:
                 while not (
                     self._waiting
                     or self._commands
-                    or self._closed
+                    or self._commands.closed
                     or self.batch.rows
                     or self.adapters.landed()
                 ):
                     self._wake.wait()
-                if self._closed:
+                if self._commands.closed:
                     self._fail_all("the engine is shutting down")
                     return
             try:
@@ -299,7 +287,7 @@ class Engine:
 
     def _step(self) -> None:
         self._last_work = time.monotonic()
-        self._run_commands()
+        self._commands.run()
         self._install_loads()
         admitted = self._admit()
         if admitted:
@@ -308,25 +296,9 @@ class Engine:
             self._decode()
         elif not admitted and self._waiting and not self.batch.rows:
             with self._wake:  # everything waits for an adapter: sleep until a load lands
-                if not self._commands and not self._closed:
+                if not self._commands and not self._commands.closed:
                     self._wake.wait(timeout=0.05)
         self.steps += 1
-
-    def _run_commands(self) -> None:
-        while True:
-            with self._wake:
-                if not self._commands:
-                    return
-                fn, future = self._commands.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn()
-            except Exception as exc:  # reported to the caller, the engine goes on
-                future.set_exception(exc)
-            else:
-                if result is not _PENDING:
-                    future.set_result(result)
 
     # ---- admission and the two kinds of step ------------------------------------------
 
@@ -494,12 +466,7 @@ class Engine:
         for request in self._waiting:
             request.on_event(Event("error", message=message))
         self._waiting.clear()
-        for _, future in self._commands:
-            future.set_exception(EngineClosedError(message))
-        self._commands.clear()
-
-
-_PENDING = object()  # a command that resolves its future itself, later
+        self._commands.fail(message)
 
 
 def _default_cache_bytes(device: torch.device) -> int:

@@ -28,6 +28,7 @@ from transformers import StoppingCriteriaList
 
 from serving.adapter_cache import LoadedAdapter
 from serving.adapters import AdapterSpec
+from serving.commands import Commands
 from serving.errors import AdapterBusyError, AdapterCacheFullError, EngineClosedError
 from serving.events import Event, FinishReason, Result
 from serving.params import GenerationParams
@@ -93,10 +94,9 @@ class VisionEngine:
         self.device = next(model.parameters()).device
         self.adapters: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._waiting: deque[VisionRequest] = deque()
-        self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._active: str | None = None  # the adapter of the request being answered
         self._wake = threading.Condition()
-        self._closed = False
+        self._commands = Commands(self._wake)
         self._last_work = time.monotonic()
         self.name = name
         self._thread = threading.Thread(target=self._run, name=f"vision:{name}", daemon=True)
@@ -143,17 +143,17 @@ class VisionEngine:
 
     def submit(self, request: VisionRequest) -> None:
         with self._wake:
-            if self._closed:
+            if self._commands.closed:
                 raise EngineClosedError("the engine is closed")
             self._waiting.append(request)
             self._wake.notify()
 
     def load(self, spec: AdapterSpec, *, pin: bool | None = None) -> Future[LoadedAdapter]:
         """Load ``spec`` (a no-op when loaded); ``pin`` sets or clears its pin when given."""
-        return self._call(lambda: self._ensure(spec, pin=pin))
+        return self._commands.call(lambda: self._ensure(spec, pin=pin))
 
     def unload(self, name: str) -> Future[bool]:
-        return self._call(lambda: self._unload(name))
+        return self._commands.call(lambda: self._unload(name))
 
     def loaded(self) -> dict[str, LoadedAdapter]:
         with self._wake:
@@ -179,51 +179,28 @@ class VisionEngine:
         return {"max_batch": 1, "running": int(self.busy), "waiting": self.queued}
 
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
+        self._commands.close()
         self._thread.join(timeout=60)
         self.adapters.clear()
         self.model = self.peft = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _call(self, fn: Callable[[], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        with self._wake:
-            if self._closed:
-                raise EngineClosedError("the engine is closed")
-            self._commands.append((fn, future))
-            self._wake.notify()
-        return future
-
     # ---- engine thread --------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._waiting or self._commands or self._closed):
+                while not (self._waiting or self._commands or self._commands.closed):
                     self._wake.wait()
-                if self._closed:
+                if self._commands.closed:
                     self._fail_all("the engine is shutting down")
                     return
                 request = self._waiting.popleft() if self._waiting else None
-            self._run_commands()
+            self._commands.run()
             if request is not None and not request.cancelled:
                 self._answer(request)
             self._last_work = time.monotonic()
-
-    def _run_commands(self) -> None:
-        while True:
-            with self._wake:
-                if not self._commands:
-                    return
-                fn, future = self._commands.popleft()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except Exception as exc:  # reported to the caller; the engine goes on
-                    future.set_exception(exc)
 
     def _answer(self, request: VisionRequest) -> None:
         started = time.perf_counter()
@@ -377,6 +354,4 @@ class VisionEngine:
         for request in self._waiting:
             request.on_event(Event("error", message=message))
         self._waiting.clear()
-        for _, future in self._commands:
-            future.set_exception(EngineClosedError(message))
-        self._commands.clear()
+        self._commands.fail(message)
