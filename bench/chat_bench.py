@@ -47,9 +47,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig
+from transformers import AutoTokenizer
 
+from bench.chat_checks import check_attention, check_tokens
+from bench.chat_fixtures import Collector, build_model, prompts, write_lora, write_prefixes
 from serving.adapters import AdapterSpec
 from serving.engine import Engine
 from serving.events import Event
@@ -58,121 +59,6 @@ from serving.requests import Request
 from trainer.tiny import build_tiny_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# ---- model and adapters ---------------------------------------------------------------------
-
-
-def build_model(tiny: bool, tokenizer_dir: Path, layers: int | None = None) -> Any:
-    if tiny:
-        return AutoModelForCausalLM.from_pretrained(tokenizer_dir, dtype=torch.float32)
-    config = GlmConfig()  # glm-4-9b-chat's shape
-    if layers is not None:
-        config.num_hidden_layers = layers
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    for module in model.modules():  # transformers' init is small; keep activations lively
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=0.02)
-    return model.eval()
-
-
-def _dims(config: Any) -> tuple[int, int, int, int]:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return config.hidden_size, head_dim, config.num_attention_heads, config.num_key_value_heads
-
-
-def write_lora(root: Path, config: Any, count: int, *, seed: int = 0) -> list[AdapterSpec]:
-    """``count`` demo-sized LoRA adapters (r 8, alpha 32, q/k/v) with random weights."""
-    hidden, head_dim, heads, kv_heads = _dims(config)
-    outs = {"q_proj": heads * head_dim, "k_proj": kv_heads * head_dim}
-    outs["v_proj"] = outs["k_proj"]
-    generator = torch.Generator().manual_seed(seed)
-    specs = []
-    for i in range(count):
-        tensors = {}
-        for layer in range(config.num_hidden_layers):
-            for kind, out in outs.items():
-                key = f"base_model.model.model.layers.{layer}.self_attn.{kind}"
-                tensors[f"{key}.lora_A.weight"] = _random((8, hidden), generator, 0.02)
-                tensors[f"{key}.lora_B.weight"] = _random((out, 8), generator, 0.02)
-        path = root / f"lora-{i:03d}"
-        path.mkdir(parents=True)
-        save_file(tensors, path / "adapter_model.safetensors")
-        adapter = {"peft_type": "LORA", "r": 8, "lora_alpha": 32, "target_modules": list(outs)}
-        (path / "adapter_config.json").write_text(json.dumps(adapter))
-        specs.append(AdapterSpec.from_dir(path.name, path))
-    return specs
-
-
-def write_prefixes(root: Path, config: Any, count: int, tokens: int) -> list[AdapterSpec]:
-    """``count`` P-Tuning v2 prefixes of ``tokens`` virtual tokens with random weights."""
-    _, head_dim, _, kv_heads = _dims(config)
-    layers = config.num_hidden_layers
-    generator = torch.Generator().manual_seed(1)
-    specs = []
-    for i in range(count):
-        path = root / f"prefix-{i}"
-        path.mkdir(parents=True)
-        embeddings = _random((tokens, layers * 2 * kv_heads * head_dim), generator, 0.5)
-        save_file({"prompt_embeddings": embeddings}, path / "adapter_model.safetensors")
-        adapter = {
-            "peft_type": "PREFIX_TUNING",
-            "num_virtual_tokens": tokens,
-            "num_layers": layers,
-            "num_attention_heads": kv_heads,
-            "token_dim": kv_heads * head_dim,
-        }
-        (path / "adapter_config.json").write_text(json.dumps(adapter))
-        specs.append(AdapterSpec.from_dir(path.name, path))
-    return specs
-
-
-def _random(shape: tuple[int, ...], generator: torch.Generator, std: float) -> torch.Tensor:
-    return (torch.randn(shape, generator=generator) * std).to(torch.bfloat16)
-
-
-# ---- driving the engine -------------------------------------------------------------------
-
-
-class Collector:
-    """Gathers the results of many requests; ``wait`` until all are done."""
-
-    def __init__(self, count: int) -> None:
-        self.left = count
-        self.tokens = 0
-        self.errors: list[str] = []
-        self.first: dict[int, float] = {}
-        self.texts: dict[int, str] = {}
-        self.done = threading.Event()
-        self._lock = threading.Lock()
-        if count == 0:
-            self.done.set()
-
-    def callback(self, index: int) -> Callable[[Event], None]:
-        def on_event(event: Event) -> None:
-            if index not in self.first:
-                self.first[index] = time.perf_counter()
-            if event.kind == "delta":
-                return
-            with self._lock:
-                if event.kind == "done" and event.result is not None:
-                    self.tokens += event.result.completion_tokens
-                    self.texts[index] = event.result.text
-                else:
-                    self.errors.append(event.message)
-                self.left -= 1
-                if self.left == 0:
-                    self.done.set()
-
-        return on_event
-
-
-def prompts(count: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    low = min(1000, vocab // 4)
-    return torch.randint(low, vocab // 2, (count, length), generator=generator).tolist()
 
 
 def run_batch(
@@ -334,94 +220,6 @@ def _setter(flag: threading.Event) -> Callable[[Event], None]:
     return lambda _event: flag.set()
 
 
-# ---- correctness checks -----------------------------------------------------------------------
-
-
-def check_attention(device: torch.device) -> dict[str, Any]:
-    """The Triton paged decode kernel against the plain torch computation."""
-    from serving import kernels
-    from serving.attention import gathered_decode_attention
-
-    if not kernels.available(device):
-        return {"skipped": "no Triton on this device"}
-    generator = torch.Generator(device=device).manual_seed(0)
-    blocks, block_size, kv_heads, dim, rows, heads = 512, 16, 2, 128, 24, 32
-    keys = torch.randn(blocks, block_size, kv_heads, dim, device=device, generator=generator)
-    values = torch.randn(blocks, block_size, kv_heads, dim, device=device, generator=generator)
-    keys, values = keys.bfloat16(), values.bfloat16()
-    q = torch.randn(rows, heads, dim, device=device, generator=generator).bfloat16()
-    lengths = torch.randint(1, 300, (rows,), device=device, generator=generator).to(torch.int32)
-    order = torch.randperm(blocks - 1, device=device, generator=generator) + 1
-    tables = order[: rows * 20].view(rows, 20).to(torch.int32)
-    fast = kernels.paged_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
-    slow = gathered_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
-    return {"max_abs_diff": float((fast.float() - slow.float()).abs().max())}
-
-
-def check_tokens(tokenizer: Any, tiny: bool, tokenizer_dir: Path, root: Path) -> dict[str, Any]:
-    """Greedy tokens of the engine against transformers' (and PEFT's, for a LoRA adapter) on a
-    4-layer model of the bench's shape."""
-    from peft import PeftModel
-
-    model = build_model(tiny, tokenizer_dir, layers=4)
-    spec = write_lora(root / "check", model.config, 1, seed=5)[0]
-    batch = prompts(4, 32, model.config.vocab_size, seed=3)
-    ids = torch.tensor(batch, device=next(model.parameters()).device)
-    options = {"do_sample": False, "repetition_penalty": 1.0, "pad_token_id": 0}
-    with torch.inference_mode():
-        reference = model.generate(ids, max_new_tokens=24, min_new_tokens=24, **options)
-        peft = PeftModel.from_pretrained(model, spec.path)
-        adapted = peft.generate(input_ids=ids, max_new_tokens=24, min_new_tokens=24, **options)
-        model = peft.unload()
-    engine = Engine(model, tokenizer, max_batch=8, cache_bytes=256 * 1024**2)
-    results: dict[str, Any] = {}
-    try:
-        for name, expected, adapter in (("base", reference, None), ("lora", adapted, spec)):
-            ours = _engine_tokens(engine, batch, adapter, 24)
-            expected_rows = expected[:, ids.shape[1] :].tolist()
-            agree = [_common_prefix(a, b) for a, b in zip(ours, expected_rows, strict=True)]
-            results[name] = {"tokens_agreeing_per_row": agree, "of": 24}
-    finally:
-        engine.close()
-    return results
-
-
-def _engine_tokens(
-    engine: Engine, batch: list[list[int]], spec: AdapterSpec | None, new_tokens: int
-) -> list[list[int]]:
-    """Token ids the engine chooses (through its logits, so end tokens count too)."""
-    chosen: dict[int, list[int]] = {}
-    accept = engine._accept  # the bench records what the engine samples
-
-    def recording(logits: torch.Tensor, start: int, end: int) -> None:
-        for offset, row in enumerate(engine.batch.rows[start:end]):
-            chosen.setdefault(id(row.request), []).append(int(logits[offset].float().argmax()))
-        accept(logits, start, end)
-
-    engine._accept = recording  # type: ignore[method-assign]
-    try:
-        params = GenerationParams(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
-        collector = Collector(len(batch))
-        requests = [
-            Request(p, params, collector.callback(i), adapter=spec) for i, p in enumerate(batch)
-        ]
-        for request in requests:
-            engine.submit(request)
-        collector.done.wait(120)
-    finally:
-        engine._accept = accept  # type: ignore[method-assign]
-    return [chosen.get(id(r), [])[:new_tokens] for r in requests]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -430,7 +228,7 @@ def _sync() -> None:
 # ---- main ---------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU model (smoke test)")
     parser.add_argument("--requests", type=int, default=32)
@@ -443,7 +241,7 @@ def main() -> int:
     parser.add_argument("--prefix-tokens", type=int, default=512)
     parser.add_argument("--phases", default="checks,generate,base,lora,ptuning,hot-load,ttft,eval")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tiny:
         args.requests, args.new_tokens, args.cycle, args.slots = 8, 16, 12, 8
         args.eval_prompts, args.prefix_tokens, args.max_batch = 16, 16, 32

@@ -40,7 +40,7 @@ from sqlmodel import Session, select
 from transformers import AutoTokenizer
 
 from api.main import create_app
-from bench.chat_bench import build_model, write_lora
+from bench.chat_fixtures import build_model, write_lora
 from core.models import Adapter, EvaluationOutput, EvaluationSample
 from core.settings import BaseModelEntry, ChatSettings, Settings
 from trainer.metrics import score_texts

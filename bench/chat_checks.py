@@ -1,0 +1,102 @@
+"""The serving bench's correctness checks: the Triton paged-attention kernel against plain torch,
+and the engine's greedy tokens against transformers' and PEFT's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.chat_fixtures import Collector, build_model, prompts, write_lora
+from serving.adapters import AdapterSpec
+from serving.engine import Engine
+from serving.params import GenerationParams
+from serving.requests import Request
+
+# ---- correctness checks -----------------------------------------------------------------------
+
+
+def check_attention(device: torch.device) -> dict[str, Any]:
+    """The Triton paged decode kernel against the plain torch computation."""
+    from serving import kernels
+    from serving.attention import gathered_decode_attention
+
+    if not kernels.available(device):
+        return {"skipped": "no Triton on this device"}
+    generator = torch.Generator(device=device).manual_seed(0)
+    blocks, block_size, kv_heads, dim, rows, heads = 512, 16, 2, 128, 24, 32
+    keys = torch.randn(blocks, block_size, kv_heads, dim, device=device, generator=generator)
+    values = torch.randn(blocks, block_size, kv_heads, dim, device=device, generator=generator)
+    keys, values = keys.bfloat16(), values.bfloat16()
+    q = torch.randn(rows, heads, dim, device=device, generator=generator).bfloat16()
+    lengths = torch.randint(1, 300, (rows,), device=device, generator=generator).to(torch.int32)
+    order = torch.randperm(blocks - 1, device=device, generator=generator) + 1
+    tables = order[: rows * 20].view(rows, 20).to(torch.int32)
+    fast = kernels.paged_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
+    slow = gathered_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
+    return {"max_abs_diff": float((fast.float() - slow.float()).abs().max())}
+
+
+def check_tokens(tokenizer: Any, tiny: bool, tokenizer_dir: Path, root: Path) -> dict[str, Any]:
+    """Greedy tokens of the engine against transformers' (and PEFT's, for a LoRA adapter) on a
+    4-layer model of the bench's shape."""
+    from peft import PeftModel
+
+    model = build_model(tiny, tokenizer_dir, layers=4)
+    spec = write_lora(root / "check", model.config, 1, seed=5)[0]
+    batch = prompts(4, 32, model.config.vocab_size, seed=3)
+    ids = torch.tensor(batch, device=next(model.parameters()).device)
+    options = {"do_sample": False, "repetition_penalty": 1.0, "pad_token_id": 0}
+    with torch.inference_mode():
+        reference = model.generate(ids, max_new_tokens=24, min_new_tokens=24, **options)
+        peft = PeftModel.from_pretrained(model, spec.path)
+        adapted = peft.generate(input_ids=ids, max_new_tokens=24, min_new_tokens=24, **options)
+        model = peft.unload()
+    engine = Engine(model, tokenizer, max_batch=8, cache_bytes=256 * 1024**2)
+    results: dict[str, Any] = {}
+    try:
+        for name, expected, adapter in (("base", reference, None), ("lora", adapted, spec)):
+            ours = _engine_tokens(engine, batch, adapter, 24)
+            expected_rows = expected[:, ids.shape[1] :].tolist()
+            agree = [_common_prefix(a, b) for a, b in zip(ours, expected_rows, strict=True)]
+            results[name] = {"tokens_agreeing_per_row": agree, "of": 24}
+    finally:
+        engine.close()
+    return results
+
+
+def _engine_tokens(
+    engine: Engine, batch: list[list[int]], spec: AdapterSpec | None, new_tokens: int
+) -> list[list[int]]:
+    """Token ids the engine chooses (through its logits, so end tokens count too)."""
+    chosen: dict[int, list[int]] = {}
+    accept = engine._accept  # the bench records what the engine samples
+
+    def recording(logits: torch.Tensor, start: int, end: int) -> None:
+        for offset, row in enumerate(engine.batch.rows[start:end]):
+            chosen.setdefault(id(row.request), []).append(int(logits[offset].float().argmax()))
+        accept(logits, start, end)
+
+    engine._accept = recording  # type: ignore[method-assign]
+    try:
+        params = GenerationParams(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
+        collector = Collector(len(batch))
+        requests = [
+            Request(p, params, collector.callback(i), adapter=spec) for i, p in enumerate(batch)
+        ]
+        for request in requests:
+            engine.submit(request)
+        collector.done.wait(120)
+    finally:
+        engine._accept = accept  # type: ignore[method-assign]
+    return [chosen.get(id(r), [])[:new_tokens] for r in requests]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
