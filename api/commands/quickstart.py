@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from trainer.contract.layout import JobDir
+
 NAME = "quickstart"
 HELP = "run the whole flow through the service: upload, job, live progress, adapter, chat"
 DEMO_DATA = Path(__file__).resolve().parents[2] / "trainer" / "assets" / "demo"
@@ -53,14 +55,8 @@ def run(args: argparse.Namespace) -> int:
             if adapter is None:
                 return 1
         # the chat endpoint arrives with the chat issue; until then, load the adapter locally
-        checkpoint = (
-            args.home
-            / "artifacts"
-            / "jobs"
-            / str(adapter["job_id"])
-            / "output"
-            / f"checkpoint-{adapter['step']}"
-        )
+        job_dir = JobDir.for_job(args.home / "artifacts", str(adapter["job_id"]))
+        checkpoint = job_dir.output / f"checkpoint-{adapter['step']}"
         _chat(str(adapter["id"]), checkpoint)
         return 0
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.events import EventLog
+from trainer.contract.events import EventLog
 from worker.events_tail import EventTail
 
 
