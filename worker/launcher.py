@@ -136,10 +136,10 @@ def threads_per_rank(ranks: int) -> int:
 class TrainerProcess:
     """A trainer command running in its own session, pinned to leased GPUs.
 
-    Output (stdout and stderr) is appended to ``job_dir / "trainer.log"``. ``env`` entries are
-    added to the current environment; ``CUDA_VISIBLE_DEVICES`` always comes from ``gpus`` (an
-    empty string for a CPU job), with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless ``env`` says
-    otherwise, so lease ids match ``nvidia-smi``'s numbering.
+    Output (stdout and stderr) is appended to the job directory's ``trainer.log``. ``env``
+    entries are added to the current environment; ``CUDA_VISIBLE_DEVICES`` always comes from
+    ``gpus`` (an empty string for a CPU job), with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless
+    ``env`` says otherwise, so lease ids match ``nvidia-smi``'s numbering.
     """
 
     def __init__(

@@ -19,8 +19,8 @@ from tests.trainer.finetune_helpers import (
     write_data,
 )
 from tests.trainer.test_packing import CONVERSATIONS
-from trainer.contract.command import TrainerArgs
 from trainer.config import ConfigError, parse_config
+from trainer.contract.command import TrainerArgs
 from trainer.data import split_files
 from trainer.finetune import build_datasets, build_training_args
 from trainer.memory import GIB, largest_step_tokens, plan_for_config, plan_memory
