@@ -211,7 +211,7 @@ def run_method(
         record["peak_allocated_gib"] = max(record["peak_allocated_gib_per_rank"])
     if per_rank and all("max_rss" in r for r in per_rank):
         record["host_peak_rss_gib_per_rank"] = [round(r["max_rss"] / 2**30, 2) for r in per_rank]
-    from trainer.events import read_events
+    from trainer.contract.events import read_events
 
     n = matmul_params(model)
     # LoRA / prefix: forward 2N + input-gradient backward 2N; full SFT adds the weight grads (2N).

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.contract.layout import TRAIN_FILE, VALIDATION_FILE
+
 #: The directory an uploaded dataset archive is unpacked into (``<dataset>/files``).
 ARCHIVE_FILES = "files"
 
 
 def is_archive_dataset(train_file: Path) -> bool:
     """Whether ``train_file`` is the ``train.jsonl`` of an unpacked dataset archive."""
-    return train_file.parent.name == ARCHIVE_FILES and train_file.name == "train.jsonl"
+    return train_file.parent.name == ARCHIVE_FILES and train_file.name == TRAIN_FILE
+
+
+def archive_validation(train_file: Path) -> Path | None:
+    """The ``dev.jsonl`` an unpacked dataset archive carries beside ``train_file``, if any."""
+    if not is_archive_dataset(train_file):
+        return None
+    dev = train_file.with_name(VALIDATION_FILE)
+    return dev if dev.is_file() else None
 
 
 def dataset_root(data_file: Path) -> Path:

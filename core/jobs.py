@@ -1,11 +1,12 @@
 """The job state machine: one table of allowed edges and one ``transition()`` that applies them.
 
-``validating -> queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and
-``paused`` (ARCHITECTURE.md decision 2). Every change is a conditional UPDATE on the current state,
-so two workers (or a worker and the reaper) can never both move a job, and every change is recorded
-as a job event named after the state entered, in the same transaction as the change itself; a
-change into ``queued``, ``running`` or a final state adds its ``job.<state>`` webhook deliveries
-to that transaction too.
+``queued -> running -> succeeded | failed | cancelled`` plus ``cancelling`` and ``paused``
+(ARCHITECTURE.md decision 2). A job is validated whole before it is stored (``POST /jobs`` refuses
+what would not run), so it starts ``queued``. Every change is a conditional UPDATE on the current
+state, so two workers (or a worker and the reaper) can never both move a job, and every change is
+recorded as a job event named after the state entered, in the same transaction as the change
+itself; a change into ``queued``, ``running`` or a final state adds its ``job.<state>`` webhook
+deliveries to that transaction too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from core.webhooks import enqueue_job_state
 
 
 class JobState(StrEnum):
-    VALIDATING = "validating"
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
@@ -36,7 +36,6 @@ class JobState(StrEnum):
 
 S = JobState
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.VALIDATING: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     # queued -> paused: held back until resumed (its broker message is then skipped)
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.PAUSED}),
     # running -> queued: the reaper re-queues a job whose worker vanished

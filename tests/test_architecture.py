@@ -40,7 +40,6 @@ TORCH_FREE = [
     "hf_fields",
     "template",
     "checkpoints",
-    "events",
     "images",
     "vision",
     "model_fit",
@@ -85,6 +84,58 @@ def test_trainer_package_is_not_empty() -> None:
 def test_service_facing_trainer_modules_do_not_import_torch(module: str) -> None:
     imported = top_level_imports(REPO / "trainer" / f"{module}.py", module_level_only=True)
     assert not imported & {"torch", "transformers", "peft", "deepspeed"}
+
+
+ML_STACK = {"torch", "transformers", "peft", "deepspeed"}
+CONTRACT = REPO / "trainer" / "contract"
+# the run contract's names: no other module spells them (trainer.contract.layout)
+CONTRACT_NAMES = ('"trainer.log"', '"events.jsonl"', '"config.yaml"', '"trainer.lock"')
+
+
+def test_the_run_contract_imports_no_torch_anywhere() -> None:
+    # given every module of the contract, imports inside functions included
+    modules = sorted(CONTRACT.glob("*.py"))
+    assert len(modules) >= 4
+    # then none imports the ML stack
+    for path in modules:
+        assert not top_level_imports(path) & ML_STACK, path.name
+    # and importing the whole contract in a fresh interpreter loads none of it
+    probe = (
+        "import sys\n"
+        "import trainer.contract\n"
+        "print(','.join(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("package", ["api", "core", "worker", "trainer", "serving"])
+def test_job_directory_file_names_come_from_the_contract(package: str) -> None:
+    # given every source file outside the contract
+    spelled = [
+        f"{path.relative_to(REPO)} spells {name}"
+        for path in sources(package)
+        if not path.is_relative_to(CONTRACT) and "migrations" not in path.parts
+        for name in CONTRACT_NAMES
+        if name in path.read_text(encoding="utf-8")
+    ]
+    # then none spells a job directory file name: each takes it from trainer.contract.layout
+    assert spelled == []
+
+
+@pytest.mark.parametrize("package", ["api", "core", "worker"])
+def test_the_service_reads_trainer_events_only_through_the_contract(package: str) -> None:
+    # an event matched by its kind string ("event") instead of its model
+    matched = [
+        str(path.relative_to(REPO))
+        for path in sources(package)
+        if 'get("event")' in path.read_text(encoding="utf-8")
+        or '["event"]' in path.read_text(encoding="utf-8")
+    ]
+    assert matched == []
 
 
 def test_the_api_loads_no_torch_until_it_serves_chat_itself() -> None:

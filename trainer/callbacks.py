@@ -11,7 +11,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from trainer.checkpoints import directory_bytes, write_metadata
 from trainer.compile import compile_stats
-from trainer.events import EventLog
+from trainer.contract.events import CheckpointEvent, CompileEvent, EvalEvent, EventLog, StepEvent
 
 
 class TrainingDivergedError(RuntimeError):
@@ -64,16 +64,17 @@ class EventCallback(TrainerCallback):
         elapsed = max(now - self._last_time, 1e-9)
         self._last_time, self._last_tokens = now, state.num_input_tokens_seen
         self.events.emit(
-            "step",
-            step=state.global_step,
-            loss=logs["loss"],
-            learning_rate=logs.get("learning_rate"),
-            grad_norm=logs.get("grad_norm"),
-            epoch=logs.get("epoch"),
-            tokens_per_second=round(tokens / elapsed, 2),
-            # the running count (a resumed run continues its checkpoint's): non-pad input tokens
-            # of all ranks trained on so far
-            trained_tokens=int(state.num_input_tokens_seen),
+            StepEvent(
+                step=state.global_step,
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                epoch=logs.get("epoch"),
+                tokens_per_second=round(tokens / elapsed, 2),
+                # the running count (a resumed run continues its checkpoint's): non-pad input
+                # tokens of all ranks trained on so far
+                trained_tokens=int(state.num_input_tokens_seen),
+            )
         )
 
     def on_evaluate(
@@ -86,10 +87,11 @@ class EventCallback(TrainerCallback):
     ) -> None:
         if state.is_world_process_zero and metrics:
             self.events.emit(
-                "eval",
-                step=state.global_step,
-                split="validation",
-                metrics=strip_prefix(metrics, "eval_"),
+                EvalEvent(
+                    step=state.global_step,
+                    split="validation",
+                    metrics=strip_prefix(metrics, "eval_"),
+                )
             )
 
     def on_save(
@@ -102,10 +104,11 @@ class EventCallback(TrainerCallback):
             return
         write_metadata(checkpoint, {**self.metadata, "step": state.global_step})
         self.events.emit(
-            "checkpoint",
-            step=state.global_step,
-            path=str(checkpoint.resolve()),
-            bytes=directory_bytes(checkpoint),
+            CheckpointEvent(
+                step=state.global_step,
+                path=str(checkpoint.resolve()),
+                bytes=directory_bytes(checkpoint),
+            )
         )
 
 
@@ -121,7 +124,7 @@ class CompileReport(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if state.is_world_process_zero:
-            self.events.emit("compile", layers=self.layers, **compile_stats())
+            self.events.emit(CompileEvent(layers=self.layers, **compile_stats()))
 
 
 def strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:

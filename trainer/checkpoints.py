@@ -1,4 +1,4 @@
-"""Checkpoint discovery, completeness and the resume argument (glm4-reference.md §1.1, §7.18).
+"""Checkpoint discovery, completeness and where a resume starts (glm4-reference.md §1.1, §7.18).
 
 A checkpoint directory ``checkpoint-N`` is *complete* once glmft has written its metadata file
 (``glmft_checkpoint.json``) into it, which happens after Hugging Face has written the weights,
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trainer.contract.command import Resume
 
 METADATA_FILE = "glmft_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -21,27 +22,6 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 class CheckpointNotFoundError(FileNotFoundError):
     """The checkpoint asked to resume from does not exist or is incomplete."""
-
-
-@dataclass(frozen=True)
-class Resume:
-    """What the fourth command-line argument asks for: ``yes``, a step, or a fresh start."""
-
-    mode: str  # "never" | "latest" | "step"
-    step: int | None = None
-
-    @classmethod
-    def parse(cls, value: str | None) -> Resume:
-        text = (value or "").strip()
-        if text.lower() in ("", "no", "false"):
-            return cls("never")
-        if text.lower() in ("yes", "true", "auto"):
-            return cls("latest")
-        if text.isdigit() and int(text) > 0:
-            return cls("step", int(text))
-        raise ValueError(
-            f"resume argument must be 'yes', 'no' or a checkpoint step > 0, got {value!r}"
-        )
 
 
 def list_checkpoints(output_dir: Path) -> dict[int, Path]:
@@ -70,18 +50,18 @@ def latest_complete(output_dir: Path) -> Path | None:
 
 def resolve_resume(resume: Resume, output_dir: Path) -> Path | None:
     """The checkpoint directory to resume from, or ``None`` to train from scratch."""
-    if resume.mode == "never":
+    if resume.mode == "none":
         return None
     if resume.mode == "latest":
         return latest_complete(output_dir)
-    path = output_dir / f"checkpoint-{resume.step}"
+    path = output_dir / f"checkpoint-{resume.at}"
     if not path.is_dir():
         have = sorted(list_checkpoints(output_dir))
         raise CheckpointNotFoundError(
-            f"checkpoint {resume.step} not found in {output_dir} (have: {have or 'none'})"
+            f"checkpoint {resume.at} not found in {output_dir} (have: {have or 'none'})"
         )
     if not is_complete(path):
-        raise CheckpointNotFoundError(f"checkpoint {resume.step} in {output_dir} is incomplete")
+        raise CheckpointNotFoundError(f"checkpoint {resume.at} in {output_dir} is incomplete")
     return path
 
 

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from trainer import config_rules, hf_fields
+from trainer.contract.run_config import SHIPPED_DEEPSPEED, shipped_deepspeed
 
 Method = Literal["lora", "ptuning_v2", "sft"]
 _PEFT_TABLES = {"LORA": "lora", "PREFIX_TUNING": "prefix_tuning"}
@@ -307,8 +308,11 @@ def _check_peft(peft: dict[str, Any] | None) -> list[ConfigIssue]:
 
 
 def resolve_config_path(value: str, config_path: Path | None) -> Path:
-    """Find a file a config names (``training_args.deepspeed``): as given (relative to the working
-    directory, as upstream), then next to the config file, then in the config file's parent."""
+    """Find a file a config names (``training_args.deepspeed``): a shipped DeepSpeed config by
+    name (a run config's form, ``trainer.contract.run_config``), else as given (relative to the
+    working directory, as upstream), then next to the config file, then in its parent."""
+    if value in SHIPPED_DEEPSPEED:
+        return shipped_deepspeed(value)
     candidate = Path(value)
     if candidate.is_absolute():
         return candidate

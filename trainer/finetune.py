@@ -3,23 +3,23 @@
     python -m trainer.finetune DATA_DIR MODEL_DIR CONFIG [yes|N|no] [--output-dir DIR]
     torchrun --standalone --nproc_per_node=K -m trainer.finetune DATA_DIR MODEL_DIR CONFIG
 
-``yes`` resumes from the newest complete checkpoint (or starts fresh when there is none), ``N``
-from ``checkpoint-N`` (an error when it is missing or incomplete), ``no`` or nothing trains from
-scratch. Progress goes to ``events.jsonl`` in the output directory. ``--lock FILE --attempt N``
-(the worker's way) holds FILE so that no other trainer runs in the directory meanwhile
-(``trainer.fence``). Exit codes: 0 succeeded, 2 the input was at fault (config, data,
-checkpoint, model directory), 3 refused by the lock (another or a newer attempt owns the
-directory; nothing was written), 1 anything else.
+``yes`` (``--resume latest``) resumes from the newest complete checkpoint (or starts fresh when
+there is none), ``N`` (``--resume step:N``) from ``checkpoint-N`` (an error when it is missing or
+incomplete), ``no`` (``--resume none``) or nothing trains from scratch. The arguments are
+``trainer.contract.command.TrainerArgs``, which the worker renders. Progress goes to
+``events.jsonl`` in the output directory. ``--lock FILE --attempt N`` (the worker's way) holds FILE
+so that no other trainer runs in the directory meanwhile (``trainer.fence``). Exit codes: 0
+succeeded, 2 the input was at fault (config, data, checkpoint, model directory), 3 refused by the
+lock (another or a newer attempt owns the directory; nothing was written), 1 anything else.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,7 @@ from transformers import GenerationConfig, Seq2SeqTrainer, Seq2SeqTrainingArgume
 from trainer import __version__
 from trainer.attention import register_packed_attention
 from trainer.callbacks import CompileReport, EventCallback, TrainingDivergedError, strip_prefix
-from trainer.checkpoints import CheckpointNotFoundError, Resume, resolve_resume
-from trainer.commands.finetune import add_arguments
+from trainer.checkpoints import CheckpointNotFoundError, resolve_resume
 from trainer.compile import compile_model
 from trainer.config import (
     ConfigError,
@@ -42,6 +41,9 @@ from trainer.config import (
     resolve_config_path,
 )
 from trainer.config_rules import DEFAULT_SAVE_TOTAL_LIMIT
+from trainer.contract.command import TrainerArgs
+from trainer.contract.events import EvalEvent, EventLog, StartedEvent, StatusEvent
+from trainer.contract.layout import OUTPUT_DIR
 from trainer.data import (
     DataError,
     FeatureDataset,
@@ -61,7 +63,6 @@ from trainer.distributed import (
     ensure_single_process_group,
     exit_process,
 )
-from trainer.events import EventLog
 from trainer.fence import FenceError
 from trainer.fence import acquire as acquire_fence
 from trainer.generation import engine_unusable, generated_eval
@@ -106,21 +107,6 @@ _RUN_ERRORS: dict[type[Exception], str] = {
     TrainingDivergedError: "training_diverged",
     torch.OutOfMemoryError: "out_of_memory",
 }
-
-
-@dataclass(frozen=True)
-class RunArgs:
-    data_dir: Path
-    model_dir: Path
-    config_path: Path
-    resume: Resume
-    output_dir: Path | None
-    base_model_name: str | None
-    feature_cache: Path | None = None
-    lock: Path | None = None
-    attempt: int = 0
-    lock_wait_s: float = 60.0
-    trust_remote_code: bool = False
 
 
 class GlmSeq2SeqTrainer(Seq2SeqTrainer):
@@ -195,37 +181,13 @@ class GlmSeq2SeqTrainer(Seq2SeqTrainer):
         return loss, generated, output_ids
 
 
-def parse_args(argv: Sequence[str] | None) -> RunArgs:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.finetune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run_args(parser.parse_args(argv))
-
-
-def run_args(ns: argparse.Namespace) -> RunArgs:
-    """The run's arguments from a namespace :func:`trainer.commands.finetune.add_arguments`
-    parsed."""
-    return RunArgs(
-        ns.data_dir,
-        ns.model_dir,
-        ns.config,
-        ns.resume,
-        ns.output_dir,
-        ns.base_model_name,
-        ns.feature_cache,
-        ns.lock,
-        ns.attempt,
-        ns.lock_wait,
-        ns.trust_remote_code,
-    )
+def parse_args(argv: Sequence[str] | None) -> TrainerArgs:
+    return TrainerArgs.parse(sys.argv[1:] if argv is None else argv, description=__doc__)
 
 
 def build_training_args(
     config: FinetuningConfig,
-    run: RunArgs,
+    run: TrainerArgs,
     output_dir: Path,
     has_eval: bool,
     generation: GenerationConfig,
@@ -374,7 +336,7 @@ def build_datasets(
 
 
 def checkpoint_metadata(
-    run_args: RunArgs, config: FinetuningConfig, files: dict[str, Path]
+    run_args: TrainerArgs, config: FinetuningConfig, files: dict[str, Path]
 ) -> dict[str, Any]:
     """What every checkpoint records so a server can resolve its base and reproduce it."""
     return {
@@ -388,7 +350,9 @@ def checkpoint_metadata(
     }
 
 
-def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: EventLog) -> None:
+def run(
+    run_args: TrainerArgs, config: FinetuningConfig, output_dir: Path, events: EventLog
+) -> None:
     trust = run_args.trust_remote_code
     model_config = check_model_dir(run_args.model_dir, trust_remote_code=trust)
     vision = check_vision_run(model_config, config)
@@ -481,18 +445,19 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
     )
     trainable, total = parameter_counts(model)
     events.emit(
-        "started",
-        method=config.method,
-        world_size=args.world_size,
-        max_steps=args.max_steps,
-        resume_from=str(resume_from) if resume_from else None,
-        trainable_params=trainable,
-        total_params=total,
-        device=str(args.device),
-        train_conversations=len(train_data),
-        memory=memory.as_event(),
-        attention=attention or model.config._attn_implementation,
-        compiled_layers=compiled,
+        StartedEvent(
+            method=config.method,
+            world_size=args.world_size,
+            max_steps=args.max_steps,
+            resume_from=str(resume_from) if resume_from else None,
+            trainable_params=trainable,
+            total_params=total,
+            device=str(args.device),
+            train_conversations=len(train_data),
+            memory=memory.as_event(),
+            attention=attention or model.config._attn_implementation,
+            compiled_layers=compiled,
+        )
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if "test" in files and generate:
@@ -510,10 +475,11 @@ def run(run_args: RunArgs, config: FinetuningConfig, output_dir: Path, events: E
         )
         result = trainer.predict(test_data, metric_key_prefix="test")
         events.emit(
-            "eval",
-            step=trainer.state.global_step,
-            split="test",
-            metrics=strip_prefix(result.metrics or {}, "test_"),
+            EvalEvent(
+                step=trainer.state.global_step,
+                split="test",
+                metrics=strip_prefix(result.metrics or {}, "test_"),
+            )
         )
 
 
@@ -521,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return execute(parse_args(argv))
 
 
-def execute(run_args: RunArgs) -> int:
+def execute(run_args: TrainerArgs) -> int:
     """Train as ``run_args`` say; the exit code (0 ok, 2 the input is at fault, 1 otherwise)."""
     dist = DistInfo.from_env()
     configure_logging(dist)
@@ -534,41 +500,39 @@ def execute(run_args: RunArgs) -> int:
         logger.info("attempt %d holds %s (pid %d)", fence.attempt, fence.path, os.getpid())
     # With --output-dir (the worker's way) even a config that fails to load is reported in events.
     events = EventLog(
-        run_args.output_dir or Path("output"),
+        run_args.output_dir or Path(OUTPUT_DIR),
         enabled=dist.is_main and run_args.output_dir is not None,
     )
     try:
         config = load_config(run_args.config_path)
-        output_dir = run_args.output_dir or Path(config.training_args.get("output_dir", "output"))
+        output_dir = run_args.output_dir or Path(config.training_args.get("output_dir", OUTPUT_DIR))
         events = EventLog(output_dir, enabled=dist.is_main)
         run(run_args, config, output_dir, events)
         close_process_group()
     except tuple(_INPUT_ERRORS) as exc:
         code = next(c for t, c in _INPUT_ERRORS.items() if isinstance(exc, t))
         logger.error("%s: %s", code, exc)
-        events.emit("status", status="failed", code=code, message=str(exc), user_error=True)
+        events.emit(_failed(code, str(exc), user_error=True))
         return EXIT_BAD_INPUT
     except OSError as exc:
         logger.error("cannot read input: %s", exc)
-        events.emit("status", status="failed", code="io_error", message=str(exc), user_error=True)
+        events.emit(_failed("io_error", str(exc), user_error=True))
         return EXIT_BAD_INPUT
     except tuple(_RUN_ERRORS) as exc:
         code = next(c for t, c in _RUN_ERRORS.items() if isinstance(exc, t))
         logger.error("%s: %s", code, exc)
-        events.emit("status", status="failed", code=code, message=str(exc), user_error=False)
+        events.emit(_failed(code, str(exc), user_error=False))
         return EXIT_FAILED
     except Exception as exc:
         logger.exception("training failed")
-        events.emit(
-            "status",
-            status="failed",
-            code="internal_error",
-            message=f"{type(exc).__name__}: {exc}",
-            user_error=False,
-        )
+        events.emit(_failed("internal_error", f"{type(exc).__name__}: {exc}", user_error=False))
         return EXIT_FAILED
-    events.emit("status", status="succeeded")
+    events.emit(StatusEvent(status="succeeded"))
     return 0
+
+
+def _failed(code: str, message: str, *, user_error: bool) -> StatusEvent:
+    return StatusEvent(status="failed", code=code, message=message, user_error=user_error)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Incremental reader of the trainer's ``events.jsonl`` (ARCHITECTURE.md decision 6).
 
-The trainer appends one JSON object per line (``trainer.events``). ``EventTail`` keeps a byte
-offset into the file and returns only the complete lines written since the last call; the caller
-persists ``offset`` (for example with the job row) and resumes with ``EventTail(path, offset=N)``
-after a restart, so no event is recorded twice or lost.
+The trainer appends one JSON object per line (``trainer.contract.events``). ``EventTail`` keeps a
+byte offset into the file and returns only the complete lines written since the last call; the
+caller persists ``offset`` (for example with the job row) and resumes with ``EventTail(path,
+offset=N)`` after a restart, so no event is recorded twice or lost.
 """
 
 from __future__ import annotations

@@ -1,78 +1,20 @@
-"""The job directory: everything one training attempt reads and writes, under the artifact root.
+"""Fill a job directory (``trainer.contract.layout``) for one attempt: data and run config.
 
-<artifact_root>/jobs/<job_id>/
-    data/train.jsonl, data/dev.jsonl   copies of the job's datasets (immutable inputs); for a
-                                       dataset archive its whole tree (images beside the
-                                       files that name them, by relative path), hard-linked
-    config.yaml                        the resolved config the trainer runs
-    output/                            events.jsonl and checkpoint-N/ (the trainer's)
-    trainer.log                        the trainer's stdout and stderr
-    trainer.lock                       held by the running trainer; one line per attempt that
-                                       ran (trainer.fence): never two trainers at once
+The config is the job's stored run config (``trainer.contract.run_config``), written verbatim:
+admission already put it in the job directory's terms.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from core.datasets import is_archive_dataset as is_archive_dataset
-
-SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@dataclass(frozen=True)
-class JobDir:
-    root: Path
-
-    @classmethod
-    def for_job(cls, artifact_root: Path, job_id: str) -> JobDir:
-        return cls(artifact_root / "jobs" / job_id)
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def output(self) -> Path:
-        return self.root / "output"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "trainer.log"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "trainer.lock"
-
-    def contains(self, path: Path) -> bool:
-        return path.resolve().is_relative_to(self.root.resolve())
-
-
-def trainer_config(config: dict[str, Any], *, has_validation: bool) -> dict[str, Any]:
-    """The job's config with the data files and output directory the job dir defines."""
-    resolved = copy.deepcopy(config)
-    resolved["data_config"] = {
-        **resolved.get("data_config", {}),
-        "train_file": "train.jsonl",
-        "val_file": "dev.jsonl" if has_validation else None,
-        "test_file": None,
-    }
-    training_args = resolved.setdefault("training_args", {})
-    training_args.pop("output_dir", None)  # the worker passes --output-dir
-    if not has_validation:
-        training_args["eval_strategy"] = "no"
-    return resolved
+from trainer.contract.layout import TRAIN_FILE, VALIDATION_FILE, JobDir
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -101,18 +43,12 @@ def prepare(
         shutil.rmtree(job_dir.data)
         shutil.copytree(tree, job_dir.data, copy_function=_link_or_copy)
     else:
-        _copy(train_file, job_dir.data / "train.jsonl")
+        _copy(train_file, job_dir.data / TRAIN_FILE)
         if validation_file is not None:
-            _copy(validation_file, job_dir.data / "dev.jsonl")
-    resolved = trainer_config(config, has_validation=validation_file is not None)
-    training_args = resolved["training_args"]
-    if training_args.get("deepspeed"):  # one of the shipped files (the API checks), by name
-        shipped = SHIPPED_CONFIGS / Path(str(training_args["deepspeed"])).name
-        _copy(shipped, job_dir.root / shipped.name)
-        training_args["deepspeed"] = str((job_dir.root / shipped.name).resolve())
+            _copy(validation_file, job_dir.data / VALIDATION_FILE)
     partial = job_dir.config.with_name(job_dir.config.name + ".partial")
     with partial.open("w", encoding="utf-8") as fh:
-        YAML(typ="safe", pure=True).dump(resolved, fh)
+        YAML(typ="safe", pure=True).dump(config, fh)
     os.replace(partial, job_dir.config)
 
 

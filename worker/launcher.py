@@ -1,11 +1,11 @@
 """Launch the trainer as a subprocess in its own session and stop it, children included.
 
-``build_trainer_command`` gives the upstream demo's command line (``python -m trainer.finetune``
-or ``torch.distributed.run``); ``TrainerProcess`` starts it with ``CUDA_VISIBLE_DEVICES`` set from
-the GPU lease, output appended to ``trainer.log`` in the job dir, and ``terminate()`` stops the
-whole process tree. torchrun starts each rank with ``start_new_session=True``, so the ranks are
-*not* in torchrun's process group: ``terminate()`` therefore signals every process group found
-in the descendant tree (read from ``/proc`` on Linux), not only the leader's group.
+``TrainerProcess`` starts a command (``trainer.contract.command.TrainerCommand``'s argv) with
+``CUDA_VISIBLE_DEVICES`` set from the GPU lease, output appended to ``trainer.log`` in the job dir,
+and ``terminate()`` stops the whole process tree. torchrun starts each rank with
+``start_new_session=True``, so the ranks are *not* in torchrun's process group: ``terminate()``
+therefore signals every process group found in the descendant tree (read from ``/proc`` on Linux),
+not only the leader's group.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.contract.layout import LOG_FILE
+
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "trainer.log"
 _PROC = Path("/proc")
 
 
@@ -117,57 +118,6 @@ def process_tree(roots: Iterable[int], groups: Iterable[int] = ()) -> dict[int, 
     return tree
 
 
-def build_trainer_command(
-    *,
-    nproc: int,
-    data_dir: Path,
-    model_dir: Path,
-    config: Path,
-    output_dir: Path,
-    resume: str,
-    base_model_name: str,
-    feature_cache: Path | None = None,
-    lock: Path | None = None,
-    attempt: int = 0,
-    lock_wait_s: float = 60.0,
-    trust_remote_code: bool = False,
-    python: str = sys.executable,
-) -> list[str]:
-    """The trainer's command line: one process, or ``torch.distributed.run`` with ``nproc`` ranks.
-
-    ``resume`` is the demo's positional argument (``yes``, a step ``N``, ``no``); empty omits it.
-    ``feature_cache`` is where the trainer keeps pre-tokenised datasets between jobs;
-    ``trust_remote_code`` comes from the base's registry entry only (the operator's choice).
-    With ``lock`` the trainer holds that file for ``attempt`` (``trainer.fence``), waiting up to
-    ``lock_wait_s`` for an earlier attempt's trainer to exit.
-    """
-    if nproc < 1:
-        raise ValueError(f"nproc must be at least 1, got {nproc}")
-    if nproc == 1:
-        launcher = [python, "-m", "trainer.finetune"]
-    else:
-        launcher = [
-            python,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "trainer.finetune",
-        ]
-    args = [str(data_dir), str(model_dir), str(config)]
-    if resume:
-        args.append(resume)
-    args += ["--output-dir", str(output_dir), "--base-model-name", base_model_name]
-    if feature_cache is not None:
-        args += ["--feature-cache", str(feature_cache)]
-    if lock is not None:
-        args += ["--lock", str(lock), "--attempt", str(attempt), "--lock-wait", f"{lock_wait_s:g}"]
-    if trust_remote_code:
-        args.append("--trust-remote-code")
-    return [*launcher, *args]
-
-
 def compile_cache_env(root: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Where the trainer's ``torch.compile`` keeps its kernels, shared by the jobs of this host:
     with a warm cache the compile before the first step takes seconds instead of about a
@@ -186,10 +136,10 @@ def threads_per_rank(ranks: int) -> int:
 class TrainerProcess:
     """A trainer command running in its own session, pinned to leased GPUs.
 
-    Output (stdout and stderr) is appended to ``job_dir / "trainer.log"``. ``env`` entries are
-    added to the current environment; ``CUDA_VISIBLE_DEVICES`` always comes from ``gpus`` (an
-    empty string for a CPU job), with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless ``env`` says
-    otherwise, so lease ids match ``nvidia-smi``'s numbering.
+    Output (stdout and stderr) is appended to the job directory's ``trainer.log``. ``env``
+    entries are added to the current environment; ``CUDA_VISIBLE_DEVICES`` always comes from
+    ``gpus`` (an empty string for a CPU job), with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` unless
+    ``env`` says otherwise, so lease ids match ``nvidia-smi``'s numbering.
     """
 
     def __init__(

@@ -1,5 +1,9 @@
 """Turn the trainer's events into SQL rows: job events, metrics, checkpoints and progress.
 
+Events arrive parsed (``trainer.contract.events.parse_event``): every one becomes a job event;
+a line of no known kind or shape (:class:`UnknownEvent`) is stored as it was read, and logged,
+but moves nothing.
+
 A resumed attempt logs again the steps between its checkpoint and where the previous attempt
 died: a metric is one row per (job, step, split, name), the newest value winning. Checkpoints
 that the trainer rotated away (``save_total_limit``) lose their rows.
@@ -7,7 +11,9 @@ that the trainer rotated away (``save_total_limit``) lose their rows.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,19 @@ from sqlmodel import Session, col, select
 
 from core import webhooks
 from core.models import Checkpoint, Job, JobEvent, Metric, utcnow
+from trainer.contract.events import (
+    CheckpointEvent,
+    CompileEvent,
+    EvalEvent,
+    StartedEvent,
+    StatusEvent,
+    StepEvent,
+    TrainerEvent,
+    UnknownEvent,
+    event_data,
+)
 
+logger = logging.getLogger(__name__)
 _STEP_METRICS = (
     "loss",
     "learning_rate",
@@ -26,11 +44,11 @@ _STEP_METRICS = (
     "epoch",
     "trained_tokens",
 )
-WEBHOOK_KINDS = ("checkpoint", "eval")
 MetricKey = tuple[int, str, str]
+Event = TrainerEvent | UnknownEvent
 
 
-def record_events(session: Session, job: Job, events: list[dict[str, Any]], *, offset: int) -> bool:
+def record_events(session: Session, job: Job, events: Sequence[Event], *, offset: int) -> bool:
     """Store ``events`` (parsed ``events.jsonl`` lines) for ``job`` and, in the same commit,
     ``offset``: the end of the last of them in the file, where a later attempt resumes reading.
 
@@ -41,23 +59,28 @@ def record_events(session: Session, job: Job, events: list[dict[str, Any]], *, o
     metrics: dict[MetricKey, float] = {}
     checkpoints = False
     for event in events:
-        kind = str(event.get("event", "unknown"))
-        session.add(JobEvent(job_id=job.id, kind=kind, message=_summary(event), data=event))
-        if kind == "started":
-            progress["max_steps"] = event.get("max_steps")
-        elif kind == "step":
-            progress["step"] = int(event["step"])
-            _collect(metrics, int(event["step"]), "train", {k: event.get(k) for k in _STEP_METRICS})
-        elif kind == "eval":
-            split = str(event.get("split", "validation"))
-            _collect(metrics, int(event["step"]), split, event.get("metrics", {}))
-        elif kind == "checkpoint":
+        data = event_data(event)
+        session.add(JobEvent(job_id=job.id, kind=event.event, message=_summary(event), data=data))
+        if isinstance(event, UnknownEvent):
+            logger.warning(
+                "job %s: unrecognised trainer event %r: %s", job.id, event.event, event.error
+            )
+        elif isinstance(event, StartedEvent):
+            progress["max_steps"] = event.max_steps
+        elif isinstance(event, StepEvent):
+            progress["step"] = event.step
+            _collect(metrics, event.step, "train", {k: data.get(k) for k in _STEP_METRICS})
+        elif isinstance(event, EvalEvent):
+            _collect(metrics, event.step, event.split, event.metrics)
+        elif isinstance(event, CheckpointEvent):
             _store_metrics(session, job.id, metrics)  # a checkpoint copies its eval metrics
             metrics = {}
             _add_checkpoint(session, job, event)
             checkpoints = True
-        if kind in WEBHOOK_KINDS:  # delivered later, committed with the rows below
-            webhooks.enqueue(session, job.tenant_id, f"job.{kind}", _webhook_data(job, event))
+        if isinstance(event, CheckpointEvent | EvalEvent):  # delivered with the rows below
+            webhooks.enqueue(
+                session, job.tenant_id, f"job.{event.event}", _webhook_data(job, event)
+            )
     _store_metrics(session, job.id, metrics)
     if checkpoints:
         _forget_rotated(session, job.id)
@@ -112,8 +135,8 @@ def _forget_rotated(session: Session, job_id: str) -> None:
         session.execute(delete(Checkpoint).where(col(Checkpoint.id).in_(gone)))
 
 
-def _add_checkpoint(session: Session, job: Job, event: dict[str, Any]) -> None:
-    step = int(event["step"])
+def _add_checkpoint(session: Session, job: Job, event: CheckpointEvent) -> None:
+    step = event.step
     existing = session.exec(
         select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step)
     ).first()
@@ -124,7 +147,7 @@ def _add_checkpoint(session: Session, job: Job, event: dict[str, Any]) -> None:
     ).all()
     metrics = {m.name: m.value for m in evals}
     if existing is not None:  # a resumed attempt saved the same step again
-        existing.path, existing.bytes, existing.metrics = event["path"], event["bytes"], metrics
+        existing.path, existing.bytes, existing.metrics = event.path, event.bytes, metrics
         session.add(existing)
         return
     session.add(
@@ -132,35 +155,34 @@ def _add_checkpoint(session: Session, job: Job, event: dict[str, Any]) -> None:
             job_id=job.id,
             tenant_id=job.tenant_id,
             step=step,
-            path=event["path"],
-            bytes=int(event["bytes"]),
+            path=event.path,
+            bytes=event.bytes,
             metrics=metrics,
         )
     )
 
 
-def _webhook_data(job: Job, event: dict[str, Any]) -> dict[str, Any]:
-    if event.get("event") == "checkpoint":
-        detail = {"step": event.get("step"), "bytes": event.get("bytes")}
+def _webhook_data(job: Job, event: CheckpointEvent | EvalEvent) -> dict[str, Any]:
+    if isinstance(event, CheckpointEvent):
+        detail: dict[str, Any] = {"step": event.step, "bytes": event.bytes}
         return {"job": webhooks.job_view(job), "checkpoint": detail}
-    detail = {k: event.get(k) for k in ("step", "split", "metrics")}
+    detail = {"step": event.step, "split": event.split, "metrics": event.metrics}
     return {"job": webhooks.job_view(job), "eval": detail}
 
 
-def _summary(event: dict[str, Any]) -> str:
-    kind = event.get("event")
-    if kind == "step":
-        return f"step {event.get('step')}: loss {event.get('loss')}"
-    if kind == "checkpoint":
-        return f"checkpoint at step {event.get('step')} ({event.get('bytes')} bytes)"
-    if kind == "status":
-        detail = f": {event.get('code')}: {event.get('message')}" if event.get("code") else ""
-        return f"trainer {event.get('status')}{detail}"
-    if kind == "eval":
-        return f"{event.get('split', 'validation')} metrics at step {event.get('step')}"
-    if kind == "compile":
+def _summary(event: Event) -> str:
+    if isinstance(event, StepEvent):
+        return f"step {event.step}: loss {event.loss}"
+    if isinstance(event, CheckpointEvent):
+        return f"checkpoint at step {event.step} ({event.bytes} bytes)"
+    if isinstance(event, StatusEvent):
+        detail = f": {event.code}: {event.message}" if event.code else ""
+        return f"trainer {event.status}{detail}"
+    if isinstance(event, EvalEvent):
+        return f"{event.split} metrics at step {event.step}"
+    if isinstance(event, CompileEvent):
         return (
-            f"compiled {event.get('layers')} decoder layers in {event.get('seconds')} s "
-            f"({event.get('frames')} compiled frames, {event.get('graph_breaks')} graph breaks)"
+            f"compiled {event.layers} decoder layers in {event.seconds} s "
+            f"({event.frames} compiled frames, {event.graph_breaks} graph breaks)"
         )
-    return str(kind)
+    return event.event

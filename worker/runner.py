@@ -25,15 +25,18 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from core.datasets import archive_validation
 from core.errors import InvalidJobTransition
 from core.jobs import JobState, adapter_id, save_adapter, transition
 from core.models import Adapter, Checkpoint, Dataset, Job
 from core.scheduling import claim_next, waiting_job
 from core.settings import Settings
+from trainer.contract.command import Resume, TrainerArgs, TrainerCommand
+from trainer.contract.layout import JobDir
 from worker import jobdir
 from worker.events_tail import EventTail
 from worker.gpus import GpuLeases
-from worker.launcher import TrainerProcess, build_trainer_command, compile_cache_env
+from worker.launcher import TrainerProcess, compile_cache_env
 from worker.store_retry import StoreRetry
 from worker.supervisor import LOST, STORE_LOST, Outcome, Supervisor, heartbeat, store_failed
 
@@ -131,7 +134,7 @@ class Runner:
                 f"base model {job.model!r} is not configured on worker {self.node}",
                 False,
             )
-        directory = jobdir.JobDir.for_job(self.settings.artifacts, job.id)
+        directory = JobDir.for_job(self.settings.artifacts, job.id)
         train, validation = _dataset_paths(session, job)
         jobdir.prepare(
             directory,
@@ -140,26 +143,27 @@ class Runner:
             validation_file=validation,
             tree=train.parent if jobdir.is_archive_dataset(train) else None,
         )
-        command = build_trainer_command(
+        command = TrainerCommand(
             nproc=max(1, job.gpus),
-            data_dir=directory.data,
-            model_dir=model.path,
-            config=directory.config,
-            output_dir=directory.output,
-            resume=_resume_argument(session, job),
-            base_model_name=job.model,
-            feature_cache=self.settings.feature_cache,
-            lock=directory.lock,
-            attempt=job.attempt,
-            lock_wait_s=self.settings.heartbeat_timeout_s,
-            trust_remote_code=model.trust_remote_code,
+            args=TrainerArgs(
+                data_dir=directory.data,
+                model_dir=model.path,
+                config_path=directory.config,
+                output_dir=directory.output,
+                resume=_resume(session, job),
+                base_model_name=job.model,
+                feature_cache=self.settings.feature_cache,
+                lock=directory.lock,
+                attempt=job.attempt,
+                lock_wait_s=self.settings.heartbeat_timeout_s,
+                trust_remote_code=model.trust_remote_code,
+            ),
         )
-        events_file = directory.output / "events.jsonl"
         # from where the last attempt's recording stopped: what a dead worker left unread is
         # stored now, and nothing twice
-        tail = EventTail(events_file, offset=job.events_offset)
+        tail = EventTail(directory.events, offset=job.events_offset)
         process = TrainerProcess(
-            command,
+            command.argv(),
             job_dir=directory.root,
             gpus=gpus,
             env=compile_cache_env(self.settings.compile_cache),
@@ -262,15 +266,14 @@ def _dataset_paths(session: Session, job: Job) -> tuple[Path, Path | None]:
     validation = (
         session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
     )
-    if validation is None and jobdir.is_archive_dataset(Path(train.path)):
-        dev = Path(train.path).parent / "dev.jsonl"  # an archive carries its own dev split
-        return Path(train.path), dev if dev.is_file() else None
+    if validation is None:  # an archive carries its own dev split
+        return Path(train.path), archive_validation(Path(train.path))
     return Path(train.path), Path(validation.path) if validation else None
 
 
-def _resume_argument(session: Session, job: Job) -> str:
+def _resume(session: Session, job: Job) -> Resume:
     """A chosen step, else the newest complete checkpoint once the job has any."""
     if job.resume_from_step:
-        return str(job.resume_from_step)
+        return Resume.step(job.resume_from_step)
     has_checkpoint = session.exec(select(Checkpoint.id).where(Checkpoint.job_id == job.id)).first()
-    return "yes" if has_checkpoint is not None or job.attempt > 1 else "no"
+    return Resume.latest() if has_checkpoint is not None or job.attempt > 1 else Resume.none()

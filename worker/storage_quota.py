@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from typing import Any
 
 from sqlmodel import Session, select
 
 from core.models import Checkpoint, Job
 from core.quotas import storage_left
 from core.settings import Settings
-from worker.jobdir import JobDir
+from trainer.contract.events import CheckpointEvent, StatusEvent, TrainerEvent, UnknownEvent
+from trainer.contract.layout import JobDir
 
 logger = logging.getLogger(__name__)
 CODE = "storage_quota_exceeded"
@@ -26,17 +26,17 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 
 def split_at_quota(
-    session: Session, settings: Settings, job: Job, events: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    session: Session, settings: Settings, job: Job, events: list[TrainerEvent | UnknownEvent]
+) -> tuple[list[TrainerEvent | UnknownEvent], StatusEvent | None]:
     """``events`` up to (not including) the first checkpoint that would pass the quota, and
     for that checkpoint a failed ``status`` event saying why (``None``: all fit)."""
     left = storage_left(session, settings, job.tenant_id)
     if left is None:
         return events, None
     for index, event in enumerate(events):
-        if event.get("event") != "checkpoint":
+        if not isinstance(event, CheckpointEvent):
             continue
-        step, size = int(event["step"]), int(event.get("bytes") or 0)
+        step, size = event.step, event.bytes
         existing = session.exec(
             select(Checkpoint.bytes).where(Checkpoint.job_id == job.id, Checkpoint.step == step)
         ).first()
@@ -47,8 +47,10 @@ def split_at_quota(
                 f"{job.tenant_id}'s storage quota ({max(0, left):,} bytes left); the older "
                 "checkpoints are kept"
             )
-            status = {"event": "status", "status": "failed", "code": CODE, "step": step}
-            return events[:index], {**status, "message": message, "user_error": True}
+            status = StatusEvent(
+                status="failed", code=CODE, message=message, user_error=True, step=step
+            )
+            return events[:index], status
         left -= needed
     return events, None
 

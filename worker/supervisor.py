@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,9 +20,10 @@ from core.jobs import JobState
 from core.models import Job, utcnow
 from core.settings import Settings
 from trainer.checkpoints import directory_bytes
+from trainer.contract.events import CheckpointEvent, StatusEvent, parse_event
+from trainer.contract.layout import JobDir
 from worker import storage_quota
 from worker.events_tail import EventTail
-from worker.jobdir import JobDir
 from worker.launcher import TrainerProcess
 from worker.recorder import record_events
 from worker.store_retry import StoreRetry
@@ -100,7 +100,7 @@ class Supervisor:
         session, job = self.session, self.job
         store = StoreRetry(limit_s=self.settings.store_outage_limit_s)
         last_beat = last_disk = 0.0
-        status: dict[str, Any] = {}
+        status: StatusEvent | None = None
         stopped: JobState | None = None
         returncode = None
         while returncode is None:
@@ -111,7 +111,7 @@ class Supervisor:
             try:
                 self._resync(tail, store)
                 status = self._record(tail) or status
-                if status.get("code") == storage_quota.CODE:
+                if status is not None and status.code == storage_quota.CODE:
                     return self._over_quota(process, status)
                 if time.monotonic() - last_beat >= self.settings.heartbeat_interval_s:
                     last_beat = time.monotonic()
@@ -147,31 +147,32 @@ class Supervisor:
                         return Outcome(JobState.FAILED, LOST)
                     return over
         try:
-            final = self._record_final(tail, store)
+            stored, final = self._record_final(tail, store)
         except LostJobError:
             return Outcome(JobState.FAILED, LOST)
-        if final is None:
+        if not stored:
             return Outcome(JobState.FAILED, STORE_LOST)
         status = final or status
-        if status.get("code") == storage_quota.CODE:
+        if status is not None and status.code == storage_quota.CODE:
             return self._over_quota(process, status)
         if stopped is not None:
             return Outcome(stopped)
         if returncode == EXIT_FENCED:
             return self._fenced()
-        if returncode == 0 and status.get("status") == "succeeded":
+        if returncode == 0 and status is not None and status.status == "succeeded":
             return Outcome(JobState.SUCCEEDED)
         return Outcome(
             JobState.FAILED,
-            status.get("code") or "trainer_crashed",
-            status.get("message") or f"trainer exited with code {returncode}",
-            bool(status.get("user_error", False)),
+            (status and status.code) or "trainer_crashed",
+            (status and status.message) or f"trainer exited with code {returncode}",
+            bool(status and status.user_error),
         )
 
-    def _record(self, tail: EventTail) -> dict[str, Any] | None:
+    def _record(self, tail: EventTail) -> StatusEvent | None:
+        """Store what the trainer wrote since the last call; its last ``status``, if any."""
         session, job = self.session, self.job
         start = tail.offset
-        events = tail.read_new()
+        events = [parse_event(raw) for raw in tail.read_new()]
         if not events:
             return None
         try:
@@ -183,29 +184,29 @@ class Supervisor:
         if not owned:
             tail.seek(start)
             raise LostJobError
-        self._saved = self._saved or any(e.get("event") == "checkpoint" for e in events)
-        statuses = [e for e in events if e.get("event") == "status"]
+        self._saved = self._saved or any(isinstance(e, CheckpointEvent) for e in events)
+        statuses = [e for e in events if isinstance(e, StatusEvent)]
         return over_quota or (statuses[-1] if statuses else None)
 
-    def _over_quota(self, process: TrainerProcess, status: dict[str, Any]) -> Outcome:
+    def _over_quota(self, process: TrainerProcess, status: StatusEvent) -> Outcome:
         """A checkpoint past the tenant's storage quota: stop the trainer before it writes
         more, remove that checkpoint and any newer one, and fail the job."""
         process.terminate()
-        storage_quota.discard_from(self.directory, int(status["step"]))
-        return Outcome(JobState.FAILED, storage_quota.CODE, status["message"], True)
+        storage_quota.discard_from(self.directory, status.step or 0)
+        return Outcome(JobState.FAILED, storage_quota.CODE, status.message, True)
 
-    def _record_final(self, tail: EventTail, store: StoreRetry) -> dict[str, Any] | None:
-        """What the trainer wrote last, stored once the store answers; ``{}`` when it wrote
-        nothing new, ``None`` when the store stayed away past the limit."""
+    def _record_final(self, tail: EventTail, store: StoreRetry) -> tuple[bool, StatusEvent | None]:
+        """Store what the trainer wrote last once the store answers: (True, its last status if
+        it wrote one), or (False, None) when the store stayed away past the limit."""
         session, job = self.session, self.job
         while True:
             try:
                 self._resync(tail, store)
-                return self._record(tail) or {}
+                return True, self._record(tail)
             except SQLAlchemyError as exc:
                 store_failed(session, job, store, exc)
                 if store.given_up():
-                    return None
+                    return False, None
                 time.sleep(store.wait_s())
 
     def _resync(self, tail: EventTail, store: StoreRetry) -> None:

@@ -20,6 +20,9 @@ from typing import Any
 
 import httpx
 
+from trainer.contract.events import CheckpointEvent, EvalEvent, StepEvent, parse_event
+from trainer.contract.layout import JobDir
+
 NAME = "quickstart"
 HELP = "run the whole flow through the service: upload, job, live progress, adapter, chat"
 DEMO_DATA = Path(__file__).resolve().parents[2] / "trainer" / "assets" / "demo"
@@ -53,14 +56,8 @@ def run(args: argparse.Namespace) -> int:
             if adapter is None:
                 return 1
         # the prompt is answered in this process from the adapter's checkpoint, not through /chat
-        checkpoint = (
-            args.home
-            / "artifacts"
-            / "jobs"
-            / str(adapter["job_id"])
-            / "output"
-            / f"checkpoint-{adapter['step']}"
-        )
+        job_dir = JobDir.for_job(args.home / "artifacts", str(adapter["job_id"]))
+        checkpoint = job_dir.output / f"checkpoint-{adapter['step']}"
         _chat(str(adapter["id"]), checkpoint)
         return 0
     finally:
@@ -125,19 +122,19 @@ def _follow(client: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]
 
 
 def _show(event: dict[str, Any]) -> None:
-    data = event.get("data", event)
-    kind = data.get("event") or event.get("kind")
-    if kind == "step":
-        print(f"      step {data['step']}: loss {data['loss']:.3f}", flush=True)
-    elif kind == "eval":
+    """One job event from the API (its ``data`` is the trainer's event)."""
+    data = parse_event(event.get("data") or {})
+    if isinstance(data, StepEvent):
+        print(f"      step {data.step}: loss {data.loss:.3f}", flush=True)
+    elif isinstance(data, EvalEvent):
         scores = {
             k: round(v, 1)
-            for k, v in data.get("metrics", {}).items()
-            if k.startswith(("rouge", "bleu"))
+            for k, v in data.metrics.items()
+            if k.startswith(("rouge", "bleu")) and isinstance(v, int | float)
         }
-        print(f"      eval at step {data['step']}: {scores}", flush=True)
-    elif kind == "checkpoint":
-        print(f"      checkpoint at step {data['step']} ({data['bytes']:,} bytes)", flush=True)
+        print(f"      eval at step {data.step}: {scores}", flush=True)
+    elif isinstance(data, CheckpointEvent):
+        print(f"      checkpoint at step {data.step} ({data.bytes:,} bytes)", flush=True)
 
 
 def _chat(adapter_id: str, checkpoint: Path) -> None:

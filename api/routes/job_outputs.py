@@ -17,9 +17,9 @@ from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
 from api.sse import SSE_DOC, after_id, job_event_stream
 from core.models import Checkpoint, JobEvent, Metric
 from trainer.config_rules import INT_MAX
+from trainer.contract.layout import JobDir
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["jobs"])
-LOG_FILE = "trainer.log"
 _TAIL_BLOCK = 64 * 1024
 # CSI (colours, cursor moves), OSC (titles, links) and the other two-byte escapes
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
@@ -136,5 +136,5 @@ def get_logs(
 ) -> PlainTextResponse:
     """The tail of the trainer's log (empty until the job has started), progress-bar redraws
     collapsed and terminal colours removed."""
-    path = settings.artifacts / "jobs" / job.id / LOG_FILE
+    path = JobDir.for_job(settings.artifacts, job.id).log
     return PlainTextResponse(tail_lines(path, tail))

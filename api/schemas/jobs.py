@@ -178,7 +178,7 @@ class JobPublic(BaseModel):
 
     id: str
     object: Literal["job"] = "job"
-    state: str = Field(description="validating|queued|running|cancelling|paused|succeeded|…")
+    state: str = Field(description="queued|running|cancelling|paused|succeeded|failed|cancelled")
     model: str
     method: str
     training_dataset: str

@@ -18,9 +18,9 @@ OpenAIStatus = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"
 ]
 #: glmft state -> OpenAI status. OpenAI has no "cancelling": a cancel is final once accepted
-#: (the worker stops the trainer within seconds; ``glmft.state`` tells the two apart).
+#: (the worker stops the trainer within seconds; ``glmft.state`` tells the two apart). glmft
+#: validates files before it stores a job, so none is ever "validating_files".
 STATUS: dict[str, OpenAIStatus] = {
-    "validating": "validating_files",
     "queued": "queued",
     "running": "running",
     "cancelling": "cancelled",

@@ -65,7 +65,7 @@ def _retrying(action: Callable[[Session, Job], Job], session: Session, job: Job)
 
 
 def cancel_job(*, session: Session, job: Job) -> Job:
-    """queued/paused/validating → cancelled; running → cancelling; finished → 409.
+    """queued/paused → cancelled; running → cancelling; finished → 409.
 
     A worker may claim the job between our read and our UPDATE: then retry on the new state.
     """

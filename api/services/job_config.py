@@ -1,7 +1,9 @@
 """Resolve a job's training config: preset or YAML, dotted overrides, and the service's rules.
 
-The result is the fully-resolved upstream-style config (``trainer.config.FinetuningConfig``
-dumped to a dict) with ``data_config`` naming the job's dataset files. Every refusal is an
+The result is the job's run config (``trainer.contract.run_config``): the fully-resolved
+upstream-style config (``trainer.config.FinetuningConfig`` dumped to a dict) in the job
+directory's terms, which the worker writes to ``config.yaml`` verbatim and the trainer reads
+unchanged. It holds no server path, so callers are shown it as stored. Every refusal is an
 ``InvalidConfig`` whose ``param`` names the request field (``config.<key>``,
 ``overrides.<key>``, ``method`` or ``seed``) and whose ``details.issues`` lists all problems.
 """
@@ -19,14 +21,14 @@ from core.errors import InvalidConfig
 from core.settings import Limits
 from trainer.config import ConfigError, ConfigIssue, load_yaml, parse_config
 from trainer.config_rules import MAX_DEPTH, measure
-
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-#: DeepSpeed configs a job may name; the worker resolves them inside its own install.
-SHIPPED_DEEPSPEED = (
-    "configs/ds_zero_2.json",
-    "configs/ds_zero_3.json",
-    "configs/ds_zero_3_offload.json",
+from trainer.contract.run_config import (
+    SHIPPED_CONFIGS,
+    SHIPPED_DEEPSPEED,
+    run_config,
+    shipped_deepspeed_name,
 )
+
+CONFIGS_DIR = SHIPPED_CONFIGS
 #: training_args that are paths: relative, inside the job directory, if set at all.
 PATH_ARGS = ("output_dir", "logging_dir")
 TRUST_REMOTE_CODE = (
@@ -146,16 +148,9 @@ def _service_rules(args: dict[str, Any]) -> list[ConfigIssue]:
                 ConfigIssue(f"training_args.{key}", "must be a mapping; file paths are not taken")
             )
     deepspeed = args.get("deepspeed")
-    if deepspeed is not None:
-        canonical = f"configs/{posixpath.basename(str(deepspeed))}"
-        if canonical not in SHIPPED_DEEPSPEED or str(deepspeed) not in (canonical, canonical[8:]):
-            issues.append(
-                ConfigIssue(
-                    "training_args.deepspeed", f"must be one of {', '.join(SHIPPED_DEEPSPEED)}"
-                )
-            )
-        else:
-            args["deepspeed"] = canonical
+    if deepspeed is not None and shipped_deepspeed_name(str(deepspeed)) is None:
+        shipped = ", ".join(f"configs/{name}" for name in SHIPPED_DEEPSPEED)
+        issues.append(ConfigIssue("training_args.deepspeed", f"must be one of {shipped}"))
     return issues
 
 
@@ -234,15 +229,16 @@ def resolve_config(
     config: str | None,
     overrides: dict[str, Any],
     seed: int | None,
-    train_file: Path,
-    val_file: Path | None,
+    has_validation: bool,
     limits: Limits | None = None,
     gpus: int | None = None,
 ) -> ResolvedConfig:
-    """Build and check the job's config; raises ``InvalidConfig``.
+    """Build and check the job's run config; raises ``InvalidConfig``.
 
     The trainer's own validation (``trainer.config.parse_config``) runs here with the
-    service's rules on top, so a config admitted here is one the worker runs. ``limits``
+    service's rules on top, so a config admitted here is one the worker runs. The data
+    files are the job directory's (``train.jsonl``, and ``dev.jsonl`` when
+    ``has_validation``). ``limits``
     (default: the defaults of ``core.settings.Limits``) bound its size and strings; with
     ``gpus`` 0 the arguments only a GPU runs (fp16, tf32) are refused.
     """
@@ -270,13 +266,7 @@ def resolve_config(
                 for k in GPU_ONLY_ARGS
                 if args.get(k)
             ]
-    given = data.get("data_config")
-    data["data_config"] = {
-        **(given if isinstance(given, dict) else {}),
-        "train_file": str(train_file),
-        "val_file": str(val_file) if val_file else None,
-        "test_file": None,
-    }
+    data = run_config(data, has_validation=has_validation)
     try:
         parsed = parse_config(data)
     except ConfigError as exc:

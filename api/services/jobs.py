@@ -25,6 +25,7 @@ from api.services.job_config import resolve_config
 from api.services.model_checks import fit_config_to_model
 from api.services.vision_jobs import check_base_and_data
 from core import webhooks
+from core.datasets import archive_validation
 from core.errors import (
     DatasetNotFound,
     IdempotencyKeyReused,
@@ -138,20 +139,19 @@ def admit(
     settings: Settings,
     spec: JobSpec,
     model: BaseModelRecord,
-    train_name: str,
-    val_name: str | None,
+    has_validation: bool,
 ) -> Admission:
     """Resolve and check ``spec``'s config against its base model, and its GPUs against the
-    fleet. The data files are named by their uploaded names: the worker copies the datasets
-    into the job directory, so no server path is stored on the job (or shown to callers)."""
+    fleet. The config is the run config (``trainer.contract.run_config``): its data files are
+    the job directory's, where the worker copies the datasets, so no server path is stored on
+    the job (or shown to callers)."""
     gpus = spec.gpus if spec.gpus is not None else default_gpus(session, settings, model.name)
     resolved = resolve_config(
         method=spec.method,
         config=spec.config,
         overrides=spec.overrides,
         seed=spec.seed,
-        train_file=Path(train_name),
-        val_file=Path(val_name) if val_name else None,
+        has_validation=has_validation,
         limits=settings.limits,
         gpus=gpus,
     )
@@ -169,8 +169,7 @@ def check_job(*, session: Session, settings: Settings, spec: JobSpec) -> JobChec
         settings=settings,
         spec=spec,
         model=model,
-        train_name="train.jsonl",
-        val_name=None,
+        has_validation=False,
     )
     return JobCheck(
         model=spec.model,
@@ -196,8 +195,8 @@ def build_job(
         settings=settings,
         spec=job_in,
         model=model,
-        train_name=train.filename,
-        val_name=val.filename if val else None,
+        # an archive carries its own validation split
+        has_validation=val is not None or archive_validation(Path(train.path)) is not None,
     )
     check_base_and_data(
         settings=settings,

@@ -8,7 +8,6 @@ state changes stay in :mod:`api.services.jobs` and :mod:`api.services.job_action
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -134,8 +133,7 @@ def _base_learning_rate(body: FineTuningJobCreate, overrides: dict[str, Any]) ->
         config=body.glmft.config,
         overrides=overrides,
         seed=body.seed,
-        train_file=Path("train.jsonl"),  # the files do not change the learning rate
-        val_file=None,
+        has_validation=False,  # the files do not change the learning rate
     )
     return float(resolved.config["training_args"].get("learning_rate", HF_LEARNING_RATE))
 

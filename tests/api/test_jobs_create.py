@@ -22,6 +22,7 @@ from tests.api.helpers import (
     upload,
     valid_jsonl,
 )
+from trainer.contract.run_config import SHIPPED_DEEPSPEED
 
 
 def test_create_queues_the_job_and_enqueues_it_once(
@@ -47,7 +48,7 @@ def test_create_queues_the_job_and_enqueues_it_once(
     assert config["training_args"]["max_steps"] == 20
     assert config["training_args"]["seed"] == 7
     assert config["peft_config"]["peft_type"] == "LORA"
-    # the files are named as uploaded: the service's storage paths stay inside it
+    # the files are the job directory's (the run contract): no storage path of the service
     assert config["data_config"]["train_file"] == "train.jsonl"
     assert config["data_config"]["val_file"] == "dev.jsonl"
     assert str(settings.artifacts) not in response.text
@@ -143,9 +144,9 @@ def test_only_shipped_deepspeed_configs(client: TestClient, value: str, ok: bool
     response = create_job(client, dataset_id(client), overrides={"training_args.deepspeed": value})
     if ok:
         assert response.status_code == 201, response.text
-        assert response.json()["config"]["training_args"]["deepspeed"].startswith(
-            "configs/ds_zero_"
-        )
+        # stored by its shipped name, which the trainer finds in its own install
+        name = response.json()["config"]["training_args"]["deepspeed"]
+        assert name == value.removeprefix("configs/") and name in SHIPPED_DEEPSPEED
     else:
         error = assert_error(response, 422, "invalid_config", "overrides.training_args.deepspeed")
         assert "configs/ds_zero_2.json" in error["message"]

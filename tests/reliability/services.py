@@ -29,6 +29,7 @@ from core.jobs import JobState
 from core.models import Dataset, Job
 from tests.helpers import free_port, wait_for
 from tests.trainer.finetune_helpers import tiny_config
+from trainer.contract.run_config import run_config
 from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,7 +276,7 @@ def queue_job(
     data = tmp_path / "train.jsonl"
     rows = (REPO / "trainer" / "assets" / "demo" / "train.jsonl").read_bytes().splitlines(True)
     data.write_bytes(b"".join(rows[:8]))
-    config = tiny_config(
+    preset = tiny_config(
         "lora",
         training_args={
             "max_steps": max_steps,
@@ -284,6 +285,7 @@ def queue_job(
             "eval_strategy": "no",
         },
     )
+    config = run_config(preset, has_validation=False)  # the run config, as the API admits it
     with Session(engine, expire_on_commit=False) as session:
         dataset = Dataset(
             tenant_id="default",

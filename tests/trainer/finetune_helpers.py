@@ -15,7 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from trainer.cli import main
-from trainer.events import read_events
+from trainer.contract.events import read_events
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIGS = REPO / "configs" / "tiny"

@@ -12,7 +12,6 @@ import pytest
 
 from tests.trainer.finetune_helpers import REPO, TINY_CONFIGS
 from trainer import hf_fields
-from trainer.checkpoints import Resume
 from trainer.config import ConfigError, load_config, load_yaml, parse_config, resolve_config_path
 
 UPSTREAM = REPO / "configs"
@@ -147,25 +146,6 @@ def test_deepspeed_path_resolves_from_cwd_or_config_dir(tmp_path: Path) -> None:
     assert resolved == (UPSTREAM / "ds_zero_3.json").resolve()
     with pytest.raises(ConfigError, match=r"training_args\.deepspeed: file not found"):
         resolve_config_path("nope.json", tmp_path / "x.yaml")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("", Resume("never")),
-        ("no", Resume("never")),
-        ("YES", Resume("latest")),
-        ("500", Resume("step", 500)),
-    ],
-)
-def test_resume_argument(text: str, expected: Resume) -> None:
-    assert Resume.parse(text) == expected
-
-
-@pytest.mark.parametrize("text", ["0", "-3", "latest-ish"])
-def test_bad_resume_argument_is_rejected(text: str) -> None:
-    with pytest.raises(ValueError, match="resume argument"):
-        Resume.parse(text)
 
 
 def test_field_tables_match_the_installed_transformers_and_peft() -> None:

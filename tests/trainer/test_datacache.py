@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from tests.trainer.finetune_helpers import run_finetune, tiny_config, write_data
+from trainer.contract.events import read_events
 from trainer.datacache import cache_key, cached_features
-from trainer.events import read_events
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": "答"}]}

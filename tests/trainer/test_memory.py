@@ -19,10 +19,10 @@ from tests.trainer.finetune_helpers import (
     write_data,
 )
 from tests.trainer.test_packing import CONVERSATIONS
-from trainer.checkpoints import Resume
 from trainer.config import ConfigError, parse_config
+from trainer.contract.command import TrainerArgs
 from trainer.data import split_files
-from trainer.finetune import RunArgs, build_datasets, build_training_args
+from trainer.finetune import build_datasets, build_training_args
 from trainer.memory import GIB, largest_step_tokens, plan_for_config, plan_memory
 from trainer.modeling import HostEmbedding, check_model_dir, keep_embeddings_on_host
 from trainer.template import SpecialTokens
@@ -143,7 +143,9 @@ def test_the_plans_checkpointing_reaches_hf_arguments(
 ) -> None:
     overrides = {} if config_value is None else {"gradient_checkpointing": config_value}
     config = parse_config(tiny_config("lora", training_args=overrides))
-    run = RunArgs(tmp_path, tmp_path, tmp_path / "c.yaml", Resume.parse("no"), tmp_path, None)
+    run = TrainerArgs(
+        data_dir=tmp_path, model_dir=tmp_path, config_path=tmp_path / "c.yaml", output_dir=tmp_path
+    )
     args = build_training_args(
         config, run, tmp_path, False, GenerationConfig(), gradient_checkpointing=planned
     )
@@ -190,7 +192,9 @@ def test_micro_batches_reach_hf_arguments(tmp_path: Path) -> None:
             training_args={"per_device_train_batch_size": 8, "gradient_accumulation_steps": 3},
         )
     )
-    run = RunArgs(tmp_path, tmp_path, tmp_path / "c.yaml", Resume.parse("no"), tmp_path, None)
+    run = TrainerArgs(
+        data_dir=tmp_path, model_dir=tmp_path, config_path=tmp_path / "c.yaml", output_dir=tmp_path
+    )
     args = build_training_args(config, run, tmp_path, False, GenerationConfig(), micro_batches=4)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 12)
 
@@ -245,7 +249,9 @@ def test_checkpointing_takes_as_few_layers_as_fit() -> None:
 
 def test_partial_checkpointing_reaches_hf_arguments(tmp_path: Path) -> None:
     config = parse_config(tiny_config("lora"))
-    run = RunArgs(tmp_path, tmp_path, tmp_path / "c.yaml", Resume.parse("no"), tmp_path, None)
+    run = TrainerArgs(
+        data_dir=tmp_path, model_dir=tmp_path, config_path=tmp_path / "c.yaml", output_dir=tmp_path
+    )
     args = build_training_args(
         config,
         run,

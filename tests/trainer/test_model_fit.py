@@ -18,7 +18,7 @@ from tests.trainer.finetune_helpers import (
     write_data,
 )
 from trainer.config import ConfigError, load_config, parse_config
-from trainer.events import read_events
+from trainer.contract.events import read_events
 from trainer.model_fit import ModelShape, fit_peft_config
 
 #: glm-4-9b-chat-hf's config.json, the fields the checks read

@@ -16,7 +16,7 @@ from tests.trainer.finetune_helpers import (
     write_data,
 )
 from trainer.config import ConfigError, parse_config
-from trainer.events import read_events
+from trainer.contract.events import read_events
 
 HI = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 

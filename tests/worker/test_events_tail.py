@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.events import EventLog
+from trainer.contract.events import CheckpointEvent, EventLog, StartedEvent, StepEvent
 from worker.events_tail import EventTail
 
 
@@ -53,11 +53,11 @@ def test_reads_only_new_complete_lines(tmp_path: Path) -> None:
 
 def test_offset_resumes_where_a_previous_reader_stopped(tmp_path: Path) -> None:
     log = EventLog(tmp_path)
-    log.emit("started", method="lora")
+    log.emit(StartedEvent(method="lora", world_size=1))
     first = EventTail(log.path)
     assert [e["event"] for e in first.read_new()] == ["started"]
-    log.emit("step", step=1, loss=2.5)
-    log.emit("checkpoint", step=1, path="/x", bytes=3)
+    log.emit(StepEvent(step=1, loss=2.5))
+    log.emit(CheckpointEvent(step=1, path="/x", bytes=3))
     resumed = EventTail(log.path, offset=first.offset)
     assert [e["event"] for e in resumed.read_new()] == ["step", "checkpoint"]
     assert resumed.offset == log.path.stat().st_size

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from tests.trainer.finetune_helpers import tiny_config, write_data
-from trainer.events import EVENTS_FILE
+from trainer.contract.command import Resume, TrainerArgs, TrainerCommand
+from trainer.contract.layout import EVENTS_FILE, LOG_FILE
 from worker.events_tail import EventTail
 from worker.launcher import (
-    LOG_FILE,
     TrainerProcess,
-    build_trainer_command,
     compile_cache_env,
     pid_alive,
     threads_per_rank,
@@ -51,48 +51,41 @@ def wait_until(condition: Any, timeout: float) -> bool:
 
 
 def test_single_process_command() -> None:
-    command = build_trainer_command(
-        nproc=1,
+    # given a one-rank launch that resumes from the newest checkpoint
+    args = TrainerArgs(
         data_dir=Path("/d"),
         model_dir=Path("/m"),
-        config=Path("/c.yaml"),
+        config_path=Path("/c.yaml"),
         output_dir=Path("/o"),
-        resume="yes",
+        resume=Resume.latest(),
         base_model_name="glm-4-9b-chat",
         feature_cache=Path("/cache"),
-        python="py",
     )
+    # when it is rendered
+    command = TrainerCommand(nproc=1, args=args, python="py").argv()
+    # then it is one process with the typed resume
     assert command == [
-        "py", "-m", "trainer.finetune", "/d", "/m", "/c.yaml", "yes",
+        "py", "-m", "trainer.finetune", "/d", "/m", "/c.yaml", "--resume", "latest",
         "--output-dir", "/o", "--base-model-name", "glm-4-9b-chat", "--feature-cache", "/cache",
     ]  # fmt: skip
 
 
-def test_distributed_command_and_empty_resume() -> None:
-    command = build_trainer_command(
-        nproc=4,
+def test_distributed_command() -> None:
+    args = TrainerArgs(
         data_dir=Path("/d"),
         model_dir=Path("/m"),
-        config=Path("/c.yaml"),
+        config_path=Path("/c.yaml"),
         output_dir=Path("/o"),
-        resume="",
         base_model_name="base",
     )
+    command = TrainerCommand(nproc=4, args=args).argv()
     assert command == [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-        "-m", "trainer.finetune", "/d", "/m", "/c.yaml",
+        "-m", "trainer.finetune", "/d", "/m", "/c.yaml", "--resume", "none",
         "--output-dir", "/o", "--base-model-name", "base",
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="nproc"):
-        build_trainer_command(
-            nproc=0,
-            data_dir=Path("/d"),
-            model_dir=Path("/m"),
-            config=Path("/c.yaml"),
-            output_dir=Path("/o"),
-            resume="",
-            base_model_name="base",
-        )
+    with pytest.raises(ValidationError, match="nproc"):
+        TrainerCommand(nproc=0, args=args)
 
 
 @pytest.mark.parametrize(("gpus", "visible"), [([2, 3], "2,3"), ([], "")])
@@ -198,16 +191,17 @@ def start_trainer(
     with config.open("w", encoding="utf-8") as fh:
         YAML(typ="safe", pure=True).dump(tiny_config("lora", training_args=training_args), fh)
     job_dir = tmp_path / "job"
-    command = build_trainer_command(
+    command = TrainerCommand(
         nproc=nproc,
-        data_dir=data,
-        model_dir=model,
-        config=config,
-        output_dir=job_dir,
-        resume="",
-        base_model_name="tiny-glm4",
+        args=TrainerArgs(
+            data_dir=data,
+            model_dir=model,
+            config_path=config,
+            output_dir=job_dir,
+            base_model_name="tiny-glm4",
+        ),
     )
-    proc = TrainerProcess(command, job_dir=job_dir, gpus=[], env=OFFLINE, cwd=REPO)
+    proc = TrainerProcess(command.argv(), job_dir=job_dir, gpus=[], env=OFFLINE, cwd=REPO)
     return proc, EventTail(job_dir / EVENTS_FILE)
 
 

@@ -28,6 +28,7 @@ from tests.conftest import postgres_database
 from tests.helpers import redis_url, wait_for
 from tests.trainer.finetune_helpers import REPO, tiny_config
 from trainer.checkpoints import latest_complete
+from trainer.contract.run_config import run_config
 from worker.celery_app import RUN_TRAINING_JOB, TRAINING_QUEUE
 
 REDIS_URL = redis_url(11)
@@ -83,9 +84,10 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[bytes]
 def submit(engine: Engine, tmp_path: Path, **training_args: Any) -> str:
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in CONVERSATIONS))
-    config = tiny_config(
+    preset = tiny_config(
         "lora", training_args={"eval_strategy": "no", "logging_steps": 2, **training_args}
     )
+    config = run_config(preset, has_validation=False)  # the run config, as the API admits it
     with Session(engine, expire_on_commit=False) as session:
         dataset = Dataset(
             tenant_id="default",

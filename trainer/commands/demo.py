@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.events import read_events
+    from trainer.contract.events import read_events
     from trainer.finetune import main as finetune
     from trainer.inference import SamplingParams, load_chat_model
     from trainer.metrics import METRIC_KEYS

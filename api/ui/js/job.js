@@ -7,7 +7,7 @@ import { badge, errorBox, fill, fmtTime, h, TERMINAL } from "./dom.js";
 import { jobProgress } from "./jobs.js";
 import { checkpointsPanel, datasetPanel, eventsPanel, logPanel } from "./job_panels.js";
 
-const CANCELLABLE = new Set(["validating", "queued", "running"]);
+const CANCELLABLE = new Set(["queued", "running"]);
 const RESUMABLE = new Set(["failed", "cancelled", "paused"]);
 const SCORE = /^(rouge|bleu|accuracy)/;
 const RECONNECT_MS = 2000;

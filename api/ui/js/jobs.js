@@ -4,7 +4,7 @@
 import { get } from "./api.js";
 import { badge, errorBox, fill, fmtTime, h, progressBar } from "./dom.js";
 
-const STATES = ["validating", "queued", "running", "cancelling", "paused", "succeeded", "failed", "cancelled"];
+const STATES = ["queued", "running", "cancelling", "paused", "succeeded", "failed", "cancelled"];
 const REFRESH_MS = 3000;
 const PAGE = 50;
 
