@@ -16,7 +16,8 @@ from functools import cache
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +25,7 @@ from api import scopes
 from api.chat_proxy import ChatProxyMiddleware
 from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
+from api.key_cache import KeyCache
 from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
 from api.queue import CeleryEnqueuer, Enqueuer
 from api.routes import api_router
@@ -45,7 +47,17 @@ Every 4xx/5xx answers with one envelope, `{"error": {"code", "message", "param",
 
 
 def sync_registry(engine: Engine, settings: Settings) -> None:
-    """Make ``base_models`` mirror ``settings.models`` (adapters keep names, never paths)."""
+    """Make ``base_models`` mirror ``settings.models`` (adapters keep names, never paths).
+
+    Several worker processes of one server do this at once: the one whose insert loses the
+    race finds the rows the other wrote, and writes its own values over them."""
+    try:
+        _sync_registry(engine, settings)
+    except (IntegrityError, StaleDataError):
+        _sync_registry(engine, settings)
+
+
+def _sync_registry(engine: Engine, settings: Settings) -> None:
     with Session(engine) as session:
         rows = {r.name: r for r in session.exec(select(BaseModelRecord)).all()}
         for name, entry in settings.models.items():
@@ -153,7 +165,9 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     app.state.chat = ChatService(settings)  # engines load on first use
     app.state.telemetry = Telemetry(lambda: app.state.engine, app.state.chat.capacity)
     app.state.evaluations = None  # the runner, while the lifespan runs
-    app.dependency_overrides[get_settings] = lambda: settings
+    # no dependency_overrides: with any override set, FastAPI inspects every dependency's
+    # signature again on every request; the dependencies read app.state.settings instead
+    app.state.key_cache = KeyCache()
     install_error_handlers(app)
     if settings.chat.remote_url:  # chat runs on a replica: forward it there
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)
