@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
 
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -87,15 +88,23 @@ def _announce_auth(engine: Engine, settings: Settings) -> None:
         )
 
 
+#: a pooled connection unused this long is tested before a request gets it (core.db)
+PING_IDLE_S = 10.0
+
+
 def _start_store(app: FastAPI, settings: Settings) -> None:
     try:
-        app.state.engine = prepare(settings)
+        app.state.engine = prepare(
+            settings, pool_size=settings.api_threads, ping_idle_s=PING_IDLE_S
+        )
         sync_registry(app.state.engine, settings)
         _announce_auth(app.state.engine, settings)
         app.state.schema_ready = True
     except (SQLAlchemyError, OSError):
         logger.exception("store unavailable at startup; /readyz will report it")
-        app.state.engine = make_engine(settings.resolved_database_url)
+        app.state.engine = make_engine(
+            settings.resolved_database_url, pool_size=settings.api_threads, ping_idle_s=PING_IDLE_S
+        )
         app.state.schema_ready = False
 
 
@@ -130,6 +139,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)  # the embedded store and broker live here
+        # the thread pool that runs `def` routes and dependencies, sized with the SQL pool
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         await run_in_threadpool(_start_store, app, settings)
         own = enqueuer is None
         app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer

@@ -307,8 +307,11 @@ def publish(session: Session, enqueuer: Enqueuer, job: Job) -> None:
     enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
     job.enqueued_at = utcnow()
     try:
-        session.execute(
-            update(Job).where(col(Job.id) == job.id).values(enqueued_at=job.enqueued_at)
+        session.execute(  # the object already holds the value: nothing to synchronize
+            update(Job)
+            .where(col(Job.id) == job.id)
+            .values(enqueued_at=job.enqueued_at)
+            .execution_options(synchronize_session=False)
         )
         session.commit()
     except SQLAlchemyError:  # published all the same: the reconciler finds the message
