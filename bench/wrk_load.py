@@ -158,9 +158,12 @@ class WrkPhase:
         if done.returncode != 0 or line is None:
             raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
         figures = json.loads(line.removeprefix("BENCH_RESULT "))
+        by_process = {
+            pid: round(cpu - server_before.get(pid, 0.0), 2) for pid, cpu in server_after.items()
+        }
         server_s = sum(server_after.get(p, 0.0) - c for p, c in server_before.items())
         server_s += sum(c for p, c in server_after.items() if p not in server_before)
-        return self._summary(
+        summary = self._summary(
             figures,
             server_s=server_s,
             client_s=client_after - client_before,
@@ -168,6 +171,10 @@ class WrkPhase:
             steal_s=steal_after - steal_before,
             processes=len(server_after),
         )
+        # how evenly the worker processes shared the load (wrk's connections stay where the
+        # kernel first put them)
+        summary["server_cpu_s_by_process"] = {str(p): c for p, c in by_process.items() if c}
+        return summary
 
     def _summary(
         self,
