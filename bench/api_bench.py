@@ -1,34 +1,42 @@
-"""API benchmark: ``POST /jobs`` and ``GET /jobs/{id}`` under 50 concurrent clients, and the time
-from submit to the trainer's first step on a warm worker.
+"""API benchmark: ``POST /jobs`` and ``GET /jobs/{id}`` under 50 concurrent clients, beside a
+minimal FastAPI app answering the same requests from the same table, and the time from submit
+to the trainer's first step on a warm worker.
 
-Everything real and on loopback: the API under ``uvicorn --factory api.main:create_app`` (one
-process), Redis at 127.0.0.1:6379 db 12 as the broker (flushed at start and end), and as the store
-a throw-away PostgreSQL database on 127.0.0.1:5432 (user ``postgres``, dropped at the end) or a
-temporary SQLite file. The tiny GLM-4 is built and registered as ``glm-4-tiny``.
+Everything real and on loopback: the API under ``uvicorn --factory api.main:create_app``
+(``--workers`` processes, default one per core, ``--loop uvloop --http httptools``: the setting
+``glmft up`` and the deploy files use), Redis as the broker (``GLMFT_BENCH_REDIS``, default
+127.0.0.1:6379 db 12, flushed at start and end), and as the store a throw-away PostgreSQL
+database on 127.0.0.1:5432 (user ``postgres``, dropped at the end) or a temporary SQLite file,
+migrated before the server starts. The tiny GLM-4 is built and registered as ``glm-4-tiny``.
 
-Phases:
+Phases (``--client wrk``, the default when ``wrk`` is installed; bench/wrk_load.py):
 
-1. ``POST /jobs`` from ``--clients`` asyncio clients (one ``httpx.AsyncClient`` and connection
-   each, closed loop: a client sends its next request when the previous one answered), each
-   request with its own ``Idempotency-Key``; ``--requests`` in all or until ``--time-limit``.
+1. ``POST /jobs`` from ``--clients`` wrk connections (closed loop: a connection sends its next
+   request when the previous one answered) for ``--duration`` seconds, each request with its
+   own ``Idempotency-Key``; before it a one-client reference for ``--unloaded-duration``.
 2. ``GET /jobs/{id}`` the same way over the ids phase 1 created.
-   Each loaded phase is preceded by an unloaded reference (one client, ``--unloaded-requests``).
-   Per request: latency p50/p90/p99/max, throughput, errors (any non-2xx or transport error), the
-   app's own view (its Prometheus histogram: mean time inside the app, share <= 50 ms) and the CPU
-   seconds of the API process, of this client process and of the whole machine.
-3. In-process breakdown (no HTTP, one thread, sequential): the handler's steps timed one by one,
+3. The baseline (``bench/minimal_app.py``, unless ``--no-baseline``): the same two phases, GET
+   first, against a minimal FastAPI app under the same uvicorn options.
+   Per phase: latency p50/p90/p99/max, throughput, errors (non-2xx, socket errors, timeouts)
+   and the CPU seconds of the server's process tree, of wrk and of the whole machine.
+4. In-process breakdown (no HTTP, one thread, sequential): the handler's steps timed one by one,
    with SQL statement time from SQLAlchemy cursor events.
-4. Submit to first step: the queue of phases 1-3 is purged (Redis db flushed, their queued jobs
+5. Submit to first step: the queue of phases 1-4 is purged (Redis db flushed, their queued jobs
    marked cancelled in SQL), a Celery worker (``--pool=solo``) is started and waited for (warm),
    then ``--runs`` times: one tiny LoRA job (max_steps 4, logging_steps 1, eval off) is submitted
    and ``GET /jobs/{id}/events`` (and ``GET /jobs/{id}``) are polled every 0.1 s until a ``step``
    event shows; the next run starts when the job has finished.
 
-Prints markdown tables and merges the results, under the store's name, into
-``bench/results/api_bench.json``.
+With ``--client httpx`` phases 1-2 use asyncio httpx clients in this process instead (``--requests``
+per phase or ``--time-limit``), with the app's own Prometheus histogram beside them; those clients
+cost 4-5 ms of CPU per request, as much as the API, on the same cores.
 
-Run: ``.venv/bin/python bench/api_bench.py [--clients 50] [--requests 2000]
-[--store postgresql|sqlite]``
+``--api-dir`` serves another checkout of glmft (e.g. an older commit, for a before/after on the
+same day and machine). Prints markdown tables and merges the results, under ``<store>`` or
+``<store>_<label>``, into ``bench/results/api_bench.json``.
+
+Run: ``.venv/bin/python bench/api_bench.py [--store postgresql|sqlite] [--workers N]
+[--label after] [--runs 0 --breakdown-requests 0]``
 """
 
 from __future__ import annotations
