@@ -96,6 +96,8 @@ VERSIONED_PACKAGES = (
     "fastapi",
     "starlette",
     "uvicorn",
+    "uvloop",
+    "httptools",
     "pydantic",
     "sqlalchemy",
     "sqlmodel",
