@@ -127,7 +127,7 @@ async def _sweep_uploads(app: FastAPI, settings: Settings) -> None:
 
 def _freeze_startup_objects() -> None:
     """Keep what startup made (modules, the app, the ORM's and pydantic's machinery, about
-    200,000 objects) out of the garbage collector's full passes: one pass over them takes a
+    180,000 objects) out of the garbage collector's full passes: one pass over them takes a
     quarter of a second, every request waits for it, and the requests' own garbage comes and
     goes without them."""
     gc.collect()
