@@ -6,12 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 
-from api.deps import EnqueuerDep, JobDep, JobIdPath, SessionDep, SettingsDep, TenantDep, find_job
+from api.deps import EnqueuerDep, JobDep, JobIdPath, SessionDep, SettingsDep, TenantDep
 from api.responses import model_response
 from api.schemas.common import Page, error_responses
 from api.schemas.jobs import JobCheck, JobCheckRequest, JobCreate, JobPublic, ResumeRequest
 from api.services import job_actions, jobs
-from api.services.job_queries import job_public, latest_metrics, list_jobs, queue_position
+from api.services.job_queries import (
+    job_public,
+    latest_metrics,
+    list_jobs,
+    queue_position,
+    read_job,
+)
 from core.jobs import JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -95,7 +101,7 @@ def get_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
 def get_job(job_id: JobIdPath, session: SessionDep, tenant: TenantDep) -> Response:
     """A job with its queue position, progress, latest metrics and error."""
-    job = find_job(session, job_id, tenant)
+    job = read_job(session, job_id, tenant)
     view = job_public(
         job,
         queue_position=queue_position(session, job),

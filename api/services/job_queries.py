@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import Row, and_, bindparam, func, or_, select
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
 from api.pagination import newest_first, split_page
 from api.schemas.jobs import JobError, JobPublic
+from core.errors import JobNotFound
 from core.jobs import JobState
 from core.models import Job, Metric
 
@@ -81,7 +82,22 @@ _LATEST = (
 )
 
 
-def queue_position(session: Session, job: Job) -> int | None:
+_BY_ID = select(Job.__table__).where(_JOBS.id == bindparam("id"))  # type: ignore[attr-defined]
+
+#: a job as read: the ORM object, or the row of :func:`read_job` (same attribute names)
+JobRecord = Job | Row[Any]
+
+
+def read_job(session: Session, job_id: str, tenant: str) -> Row[Any]:
+    """The caller's job ``job_id`` as a plain row, for reading only: no ORM object to build and
+    track. Another tenant's job is reported as not found."""
+    row = session.connection().execute(_BY_ID, {"id": job_id}).first()
+    if row is None or row.tenant_id != tenant:
+        raise JobNotFound(f"job {job_id} not found", param="job_id")
+    return row
+
+
+def queue_position(session: Session, job: JobRecord) -> int | None:
     """How many queued jobs of the same tenant start before ``job`` (higher priority, or the
     same priority and older); None unless queued. Other tenants' jobs take turns with these
     (``core.scheduling``), so this is the job's place in its tenant's queue."""
@@ -104,7 +120,7 @@ def latest_metrics(session: Session, job_id: str) -> dict[str, dict[str, float]]
     return result
 
 
-def job_public(job: Job, **extra: Any) -> JobPublic:
+def job_public(job: JobRecord, **extra: Any) -> JobPublic:
     """The public view of ``job`` (``extra``: queue_position, latest_metrics)."""
     error = None
     if job.error_code:
