@@ -101,7 +101,7 @@ def _tenants(session: Session, settings: Settings, ids: Sequence[str]) -> list[_
 
 
 def join(session: Session, tenant_id: str) -> None:
-    """At admission of a job (the tenant's row locked, not committed): a tenant with nothing
+    """At admission of a job (in its transaction, not committed): a tenant with nothing
     queued or running takes the lowest virtual time of the tenants that have jobs queued."""
     busy = session.exec(  # one row is enough: counting them all grows with the queue
         select(Job.id)

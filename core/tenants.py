@@ -44,7 +44,12 @@ def lock_tenant(session: Session, tenant_id: str) -> Tenant:
     """The tenant's row, locked until the transaction ends (PostgreSQL ``FOR UPDATE``), so
     that admissions checking one tenant's quota happen one at a time. A tenant without a row
     gets one first (committed)."""
-    statement = select(Tenant).where(Tenant.id == tenant_id).with_for_update()
+    statement = (  # read again under the lock: its quotas as they are now
+        select(Tenant)
+        .where(Tenant.id == tenant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     row = session.exec(statement).first()
     if row is not None:
         return row

@@ -37,7 +37,7 @@ from core.models import BaseModelRecord, Dataset, Job, JobEvent, WorkerNode, utc
 from core.quotas import check_job_admission
 from core.scheduling import join
 from core.settings import Settings
-from core.tenants import lock_tenant
+from core.tenants import effective_quotas, ensure_tenant, lock_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -299,10 +299,16 @@ def wake_waiting_jobs(session: Session, enqueuer: Enqueuer, tenant: str, limit: 
 
 
 def enter_queue(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
-    """Before a job enters the queue: the tenant's row locked (admissions of one tenant take
-    turns), its quotas checked (429), its place in the fair order set (``scheduling.join``).
-    The caller's commit releases the lock."""
-    lock_tenant(session, tenant)
+    """Before a job enters the queue: the tenant's quotas checked (429) and its place in the
+    fair order set (``scheduling.join``).
+
+    With a ``max_queued_jobs`` quota the tenant's row is locked first, so that admissions
+    counting its queue take turns; the caller's commit releases the lock. Without one there is
+    nothing to count, and admissions of one tenant run side by side.
+    """
+    ensure_tenant(session, tenant)
+    if effective_quotas(session, settings, tenant)["max_queued_jobs"] is not None:
+        lock_tenant(session, tenant)
     check_job_admission(session, settings, tenant, gpus)
     join(session, tenant)
 
