@@ -5,8 +5,13 @@ The Python clients cost 4-5 ms of CPU per request; on two cores that starves an 
 about as much. wrk costs a few hundredths of a millisecond, so the server gets the machine.
 
 Each request of ``POST /jobs`` carries its own ``Idempotency-Key`` (``<prefix><n>``); ``GET
-/jobs/{id}`` cycles over a file of ids. The script stops after ``requests`` answers (or wrk's
-``-d`` time limit) and prints its figures as one JSON line.
+/jobs/{id}`` cycles over a file of ids. A phase runs for a fixed time (wrk's ``-d``); the script
+prints its figures as one JSON line.
+
+The percentiles are wrk's, after its coordinated-omission correction: for each answer slower
+than a connection's mean interval between requests, wrk adds the samples an open-loop client
+would have seen. A few long stalls therefore weigh more in the p99 than in a plain closed-loop
+count.
 """
 
 from __future__ import annotations
