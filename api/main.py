@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         try:
             yield
         finally:
+            gc.unfreeze()  # what this app held can be collected once it is gone (tests make many)
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper

@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 
 from api import deps
 from api.commands.up import api_command, api_workers
+from api.main import create_app
+from core.settings import Settings
 
 
 def test_no_dependency_overrides_and_cheap_dependencies_are_async(client: TestClient) -> None:
@@ -29,9 +31,11 @@ def test_no_dependency_overrides_and_cheap_dependencies_are_async(client: TestCl
         assert inspect.iscoroutinefunction(dependency) or inspect.isasyncgenfunction(dependency)
 
 
-def test_startup_objects_are_frozen(client: TestClient) -> None:
-    assert client.get("/healthz").status_code == 200
-    assert gc.get_freeze_count() > 10_000
+def test_startup_objects_are_frozen_while_the_app_runs(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0  # stopped: its objects can be collected again
 
 
 def test_glmft_up_serves_one_worker_per_core_on_postgresql() -> None:
