@@ -1,34 +1,42 @@
-"""API benchmark: ``POST /jobs`` and ``GET /jobs/{id}`` under 50 concurrent clients, and the time
-from submit to the trainer's first step on a warm worker.
+"""API benchmark: ``POST /jobs`` and ``GET /jobs/{id}`` under 50 concurrent clients, beside a
+minimal FastAPI app answering the same requests from the same table, and the time from submit
+to the trainer's first step on a warm worker.
 
-Everything real and on loopback: the API under ``uvicorn --factory api.main:create_app`` (one
-process), Redis at 127.0.0.1:6379 db 12 as the broker (flushed at start and end), and as the store
-a throw-away PostgreSQL database on 127.0.0.1:5432 (user ``postgres``, dropped at the end) or a
-temporary SQLite file. The tiny GLM-4 is built and registered as ``glm-4-tiny``.
+Everything real and on loopback: the API under ``uvicorn --factory api.main:create_app``
+(``--workers`` processes, default one per core, ``--loop uvloop --http httptools``: the setting
+``glmft up`` and the deploy files use), Redis as the broker (``GLMFT_BENCH_REDIS``, default
+127.0.0.1:6379 db 12, flushed at start and end), and as the store a throw-away PostgreSQL
+database on 127.0.0.1:5432 (user ``postgres``, dropped at the end) or a temporary SQLite file,
+migrated before the server starts. The tiny GLM-4 is built and registered as ``glm-4-tiny``.
 
-Phases:
+Phases (``--client wrk``, the default when ``wrk`` is installed; bench/wrk_load.py):
 
-1. ``POST /jobs`` from ``--clients`` asyncio clients (one ``httpx.AsyncClient`` and connection
-   each, closed loop: a client sends its next request when the previous one answered), each
-   request with its own ``Idempotency-Key``; ``--requests`` in all or until ``--time-limit``.
+1. ``POST /jobs`` from ``--clients`` wrk connections (closed loop: a connection sends its next
+   request when the previous one answered) for ``--duration`` seconds, each request with its
+   own ``Idempotency-Key``; before it a one-client reference for ``--unloaded-duration``.
 2. ``GET /jobs/{id}`` the same way over the ids phase 1 created.
-   Each loaded phase is preceded by an unloaded reference (one client, ``--unloaded-requests``).
-   Per request: latency p50/p90/p99/max, throughput, errors (any non-2xx or transport error), the
-   app's own view (its Prometheus histogram: mean time inside the app, share <= 50 ms) and the CPU
-   seconds of the API process, of this client process and of the whole machine.
-3. In-process breakdown (no HTTP, one thread, sequential): the handler's steps timed one by one,
+3. The baseline (``bench/minimal_app.py``, unless ``--no-baseline``): the same two phases, GET
+   first, against a minimal FastAPI app under the same uvicorn options.
+   Per phase: latency p50/p90/p99/max, throughput, errors (non-2xx, socket errors, timeouts)
+   and the CPU seconds of the server's process tree, of wrk and of the whole machine.
+4. In-process breakdown (no HTTP, one thread, sequential): the handler's steps timed one by one,
    with SQL statement time from SQLAlchemy cursor events.
-4. Submit to first step: the queue of phases 1-3 is purged (Redis db flushed, their queued jobs
+5. Submit to first step: the queue of phases 1-4 is purged (Redis db flushed, their queued jobs
    marked cancelled in SQL), a Celery worker (``--pool=solo``) is started and waited for (warm),
    then ``--runs`` times: one tiny LoRA job (max_steps 4, logging_steps 1, eval off) is submitted
    and ``GET /jobs/{id}/events`` (and ``GET /jobs/{id}``) are polled every 0.1 s until a ``step``
    event shows; the next run starts when the job has finished.
 
-Prints markdown tables and merges the results, under the store's name, into
-``bench/results/api_bench.json``.
+With ``--client httpx`` phases 1-2 use asyncio httpx clients in this process instead (``--requests``
+per phase or ``--time-limit``), with the app's own Prometheus histogram beside them; those clients
+cost 4-5 ms of CPU per request, as much as the API, on the same cores.
 
-Run: ``.venv/bin/python bench/api_bench.py [--clients 50] [--requests 2000]
-[--store postgresql|sqlite]``
+``--api-dir`` serves another checkout of glmft (e.g. an older commit, for a before/after on the
+same day and machine). Prints markdown tables and merges the results, under ``<store>`` or
+``<store>_<label>``, into ``bench/results/api_bench.json``.
+
+Run: ``.venv/bin/python bench/api_bench.py [--store postgresql|sqlite] [--workers N]
+[--label after] [--runs 0 --breakdown-requests 0]``
 """
 
 from __future__ import annotations
@@ -77,8 +85,9 @@ from service_fixture import (  # noqa: E402
     wait_for,
     worker_command,
 )
+from wrk_load import WrkPhase, wrk_path  # noqa: E402
 
-from core.db import make_engine  # noqa: E402
+from core.db import make_engine, upgrade  # noqa: E402
 from core.settings import BaseModelEntry, Settings  # noqa: E402
 
 DEMO_TRAIN = REPO / "trainer" / "assets" / "demo" / "train.jsonl"
@@ -87,6 +96,8 @@ VERSIONED_PACKAGES = (
     "fastapi",
     "starlette",
     "uvicorn",
+    "uvloop",
+    "httptools",
     "pydantic",
     "sqlalchemy",
     "sqlmodel",
@@ -160,20 +171,25 @@ def tables(result: dict[str, Any]) -> str:
         "| p99 <= 50 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for load in result["load"]:
+    rows = [("glmft", load) for load in result["load"]]
+    rows += [("minimal", load) for load in result.get("baseline", [])]
+    for app, load in rows:
         cpu = load["cpu_ms_per_request"]
+        in_app = load.get("app_view", {}).get("mean_ms", "-")
         ok = (
             "-"
             if load["clients"] == 1
             else ("yes" if load["p99_ms"] <= TARGET_P99_MS else "**no**")
         )
         lines.append(
-            f"| {store} | {load['name']} | {load['clients']} | {load['requests']}"
+            f"| {store} {app} | {load['name']} | {load['clients']} | {load['requests']}"
             f"{' (time limit)' if load['stopped_by_time_limit'] else ''} "
             f"| {load['errors']} | {load['throughput_rps']} | {load['p50_ms']} | {load['p90_ms']} "
-            f"| {load['p99_ms']} | {load['max_ms']} | {load['app_view'].get('mean_ms')} "
+            f"| {load['p99_ms']} | {load['max_ms']} | {in_app} "
             f"| {cpu['api_process']} | {cpu['client_process']} | {cpu['machine_total']} | {ok} |"
         )
+    if result.get("baseline"):
+        lines += ["", ratio_table(result)]
     if result.get("breakdown"):
         lines += ["", "| step (in-process, sequential) | POST /jobs ms | GET /jobs/{id} ms |"]
         lines.append("|---|---|---|")
@@ -211,6 +227,29 @@ def tables(result: dict[str, Any]) -> str:
         median = first["median_s"]
         verdict = "" if median is None else ("<= 30 s: yes" if median <= 30 else "**> 30 s**")
         lines.append(f"| {store} | **median** | **{first['median_s']}** | | | | | | {verdict} |")
+    return "\n".join(lines)
+
+
+def ratio_table(result: dict[str, Any]) -> str:
+    """glmft against the minimal FastAPI app, per endpoint at the loaded level."""
+    lines = [
+        "| endpoint | clients | API CPU ms/req glmft / minimal (ratio) | p50 ms glmft / minimal "
+        "| p99 ms glmft / minimal | req/s glmft / minimal |",
+        "|---|---|---|---|---|---|",
+    ]
+    minimal = {(b["name"], b["clients"]): b for b in result["baseline"]}
+    for load in result["load"]:
+        base = minimal.get((load["name"], load["clients"]))
+        if base is None:
+            continue
+        ours = load["cpu_ms_per_request"]["api_process"]
+        theirs = base["cpu_ms_per_request"]["api_process"]
+        ratio = round(ours / theirs, 2) if theirs else None
+        lines.append(
+            f"| {load['name']} | {load['clients']} | {ours} / {theirs} ({ratio}x) "
+            f"| {load['p50_ms']} / {base['p50_ms']} | {load['p99_ms']} / {base['p99_ms']} "
+            f"| {load['throughput_rps']} / {base['throughput_rps']} |"
+        )
     return "\n".join(lines)
 
 
@@ -253,9 +292,19 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 if args.store == "postgresql"
                 else "temporary SQLite file (WAL)",
                 "broker": REDIS_URL,
-                "api_command": " ".join(api_command(port)[1:]),
+                "api_command": " ".join(api_command(port, **server_options(args))[1:]),
+                "api_code": str(args.api_dir),
+                "api_commit": git_commit(args.api_dir),
+                "baseline_command": " ".join(
+                    api_command(port, app=MINIMAL_APP, **server_options(args))[1:]
+                )
+                if args.baseline
+                else None,
                 "worker_command": " ".join(worker_command()[1:]),
-                "client": "asyncio + one httpx.AsyncClient (one keep-alive connection) per "
+                "client": "wrk -t1 -c<clients> (C, one thread, one keep-alive connection per "
+                "client, closed loop; bench/wrk_load.py), on the same machine"
+                if args.client == "wrk"
+                else "asyncio + one httpx.AsyncClient (one keep-alive connection) per "
                 "client, closed loop, in one process on the same machine",
                 "job_body": job_body("<dataset>"),
                 "first_step_overrides": {
@@ -267,7 +316,17 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             },
         }
         try:
-            api = start(api_command(port), env, logs / "api.log")
+            # migrated before any server starts: several workers would race to migrate it
+            upgrade(database_url)
+            api_env = dict(env)
+            if args.api_dir != REPO:  # the code under test lives elsewhere (e.g. an older commit)
+                api_env["PYTHONPATH"] = str(args.api_dir)
+            api = start(
+                api_command(port, **server_options(args)),
+                api_env,
+                logs / "api.log",
+                cwd=args.api_dir,
+            )
             with httpx.Client(base_url=base_url, timeout=60) as client:
                 try:
                     wait_for(lambda: api_ready(client), 120, "the API's /readyz")
@@ -283,7 +342,12 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 dataset_id = upload.json()["id"]
                 if not upload.json().get("valid", True):
                     raise SystemExit(f"the bench dataset did not validate: {upload.text[:500]}")
-                result["load"] = phases(args, base_url, api.pid, dataset_id)
+                if args.client == "wrk":
+                    result["load"], ids = wrk_phases(args, base_url, api.pid, dataset_id, engine)
+                    if args.baseline:
+                        result["baseline"] = minimal_phases(args, env, logs, dataset_id, ids)
+                else:
+                    result["load"] = phases(args, base_url, api.pid, dataset_id)
                 if args.breakdown_requests:
                     print("in-process breakdown ...", flush=True)
                     settings = Settings(
@@ -332,6 +396,121 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return result
 
 
+MINIMAL_APP = "bench.minimal_app:create_app"
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workers": args.workers,
+        "loop": args.loop,
+        "http": args.http,
+        "access_log": not args.no_access_log,
+    }
+
+
+def git_commit(where: Path) -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or None
+
+
+def created_ids(engine: Any, prefix: str) -> list[str]:
+    """Ids of the jobs a POST phase created (their Idempotency-Keys start with ``prefix``)."""
+    from sqlmodel import Session, col, select
+
+    from core.models import Job
+
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Job.id).where(col(Job.idempotency_key).startswith(prefix)).order_by(Job.id)
+        ).all()
+    return list(rows)
+
+
+def _print(load: dict[str, Any]) -> None:
+    print(
+        f"  {load['name']} x{load['clients']}: {load['requests']} requests, {load['errors']} "
+        f"errors, {load['throughput_rps']} req/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} "
+        f"ms, API CPU {load['cpu_ms_per_request']['api_process']} ms/req",
+        flush=True,
+    )
+
+
+def _levels(args: argparse.Namespace) -> list[tuple[int, float]]:
+    """(clients, seconds) of the wrk phases: the one-client reference, then the loaded one."""
+    levels = [(1, args.unloaded_duration), (args.clients, args.duration)]
+    return [(c, s) for c, s in levels if s > 0]
+
+
+def wrk_phases(
+    args: argparse.Namespace, base_url: str, api_pid: int, dataset_id: str, engine: Any
+) -> tuple[list[Any], list[str]]:
+    """POST /jobs, then GET /jobs/{id} over the jobs it created, each at 1 and ``--clients``
+    clients driven by wrk. Returns the phases and the created ids."""
+    body = json.dumps(job_body(dataset_id))
+    prefix = f"api-bench-{uuid.uuid4().hex[:8]}-"
+    loads = []
+    print("POST /jobs ...", flush=True)
+    for clients, seconds in _levels(args):
+        phase = WrkPhase(
+            "POST /jobs",
+            "POST",
+            "/jobs",
+            clients,
+            seconds,
+            body=body,
+            key_prefix=f"{prefix}{clients}-",
+        )
+        loads.append(phase.run(base_url, api_pid))
+        _print(loads[-1])
+    ids = created_ids(engine, prefix)
+    if not ids:
+        raise SystemExit("no job was created; nothing to GET")
+    print("GET /jobs/{id} ...", flush=True)
+    for clients, seconds in _levels(args):
+        phase = WrkPhase("GET /jobs/{id}", "GET", "/jobs/", clients, seconds, ids=ids)
+        loads.append(phase.run(base_url, api_pid))
+        _print(loads[-1])
+    return loads, ids
+
+
+def minimal_phases(
+    args: argparse.Namespace, env: dict[str, str], logs: Path, dataset_id: str, ids: list[str]
+) -> list[Any]:
+    """The same phases against ``bench/minimal_app.py`` (same server options, same clients):
+    GET /jobs/{id} over the same rows first, then POST /jobs."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    print("minimal FastAPI app ...", flush=True)
+    server = start(
+        api_command(port, app=MINIMAL_APP, **server_options(args)), env, logs / "minimal.log"
+    )
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            wait_for(lambda: _answers(client), 60, "the minimal app")
+        loads = []
+        for clients, seconds in _levels(args):
+            phase = WrkPhase("GET /jobs/{id}", "GET", "/jobs/", clients, seconds, ids=ids)
+            loads.append(phase.run(base_url, server.pid))
+            _print(loads[-1])
+        body = json.dumps(job_body(dataset_id))
+        for clients, seconds in _levels(args):
+            phase = WrkPhase("POST /jobs", "POST", "/jobs", clients, seconds, body=body)
+            loads.append(phase.run(base_url, server.pid))
+            _print(loads[-1])
+        return loads
+    finally:
+        stop(server)
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def phases(args: argparse.Namespace, base_url: str, api_pid: int, dataset_id: str) -> list[Any]:
     body = job_body(dataset_id)
     ids: list[str] = []
@@ -377,7 +556,7 @@ def write_result(out: Path, result: dict[str, Any]) -> None:
     if out.exists():
         with contextlib.suppress(json.JSONDecodeError):
             existing = json.loads(out.read_text())
-    existing[result["store"]] = result
+    existing[result["key"]] = result
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(existing, indent=2, ensure_ascii=False) + "\n")
 
@@ -396,8 +575,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="submit-to-first-step runs; 0 skips")
     parser.add_argument("--first-step-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if wrk_path() else "httpx",
+        help="load generator: wrk (C; default when installed) or asyncio httpx clients",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="uvicorn worker processes"
+    )
+    parser.add_argument("--loop", default="uvloop", help="uvicorn --loop (asyncio, uvloop)")
+    parser.add_argument("--http", default="httptools", help="uvicorn --http (h11, httptools)")
+    parser.add_argument("--no-access-log", action="store_true", help="uvicorn --no-access-log")
+    parser.add_argument(
+        "--api-dir", type=Path, default=REPO, help="the glmft code to serve (a git worktree)"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the minimal FastAPI app (bench/minimal_app.py; wrk only)",
+    )
+    parser.add_argument("--label", default="", help="the results' key: <store>[_<label>]")
+    parser.add_argument("--duration", type=float, default=20.0, help="s per loaded wrk phase")
+    parser.add_argument(
+        "--unloaded-duration", type=float, default=5.0, help="s per one-client wrk phase; 0 skips"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_bench.json")
     args = parser.parse_args(argv)
+    args.api_dir = args.api_dir.resolve()
     wall = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="glmft-api-bench-"))
     try:
@@ -405,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["bench_wall_s"] = round(time.monotonic() - wall, 1)
+    result["key"] = f"{args.store}_{args.label}" if args.label else args.store
     write_result(args.out, result)
     print()
     print(tables(result))

@@ -21,7 +21,8 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+#: the broker db, flushed at start and end (GLMFT_BENCH_REDIS overrides it)
+REDIS_URL = os.environ.get("GLMFT_BENCH_REDIS", "redis://127.0.0.1:6379/12")
 MODEL_NAME = "glm-4-tiny"
 WORKER_NAME = "api-bench-node"
 
@@ -87,18 +88,20 @@ def service_env(home: Path, database_url: str, model_dir: Path) -> dict[str, str
     }
 
 
-def api_command(port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "api.main:create_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+def api_command(
+    port: int,
+    *,
+    app: str = "api.main:create_app",
+    workers: int = 1,
+    loop: str = "auto",
+    http: str = "auto",
+    access_log: bool = True,
+) -> list[str]:
+    """uvicorn serving ``app`` (a factory) on ``port`` with ``workers`` processes."""
+    command = [sys.executable, "-m", "uvicorn", "--factory", app]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers), "--loop", loop, "--http", http]
+    return command if access_log else [*command, "--no-access-log"]
 
 
 def worker_command() -> list[str]:
@@ -108,9 +111,11 @@ def worker_command() -> list[str]:
     return glmft_worker_command(pool="solo")
 
 
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from core.errors import QuotaExceeded
 from core.settings import Settings
-from core.tenants import effective_quotas, usage
+from core.tenants import effective_quotas, queued_jobs, usage
 
 _WHAT = {
     "max_running_jobs": "running jobs",
@@ -37,20 +37,20 @@ def quota_error(
 
 
 def check_job_admission(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
-    """A new queued job: under ``max_queued_jobs``, and ``gpus`` within ``max_gpus``."""
+    """A new queued job: under ``max_queued_jobs``, and ``gpus`` within ``max_gpus``. Usage is
+    counted only for a quota that is set (no limit: nothing to count)."""
     limits = effective_quotas(session, settings, tenant)
-    used = usage(session, tenant)
     queued = limits["max_queued_jobs"]
-    if queued is not None and used["max_queued_jobs"] + 1 > queued:
-        raise quota_error(
-            tenant, "max_queued_jobs", used=used["max_queued_jobs"], allowed=queued, requested=1
-        )
+    if queued is not None:
+        waiting = queued_jobs(session, tenant)
+        if waiting + 1 > queued:
+            raise quota_error(tenant, "max_queued_jobs", used=waiting, allowed=queued, requested=1)
     max_gpus = limits["max_gpus"]
     if max_gpus is not None and gpus > max_gpus:  # it could never start
         raise quota_error(
             tenant,
             "max_gpus",
-            used=used["max_gpus"],
+            used=usage(session, tenant)["max_gpus"],
             allowed=max_gpus,
             requested=gpus,
             param="gpus",

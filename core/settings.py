@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     # {api key: tenant} or {api key: {"tenant", "scopes"}}, beside the keys kept in SQL
     api_keys: dict[str, str | EnvApiKey] = Field(default_factory=dict)
     key_touch_interval_s: float = 60.0  # a key's last_used_at is written at most this often
+    # threads of each API process that run the blocking parts of requests (SQL, files); its
+    # SQL pool holds as many connections, so no thread waits for one
+    api_threads: int = Field(default=16, ge=1)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 

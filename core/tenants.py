@@ -42,9 +42,18 @@ def ensure_tenant(session: Session, tenant_id: str) -> Tenant:
 
 def lock_tenant(session: Session, tenant_id: str) -> Tenant:
     """The tenant's row, locked until the transaction ends (PostgreSQL ``FOR UPDATE``), so
-    that admissions checking one tenant's quota happen one at a time."""
+    that admissions checking one tenant's quota happen one at a time. A tenant without a row
+    gets one first (committed)."""
+    statement = (  # read again under the lock: its quotas as they are now
+        select(Tenant)
+        .where(Tenant.id == tenant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    row = session.exec(statement).first()
+    if row is not None:
+        return row
     ensure_tenant(session, tenant_id)
-    statement = select(Tenant).where(Tenant.id == tenant_id).with_for_update()
     return session.exec(statement).one()
 
 
@@ -86,6 +95,12 @@ def storage_bytes(session: Session, tenant_id: str) -> int:
         )
     ).one()
     return int(datasets) + int(checkpoints)
+
+
+def queued_jobs(session: Session, tenant_id: str) -> int:
+    """The tenant's queued jobs (``max_queued_jobs``'s usage alone)."""
+    statement = select(func.count()).where(Job.tenant_id == tenant_id, Job.state == "queued")
+    return int(session.exec(statement).one())
 
 
 def usage(session: Session, tenant_id: str) -> dict[str, int]:

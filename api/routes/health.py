@@ -23,7 +23,7 @@ PING_TIMEOUT_S = 1.0
 
 
 @router.get("/healthz", response_model=Health, responses=error_responses())
-def healthz() -> Health:
+async def healthz() -> Health:  # async: no thread, so it answers while the pool is busy
     """The process is up."""
     return Health(status="ok")
 

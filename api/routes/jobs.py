@@ -6,11 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 
-from api.deps import EnqueuerDep, JobDep, SessionDep, SettingsDep, TenantDep
+from api.deps import EnqueuerDep, JobDep, JobIdPath, SessionDep, SettingsDep, TenantDep
+from api.responses import model_response
 from api.schemas.common import Page, error_responses
 from api.schemas.jobs import JobCheck, JobCheckRequest, JobCreate, JobPublic, ResumeRequest
 from api.services import job_actions, jobs
-from api.services.job_queries import job_public, latest_metrics, list_jobs, queue_position
+from api.services.job_queries import (
+    job_public,
+    latest_metrics,
+    list_jobs,
+    queue_position,
+    read_job,
+)
 from core.jobs import JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -37,13 +44,12 @@ IdempotencyKey = Annotated[
 )
 def create_job(
     job_in: JobCreate,
-    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     tenant: TenantDep,
     enqueuer: EnqueuerDep,
     idempotency_key: IdempotencyKey = None,
-) -> JobPublic:
+) -> Response:
     """Validate a fine-tuning job, store it as queued and hand it to the workers."""
     job, created = jobs.create_job(
         session=session,
@@ -53,9 +59,9 @@ def create_job(
         job_in=job_in,
         idempotency_key=idempotency_key,
     )
-    if not created:
-        response.status_code = 200
-    return job_public(job, queue_position=queue_position(session, job))
+    view = job_public(job, queue_position=queue_position(session, job))
+    session.close()  # here, in this thread: the connection goes back with its round trip
+    return model_response(view, 201 if created else 200)
 
 
 @router.post("/check", response_model=JobCheck, responses=error_responses(404))
@@ -93,13 +99,16 @@ def get_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
-def get_job(job: JobDep, session: SessionDep) -> JobPublic:
+def get_job(job_id: JobIdPath, session: SessionDep, tenant: TenantDep) -> Response:
     """A job with its queue position, progress, latest metrics and error."""
-    return job_public(
+    job = read_job(session, job_id, tenant)
+    view = job_public(
         job,
         queue_position=queue_position(session, job),
         latest_metrics=latest_metrics(session, job.id),
     )
+    session.close()  # here, in this thread: the connection goes back with its round trip
+    return model_response(view)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=error_responses(404, 409))

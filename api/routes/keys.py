@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from sqlmodel import Session, col, select
 
 from api.deps import AdminDep, EnqueuerDep, SessionDep, SettingsDep, TenantDep
@@ -84,9 +84,11 @@ def get_key(key_id: KeyId, session: SessionDep, _admin: AdminDep) -> KeyPublic:
 
 
 @router.delete("/keys/{key_id}", response_model=KeyPublic, responses=error_responses(403, 404))
-def revoke_key(key_id: KeyId, session: SessionDep, _admin: AdminDep) -> KeyPublic:
+def revoke_key(key_id: KeyId, request: Request, session: SessionDep, _admin: AdminDep) -> KeyPublic:
     """Revoke a key: from the next request on it answers 401. It stays listed."""
-    return key_public(keys.revoke_key(session, keys.find_key(session, key_id)))
+    row = keys.revoke_key(session, keys.find_key(session, key_id))
+    request.app.state.key_cache.forget_key(row.id)  # other processes: within KEY_CACHE_TTL_S
+    return key_public(row)
 
 
 @router.get("/tenants", response_model=ListOf[TenantPublic], responses=error_responses(403))

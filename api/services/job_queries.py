@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, func, or_
-from sqlmodel import Session, col, select
+from sqlalchemy import Row, and_, bindparam, func, or_, select
+from sqlmodel import Session, col
+from sqlmodel import select as orm_select
 
 from api.pagination import newest_first, split_page
 from api.schemas.jobs import JobError, JobPublic
+from core.errors import JobNotFound
 from core.jobs import JobState
 from core.models import Job, Metric
 
@@ -25,7 +27,7 @@ def list_jobs(
     limit: int,
 ) -> tuple[list[Job], bool, str | None]:
     """The caller's jobs, newest first, filtered by state(s), model and metadata pairs."""
-    statement = select(Job).where(Job.tenant_id == tenant)
+    statement = orm_select(Job).where(Job.tenant_id == tenant)
     if states:
         statement = statement.where(col(Job.state).in_(states))
     if model:
@@ -36,55 +38,89 @@ def list_jobs(
     return split_page(rows, limit)
 
 
-def queue_position(session: Session, job: Job) -> int | None:
+_JOBS = Job.__table__.c  # type: ignore[attr-defined]
+_METRICS = Metric.__table__.c  # type: ignore[attr-defined]
+
+# Built once: a statement built per request costs more CPU than its round trip, and SQLAlchemy
+# keeps the compiled form of a statement object it has seen.
+_AHEAD = (
+    select(func.count())
+    .select_from(Job.__table__)  # type: ignore[attr-defined]
+    .where(
+        _JOBS.state == JobState.QUEUED.value,
+        _JOBS.tenant_id == bindparam("tenant"),
+        or_(
+            _JOBS.priority > bindparam("priority"),
+            and_(
+                _JOBS.priority == bindparam("priority"),
+                or_(
+                    _JOBS.created_at < bindparam("created"),
+                    and_(_JOBS.created_at == bindparam("created"), _JOBS.id < bindparam("id")),
+                ),
+            ),
+        ),
+    )
+)
+_NEWEST_STEPS = (
+    select(_METRICS.split, _METRICS.name, func.max(_METRICS.step).label("step"))
+    .where(_METRICS.job_id == bindparam("job_id"))
+    .group_by(_METRICS.split, _METRICS.name)
+    .subquery()
+)
+_LATEST = (
+    select(_METRICS.split, _METRICS.name, _METRICS.value)
+    .join(
+        _NEWEST_STEPS,
+        and_(
+            _METRICS.split == _NEWEST_STEPS.c.split,
+            _METRICS.name == _NEWEST_STEPS.c.name,
+            _METRICS.step == _NEWEST_STEPS.c.step,
+        ),
+    )
+    .where(_METRICS.job_id == bindparam("job_id"))
+    .order_by(_METRICS.id)
+)
+
+
+_BY_ID = select(Job.__table__).where(_JOBS.id == bindparam("id"))  # type: ignore[attr-defined]
+
+#: a job as read: the ORM object, or the row of :func:`read_job` (same attribute names)
+JobRecord = Job | Row[Any]
+
+
+def read_job(session: Session, job_id: str, tenant: str) -> Row[Any]:
+    """The caller's job ``job_id`` as a plain row, for reading only: no ORM object to build and
+    track. Another tenant's job is reported as not found."""
+    row = session.connection().execute(_BY_ID, {"id": job_id}).first()
+    if row is None or row.tenant_id != tenant:
+        raise JobNotFound(f"job {job_id} not found", param="job_id")
+    return row
+
+
+def queue_position(session: Session, job: JobRecord) -> int | None:
     """How many queued jobs of the same tenant start before ``job`` (higher priority, or the
     same priority and older); None unless queued. Other tenants' jobs take turns with these
     (``core.scheduling``), so this is the job's place in its tenant's queue."""
     if job.state != JobState.QUEUED.value:
         return None
-    created, job_id, priority = col(Job.created_at), col(Job.id), col(Job.priority)
-    ahead = select(func.count()).where(
-        Job.state == JobState.QUEUED.value,
-        Job.tenant_id == job.tenant_id,
-        or_(
-            priority > job.priority,
-            and_(
-                priority == job.priority,
-                or_(created < job.created_at, and_(created == job.created_at, job_id < job.id)),
-            ),
-        ),
-    )
-    return int(session.exec(ahead).one())
+    params = {
+        "tenant": job.tenant_id,
+        "priority": job.priority,
+        "created": job.created_at,
+        "id": job.id,
+    }
+    return int(session.connection().execute(_AHEAD, params).scalar_one())
 
 
 def latest_metrics(session: Session, job_id: str) -> dict[str, dict[str, float]]:
     """``{split: {name: value}}``, each metric at its newest step."""
-    newest = (
-        select(Metric.split, Metric.name, func.max(Metric.step).label("step"))
-        .where(Metric.job_id == job_id)
-        .group_by(col(Metric.split), col(Metric.name))
-        .subquery()
-    )
-    rows = session.exec(
-        select(Metric.split, Metric.name, Metric.value)
-        .join(
-            newest,
-            and_(
-                col(Metric.split) == newest.c.split,
-                col(Metric.name) == newest.c.name,
-                col(Metric.step) == newest.c.step,
-            ),
-        )
-        .where(Metric.job_id == job_id)
-        .order_by(col(Metric.id))
-    ).all()
     result: dict[str, dict[str, float]] = {}
-    for split, name, value in rows:
+    for split, name, value in session.connection().execute(_LATEST, {"job_id": job_id}):
         result.setdefault(split, {})[name] = value
     return result
 
 
-def job_public(job: Job, **extra: Any) -> JobPublic:
+def job_public(job: JobRecord, **extra: Any) -> JobPublic:
     """The public view of ``job`` (``extra``: queue_position, latest_metrics)."""
     error = None
     if job.error_code:

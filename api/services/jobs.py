@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import bindparam, delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -38,7 +38,7 @@ from core.models import BaseModelRecord, Dataset, Job, JobEvent, WorkerNode, utc
 from core.quotas import check_job_admission
 from core.scheduling import join
 from core.settings import Settings
-from core.tenants import lock_tenant
+from core.tenants import effective_quotas, ensure_tenant, lock_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,14 @@ def request_hash(job_in: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+#: built once (building a statement per request costs more CPU than its round trip)
+_BY_IDEMPOTENCY_KEY = select(Job).where(
+    Job.tenant_id == bindparam("tenant"), Job.idempotency_key == bindparam("key")
+)
+
+
 def _replay(session: Session, tenant: str, key: str, digest: str) -> Job | None:
-    statement = select(Job).where(Job.tenant_id == tenant, Job.idempotency_key == key)
-    job = session.exec(statement).first()
+    job = session.exec(_BY_IDEMPOTENCY_KEY, params={"tenant": tenant, "key": key}).first()
     if job is not None and job.request_hash != digest:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was used for another request (job {job.id})",
@@ -293,10 +298,16 @@ def wake_waiting_jobs(session: Session, enqueuer: Enqueuer, tenant: str, limit: 
 
 
 def enter_queue(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
-    """Before a job enters the queue: the tenant's row locked (admissions of one tenant take
-    turns), its quotas checked (429), its place in the fair order set (``scheduling.join``).
-    The caller's commit releases the lock."""
-    lock_tenant(session, tenant)
+    """Before a job enters the queue: the tenant's quotas checked (429) and its place in the
+    fair order set (``scheduling.join``).
+
+    With a ``max_queued_jobs`` quota the tenant's row is locked first, so that admissions
+    counting its queue take turns; the caller's commit releases the lock. Without one there is
+    nothing to count, and admissions of one tenant run side by side.
+    """
+    ensure_tenant(session, tenant)
+    if effective_quotas(session, settings, tenant)["max_queued_jobs"] is not None:
+        lock_tenant(session, tenant)
     check_job_admission(session, settings, tenant, gpus)
     join(session, tenant)
 
@@ -306,8 +317,11 @@ def publish(session: Session, enqueuer: Enqueuer, job: Job) -> None:
     enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
     job.enqueued_at = utcnow()
     try:
-        session.execute(
-            update(Job).where(col(Job.id) == job.id).values(enqueued_at=job.enqueued_at)
+        session.execute(  # the object already holds the value: nothing to synchronize
+            update(Job)
+            .where(col(Job.id) == job.id)
+            .values(enqueued_at=job.enqueued_at)
+            .execution_options(synchronize_session=False)
         )
         session.commit()
     except SQLAlchemyError:  # published all the same: the reconciler finds the message

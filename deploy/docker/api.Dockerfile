@@ -36,4 +36,6 @@ ENV GLMFT_HOME=/var/lib/glmft \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000"]
+# WEB_CONCURRENCY (uvicorn's default for --workers) sets the worker processes: one per core
+CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--loop", "uvloop", "--http", "httptools"]
