@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
+from api.schemas.common import Page
 from api.schemas.evaluations import EvaluationEventPublic
 from api.schemas.jobs import EventPublic
 from core.evaluations import TERMINAL as EVALUATION_TERMINAL
@@ -28,6 +31,7 @@ from core.models import Evaluation, EvaluationEvent, Job, JobEvent
 POLL_S = 0.5
 KEEPALIVE_S = 15.0
 BATCH = 500
+P = TypeVar("P", bound=BaseModel)
 
 #: OpenAPI for an events route that answers a page or, on request, a live stream.
 SSE_DOC: dict[int | str, dict[str, Any]] = {
@@ -48,6 +52,41 @@ def after_id(after: int | None, last_event_id: str | None) -> int:
     if not (last_event_id and last_event_id.isdigit()):
         return 0
     return min(int(last_event_id), 2**31 - 1)  # ids are SQL integers
+
+
+def live_stream(
+    request: Request, session: Session, frames: Callable[[float], AsyncIterator[str]]
+) -> StreamingResponse | None:
+    """With ``Accept: text/event-stream``, the live stream of ``frames(poll_s)``; else None (the
+    route answers a page). The request's session is closed: the stream polls with its own."""
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return None
+    poll_s = float(getattr(request.app.state, "sse_poll_s", POLL_S))
+    session.close()
+    return StreamingResponse(
+        frames(poll_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def event_page(
+    session: Session,
+    model: type[JobEvent] | type[EvaluationEvent],
+    owner: Any,
+    start: int,
+    limit: int,
+    public: type[P],
+) -> Page[P]:
+    """The ``limit`` events after ``start`` whose ``owner`` column matches, as ``public``."""
+    statement = (
+        select(model).where(owner, col(model.id) > start).order_by(col(model.id)).limit(limit + 1)
+    )
+    rows = session.exec(statement).all()
+    page = [public.model_validate(e, from_attributes=True) for e in rows[:limit]]
+    has_more = len(rows) > limit
+    cursor = str(page[-1].id) if has_more else None  # type: ignore[attr-defined]
+    return Page(data=page, has_more=has_more, next_cursor=cursor)
 
 
 def _poll_job(engine: Engine, job_id: str, after: int) -> tuple[str | None, list[Any]]:

@@ -3,11 +3,11 @@ list, read with metrics side by side, samples with every model's output, events,
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlmodel import col, select
 
 from api.deps import EngineDep, SessionDep, SettingsDep, TenantDep
 from api.routes.chat import chat_service
@@ -20,7 +20,7 @@ from api.schemas.evaluations import (
 )
 from api.services import evaluation_queries as queries
 from api.services import evaluations as service
-from api.sse import SSE_DOC, after_id, evaluation_event_stream
+from api.sse import SSE_DOC, after_id, evaluation_event_stream, event_page, live_stream
 from core.evaluations import EvaluationState, cancel
 from core.models import Evaluation, EvaluationEvent
 
@@ -150,24 +150,12 @@ def read_events(
 ) -> Page[EvaluationEventPublic] | StreamingResponse:
     """The evaluation's events in order; `Accept: text/event-stream` follows it live."""
     start = after_id(after, last_event_id)
-    if "text/event-stream" in request.headers.get("accept", ""):
-        poll_s = float(getattr(request.app.state, "sse_poll_s", 0.5))
-        session.close()  # the stream polls with its own sessions
-        return StreamingResponse(
-            evaluation_event_stream(engine, evaluation.id, start, poll_s),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    statement = (
-        select(EvaluationEvent)
-        .where(EvaluationEvent.evaluation_id == evaluation.id, col(EvaluationEvent.id) > start)
-        .order_by(col(EvaluationEvent.id))
-        .limit(limit + 1)
-    )
-    rows = session.exec(statement).all()
-    page = [EvaluationEventPublic.model_validate(e, from_attributes=True) for e in rows[:limit]]
-    has_more = len(rows) > limit
-    return Page(data=page, has_more=has_more, next_cursor=str(page[-1].id) if has_more else None)
+    frames = partial(evaluation_event_stream, engine, evaluation.id, start)
+    stream = live_stream(request, session, frames)
+    if stream is not None:
+        return stream
+    owner = EvaluationEvent.evaluation_id == evaluation.id
+    return event_page(session, EvaluationEvent, owner, start, limit, EvaluationEventPublic)
 
 
 @router.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from sqlmodel import col, select
 from api.deps import EngineDep, JobDep, SessionDep, SettingsDep
 from api.schemas.common import ListOf, Page, error_responses, json_error_responses
 from api.schemas.jobs import CheckpointPublic, EventPublic, MetricPublic
-from api.sse import SSE_DOC, after_id, job_event_stream
+from api.sse import SSE_DOC, after_id, event_page, job_event_stream, live_stream
 from core.models import Checkpoint, JobEvent, Metric
 from trainer.config_rules import INT_MAX
 from trainer.contract.layout import JobDir
@@ -43,25 +44,10 @@ def get_events(
 ) -> Page[EventPublic] | StreamingResponse:
     """The job's events in order; `Accept: text/event-stream` follows the job live."""
     start = after_id(after, last_event_id)
-    if "text/event-stream" in request.headers.get("accept", ""):
-        poll_s = float(getattr(request.app.state, "sse_poll_s", 0.5))
-        session.close()  # give the connection back: the stream polls with its own sessions
-        return StreamingResponse(
-            job_event_stream(engine, job.id, start, poll_s),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    statement = (
-        select(JobEvent)
-        .where(JobEvent.job_id == job.id, col(JobEvent.id) > start)
-        .order_by(col(JobEvent.id))
-        .limit(limit + 1)
-    )
-    rows = session.exec(statement).all()
-    page = [EventPublic.model_validate(e, from_attributes=True) for e in rows[:limit]]
-    has_more = len(rows) > limit
-    cursor = str(page[-1].id) if has_more else None
-    return Page(data=page, has_more=has_more, next_cursor=cursor)
+    stream = live_stream(request, session, partial(job_event_stream, engine, job.id, start))
+    if stream is not None:
+        return stream
+    return event_page(session, JobEvent, JobEvent.job_id == job.id, start, limit, EventPublic)
 
 
 @router.get("/metrics", response_model=Page[MetricPublic], responses=error_responses(404))
