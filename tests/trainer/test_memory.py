@@ -22,11 +22,12 @@ from tests.trainer.test_packing import CONVERSATIONS
 from trainer.config import ConfigError, parse_config
 from trainer.contract.command import TrainerArgs
 from trainer.data import split_files
-from trainer.finetune import build_datasets, build_training_args
+from trainer.finetune import build_datasets
 from trainer.memory import GIB, largest_step_tokens, plan_for_config, plan_memory
 from trainer.modeling import HostEmbedding, check_model_dir, keep_embeddings_on_host
 from trainer.template import SpecialTokens
 from trainer.tiny import build_tiny_model
+from trainer.training_args import build_training_args
 
 GLM4_9B = GlmConfig().to_dict()  # transformers' defaults are glm-4-9b-chat's shape
 LORA = {
