@@ -8,7 +8,11 @@ demo's size (r 8, alpha 32, q/k/v) and P-Tuning v2 prefixes of the demo's length
 tokens) with random weights to local disk, and drives ``serving.engine.Engine``:
 
 * ``generate``: transformers' ``generate`` on ``--requests`` prompts at once (the baseline);
+* ``torch-ops``: the same requests through an engine whose layers run their elementwise work
+  as torch operations (``fused_ops=False``), the engine before :mod:`serving.fused`;
 * ``base``: the same requests through the engine;
+* ``profile-torch-ops``, ``profile``: 32 new tokens of the same requests under torch's profiler,
+  for each of the two: the GPU's kernel time a step against the step's wall time;
 * ``lora-32``: the same requests, each with its own adapter (target: >= 90% of ``base``);
 * ``ptuning``: the same requests over 4 prefixes (target: >= 80% of ``base``);
 * ``hot-load``: ``--cycle`` adapters loaded in turn into a pool with fewer slots while 16 other
@@ -18,9 +22,10 @@ tokens) with random weights to local disk, and drives ``serving.engine.Engine``:
 * ``eval``: ``--eval-prompts`` prompts x 128 new tokens for 4 adapters at once (target: under
   2 minutes for 1,000).
 
-Before timing, ``checks`` compares the Triton attention kernel with the plain torch one, and the
-engine's greedy tokens with transformers' (base, LoRA through PEFT) on a 4-layer model of the
-same shape. Greedy decoding with the repetition penalty off; a random model seldom emits an end
+Before timing, ``checks`` compares the Triton attention kernel with the plain torch one, each
+kernel of :mod:`serving.fused` with the model's torch code, and the engine's greedy tokens (with
+and without those kernels) with transformers' (base, LoRA through PEFT) on a 4-layer model of
+the same shape. Greedy decoding with the repetition penalty off; a random model seldom emits an end
 token, so nearly every request runs to its length (completion tokens are counted, not assumed).
 ``--tiny`` runs every phase on the tiny CPU model (a smoke test of this script). Prints a table
 and writes ``<out>/chat_bench_<device>.json``.
@@ -49,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import AutoTokenizer
 
-from bench.chat_checks import check_attention, check_tokens
+from bench.chat_checks import check_attention, check_fused, check_tokens
 from bench.chat_fixtures import Collector, build_model, prompts, write_lora, write_prefixes
 from serving.adapters import AdapterSpec
 from serving.engine import Engine
@@ -216,6 +221,33 @@ def phase_ttft(engine: Engine, vocab: int, probes: int) -> dict[str, Any]:
     return {**percentiles(waits), "decoding_meanwhile": 31}
 
 
+def phase_profile(engine: Engine, batch: list[list[int]], new_tokens: int) -> dict[str, Any]:
+    """The batch through the engine under torch's profiler: the GPU's kernel time a step
+    against the step's wall time, and the kernels that take the most."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        result = run_batch(engine, batch, [None] * len(batch), new_tokens)
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    steps = max(result["engine_steps"], 1)
+    busy_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    return {
+        "ms_per_step": result["ms_per_step"],
+        "gpu_ms_per_step": round(busy_us / 1000 / steps, 3),
+        "kernels_per_step": round(sum(e.count for e in kernels) / steps, 1),
+        "top_kernels": [
+            {
+                "name": e.key[:90],
+                "ms_per_step": round(e.self_device_time_total / 1000 / steps, 3),
+                "calls_per_step": round(e.count / steps, 1),
+            }
+            for e in top
+        ],
+    }
+
+
 def _setter(flag: threading.Event) -> Callable[[Event], None]:
     return lambda _event: flag.set()
 
@@ -239,13 +271,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--eval-prompts", type=int, default=1000)
     parser.add_argument("--prefix-tokens", type=int, default=512)
-    parser.add_argument("--phases", default="checks,generate,base,lora,ptuning,hot-load,ttft,eval")
+    parser.add_argument(
+        "--phases",
+        default="checks,generate,torch-ops,profile-torch-ops,base,profile,lora,ptuning,hot-load,"
+        "ttft,eval",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.tiny:
         args.requests, args.new_tokens, args.cycle, args.slots = 8, 16, 12, 8
         args.eval_prompts, args.prefix_tokens, args.max_batch = 16, 16, 32
     phases = set(args.phases.split(","))
+    if args.tiny:  # the profiles read the GPU's kernels
+        phases -= {"profile", "profile-torch-ops"}
     device = "cpu" if args.tiny else torch.cuda.get_device_name(0)
     report: dict[str, Any] = {
         "device": device,
@@ -283,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = torch.device("cpu" if args.tiny else "cuda")
         record("checks", lambda: {
             "attention": check_attention(target),
+            "fused": check_fused(target),
             "tokens": check_tokens(tokenizer, args.tiny, tokenizer_dir, root),
         })  # fmt: skip
         model = build_model(args.tiny, tokenizer_dir)
@@ -294,6 +333,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         loras = write_lora(root / "lora", config, max(args.cycle, args.requests))
         prefixes = write_prefixes(root / "prefix", config, 4, args.prefix_tokens)
         report["adapter_files_seconds"] = round(time.perf_counter() - started, 1)
+        torch_ops = None
+        if "torch-ops" in phases:  # the same engine with its elementwise work as torch operations
+            plain = Engine(
+                model, tokenizer, max_batch=args.max_batch, fused_ops=False, name="plain"
+            )
+            try:
+                run_batch(plain, batch, [None] * len(batch), args.new_tokens)  # warm-up
+                torch_ops = record(
+                    "torch-ops",
+                    lambda: run_batch(plain, batch, [None] * len(batch), args.new_tokens),
+                )
+                record("profile-torch-ops", lambda: phase_profile(plain, batch, 32))
+            finally:
+                plain.close()
         engine = Engine(
             model, tokenizer, max_batch=args.max_batch, max_adapters=args.slots,
             name="bench",
@@ -310,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = record(
                 "base", lambda: run_batch(engine, batch, [None] * len(batch), args.new_tokens)
             )
+            record("profile", lambda: phase_profile(engine, batch, 32))
             lora = record(
                 "lora", lambda: run_batch(engine, batch, loras[: args.requests], args.new_tokens)
             )
@@ -330,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             engine.close()
     summary = _summary(base_rate, base, lora, prefix, report["phases"], evaluation)
+    if base and torch_ops and base.get("tokens_per_second") and torch_ops.get("tokens_per_second"):
+        summary["base_vs_torch_ops"] = round(
+            base["tokens_per_second"] / torch_ops["tokens_per_second"], 3
+        )
     report["summary"] = summary
     out_file.write_text(json.dumps(report, indent=2))
     _print_table(report)

@@ -38,6 +38,52 @@ def check_attention(device: torch.device) -> dict[str, Any]:
     return {"max_abs_diff": float((fast.float() - slow.float()).abs().max())}
 
 
+def check_fused(device: torch.device) -> dict[str, Any]:
+    """Each kernel of :mod:`serving.fused` against the model's torch code, at the bench's shape
+    (hidden 4096, 32 heads and 2 KV heads of 128, intermediate 13,696) in bf16: the largest
+    difference and the share of values equal to the bit."""
+    from serving import fused
+    from serving.model import _rms, _rotate
+
+    if not fused.available(device):
+        return {"skipped": "no Triton on this device"}
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, generator=generator).bfloat16()
+
+    def compare(fast: torch.Tensor, slow: torch.Tensor) -> dict[str, float]:
+        return {
+            "max_abs_diff": float((fast.float() - slow.float()).abs().max()),
+            "equal_share": round(float((fast == slow).float().mean()), 5),
+        }
+
+    tokens, hidden, heads, kv_heads, dim, inner = 48, 4096, 32, 2, 128, 13696
+    x, delta, weight = rand(tokens, hidden), rand(tokens, hidden), rand(hidden)
+    normed, summed = fused.add_rms_norm(x, delta, weight, 1e-5)
+    plain, _ = fused.add_rms_norm(x, None, weight, 1e-5)
+    qkv = rand(tokens, (heads + 2 * kv_heads) * dim)
+    angles = torch.rand(4096, dim // 4, device=device, generator=generator) * 6.3
+    cos = angles.cos().repeat_interleave(2, -1).bfloat16()
+    sin = angles.sin().repeat_interleave(2, -1).bfloat16()
+    positions = torch.randint(0, 4096, (tokens,), device=device, generator=generator)
+    q, k = fused.rotate_qk(qkv, cos, sin, positions, heads, kv_heads, dim)
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    keys = qkv[:, heads * dim : (heads + kv_heads) * dim]
+    q_ref = _rotate(qkv[:, : heads * dim].view(tokens, heads, dim), c, s)
+    k_ref = _rotate(keys.reshape(tokens, kv_heads, dim), c, s)
+    gate_up = rand(tokens, 2 * inner)
+    gate, up = gate_up.chunk(2, -1)
+    return {
+        "add_rms_norm": compare(normed, _rms(x + delta, weight, 1e-5)),
+        "residual_sum": compare(summed, x + delta),
+        "rms_norm": compare(plain, _rms(x, weight, 1e-5)),
+        "rotate_q": compare(q, q_ref),
+        "rotate_k": compare(k, k_ref),
+        "silu_mul": compare(fused.silu_mul(gate_up), up * torch.nn.functional.silu(gate)),
+    }
+
+
 def check_tokens(tokenizer: Any, tiny: bool, tokenizer_dir: Path, root: Path) -> dict[str, Any]:
     """Greedy tokens of the engine against transformers' (and PEFT's, for a LoRA adapter) on a
     4-layer model of the bench's shape."""
@@ -53,16 +99,30 @@ def check_tokens(tokenizer: Any, tiny: bool, tokenizer_dir: Path, root: Path) ->
         peft = PeftModel.from_pretrained(model, spec.path)
         adapted = peft.generate(input_ids=ids, max_new_tokens=24, min_new_tokens=24, **options)
         model = peft.unload()
-    engine = Engine(model, tokenizer, max_batch=8, cache_bytes=256 * 1024**2)
     results: dict[str, Any] = {}
-    try:
-        for name, expected, adapter in (("base", reference, None), ("lora", adapted, spec)):
-            ours = _engine_tokens(engine, batch, adapter, 24)
-            expected_rows = expected[:, ids.shape[1] :].tolist()
-            agree = [_common_prefix(a, b) for a, b in zip(ours, expected_rows, strict=True)]
-            results[name] = {"tokens_agreeing_per_row": agree, "of": 24}
-    finally:
-        engine.close()
+    runs: dict[bool, list[list[int]]] = {}
+    for fused_ops in (True, False):
+        engine = Engine(
+            model, tokenizer, max_batch=8, cache_bytes=256 * 1024**2, fused_ops=fused_ops
+        )
+        if fused_ops:
+            results["fused_kernels"] = engine.glm.fused
+        try:
+            for name, expected, adapter in (("base", reference, None), ("lora", adapted, spec)):
+                ours = _engine_tokens(engine, batch, adapter, 24)
+                runs.setdefault(fused_ops, []).extend(ours)
+                expected_rows = expected[:, ids.shape[1] :].tolist()
+                agree = [_common_prefix(a, b) for a, b in zip(ours, expected_rows, strict=True)]
+                key = name if fused_ops else f"{name} (torch ops)"
+                results[key] = {"tokens_agreeing_per_row": agree, "of": 24}
+        finally:
+            engine.close()
+    results["fused vs torch ops"] = {
+        "tokens_agreeing_per_row": [
+            _common_prefix(a, b) for a, b in zip(runs[True], runs[False], strict=True)
+        ],
+        "of": 24,
+    }
     return results
 
 

@@ -73,6 +73,7 @@ class Engine:
         cuda_graphs: replay the decode step as CUDA graphs (GPU only).
         fuse_qkv: make the model's q/k/v projections views of the engine's fused matrix; off,
             the engine keeps a copy and leaves the model's modules as they are.
+        fused_ops: run the layers' elementwise work as fused Triton kernels (GPU only).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Engine:
         max_prefill_tokens: int = 8192,
         cuda_graphs: bool = True,
         fuse_qkv: bool = True,
+        fused_ops: bool = True,
     ) -> None:
         self.name = name
         self.max_batch, self.max_adapters = max_batch, max_adapters
@@ -118,7 +120,12 @@ class Engine:
             device=self.device,
         )
         self.glm = Glm(
-            model, self.cache, self.lora, max_positions=self.max_context, fuse_qkv=fuse_qkv
+            model,
+            self.cache,
+            self.lora,
+            max_positions=self.max_context,
+            fuse_qkv=fuse_qkv,
+            fused_ops=fused_ops,
         )
         self.batch = Batch(
             max_rows=max_batch,

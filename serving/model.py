@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from transformers.activations import ACT2FN
 
+from serving import fused
 from serving.attention import decode_attention, prefill_attention, write_kv
 from serving.kvcache import CacheShape, KVCache
 from serving.lora import LoraPool
@@ -63,7 +64,8 @@ class PrefillRow:
 
 
 class Glm:
-    """The forward pass over ``model``'s weights, the ``cache`` and the ``lora`` pool."""
+    """The forward pass over ``model``'s weights, the ``cache`` and the ``lora`` pool; with
+    ``fused_ops``, on a GPU, its elementwise work runs as :mod:`serving.fused`'s kernels."""
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class Glm:
         *,
         max_positions: int,
         fuse_qkv: bool = True,
+        fused_ops: bool = True,
     ) -> None:
         config = model.config
         if config.model_type not in SUPPORTED:
@@ -94,6 +97,13 @@ class Glm:
         self.head = model.lm_head.weight
         self.layers = [_layer(layer, fuse=fuse_qkv) for layer in inner.layers]
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_positions, self.head)
+        # the Triton kernels of serving.fused for the elementwise work (off: torch operations)
+        self.fused = (
+            fused_ops
+            and fused.available(self.head.device)
+            and config.hidden_act == "silu"
+            and self.head_dim & (self.head_dim - 1) == 0
+        )
 
     @staticmethod
     def cache_shape(config: Any) -> CacheShape:
@@ -177,29 +187,63 @@ class Glm:
         attend: Any,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        tokens = hidden.shape[0]
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        rope = None if self.fused else self._rope_at(positions)
+        pending: torch.Tensor | None = None  # the last sub-layer's output, not yet added
         for index, layer in enumerate(self.layers):
-            x = _rms(hidden, layer.norm_in, self.eps)
+            x, hidden = self._add_norm(pending, hidden, layer.norm_in)
             qkv = self._project("qkv", index, x, layer.qkv, mask, layer.qkv_bias)
-            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-            q = q.view(tokens, self.heads, self.head_dim)
-            k = k.view(tokens, self.kv_heads, self.head_dim)
-            v = v.view(tokens, self.kv_heads, self.head_dim)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            out = attend(index, q, k, v).reshape(tokens, q_size)
+            q, k, v = self._rotate(qkv, positions, rope)
+            out = attend(index, q, k, v).reshape(hidden.shape[0], -1)
             attn = self._project("o_proj", index, out, layer.o, mask)
             if layer.norm_after_attn is not None:
-                attn = _rms(attn, layer.norm_after_attn, self.eps)
-            hidden = hidden + attn
-            x = _rms(hidden, layer.norm_mid, self.eps)
-            gate, up = self._project("gate_up_proj", index, x, layer.gate_up, mask).chunk(2, -1)
-            mlp = self._project("down_proj", index, up * self.act(gate), layer.down, mask)
+                attn, _ = self._add_norm(None, attn, layer.norm_after_attn)
+            x, hidden = self._add_norm(attn, hidden, layer.norm_mid)
+            gate_up = self._project("gate_up_proj", index, x, layer.gate_up, mask)
+            pending = self._project("down_proj", index, self._swiglu(gate_up), layer.down, mask)
             if layer.norm_after_mlp is not None:
-                mlp = _rms(mlp, layer.norm_after_mlp, self.eps)
-            hidden = hidden + mlp
-        return _rms(hidden, self.norm, self.eps)
+                pending, _ = self._add_norm(None, pending, layer.norm_after_mlp)
+        out, _ = self._add_norm(pending, hidden, self.norm)
+        return out
+
+    # ---- the elementwise work: Triton kernels on a GPU, torch operations elsewhere ---------
+
+    def _add_norm(
+        self, delta: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rms_norm(hidden + delta), hidden + delta)``; ``hidden`` alone without ``delta``."""
+        if self.fused:
+            return fused.add_rms_norm(hidden, delta, weight, self.eps)
+        if delta is not None:
+            hidden = hidden + delta
+        return _rms(hidden, weight, self.eps), hidden
+
+    def _rope_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+    def _rotate(
+        self,
+        qkv: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries and keys rotated and the values, per head, of the fused product."""
+        tokens = qkv.shape[0]
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        v = qkv[:, q_size + kv_size :].view(tokens, self.kv_heads, self.head_dim)
+        if rope is None:
+            q, k = fused.rotate_qk(
+                qkv, self.cos, self.sin, positions, self.heads, self.kv_heads, self.head_dim
+            )
+            return q, k, v
+        q = qkv[:, :q_size].view(tokens, self.heads, self.head_dim)
+        k = qkv[:, q_size : q_size + kv_size].view(tokens, self.kv_heads, self.head_dim)
+        return _rotate(q, *rope), _rotate(k, *rope), v
+
+    def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return fused.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, -1)
+        return up * self.act(gate)
 
     def _project(
         self,

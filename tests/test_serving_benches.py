@@ -26,14 +26,20 @@ def test_chat_bench_tiny_runs_every_phase_and_its_checks_agree(tmp_path: Path) -
     report = json.loads((tmp_path / "chat_bench_cpu.json").read_text())
     phases = report["phases"]
     assert list(phases) == [
-        *("checks", "generate", "base", "lora", "ptuning", "hot-load", "ttft", "eval")
+        *("checks", "generate", "torch-ops", "base", "lora", "ptuning", "hot-load", "ttft"),
+        "eval",
     ]
     # float32 on the CPU: the engine's greedy tokens are transformers' and PEFT's, every one
-    for kind in ("base", "lora"):
-        assert phases["checks"]["tokens"][kind]["tokens_agreeing_per_row"] == [24] * 4
+    tokens = phases["checks"]["tokens"]
+    for kind in ("base", "lora", "base (torch ops)", "lora (torch ops)"):
+        assert tokens[kind]["tokens_agreeing_per_row"] == [24] * 4
+    assert tokens["fused vs torch ops"]["tokens_agreeing_per_row"] == [24] * 8
+    assert phases["checks"]["fused"] == {"skipped": "no Triton on this device"}
     assert phases["base"]["output_tokens"] > 0 and phases["lora"]["output_tokens"] > 0
     assert phases["hot-load"]["n"] > 0 and phases["ttft"]["n"] == 20
-    assert set(report["summary"]) >= {"base_tokens_per_second", "lora_32_vs_base", "eval_seconds"}
+    assert set(report["summary"]) >= {
+        *("base_tokens_per_second", "base_vs_torch_ops", "lora_32_vs_base", "eval_seconds")
+    }
 
 
 def test_eval_bench_tiny_stores_every_answer(tmp_path: Path) -> None:
