@@ -53,7 +53,10 @@ class Leases(Protocol):
 class Claim:
     """What a claim found: the job now running here, or why none (``empty``: nothing queued
     that this node could ever run; ``quota``: every candidate waits on its tenant's quotas;
-    ``busy``: a candidate needs GPUs this node has but are leased now)."""
+    ``busy``: a candidate needs GPUs this node has but are leased now; ``locked``: a candidate
+    this node could start is held by another transaction for a moment). ``busy`` and
+    ``locked`` claims are tried again: the message that asked for them would otherwise be
+    spent with the job still waiting."""
 
     job: Job | None
     reason: str = "claimed"
@@ -122,14 +125,16 @@ def join(session: Session, tenant_id: str) -> None:
         )
 
 
-def _next_job(session: Session, tenant: str, max_gpus: int) -> Job | None:
-    return session.exec(
+def _next_job(session: Session, tenant: str, max_gpus: int, *, lock: bool = True) -> Job | None:
+    """The tenant's next queued job of at most ``max_gpus`` GPUs; with ``lock``, locked for
+    the claim (rows another transaction holds are passed over)."""
+    query = (
         select(Job)
         .where(Job.tenant_id == tenant, Job.state == "queued", Job.gpus <= max_gpus)
         .order_by(col(Job.priority).desc(), col(Job.created_at), col(Job.id))
         .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    )
+    return session.exec(query.with_for_update(skip_locked=True) if lock else query).first()
 
 
 def claim_next(
@@ -167,12 +172,16 @@ def claim_next(
         if job is not None:
             claimed = _take(session, job, tenant, worker, leases, now or utcnow())
             return Claim(claimed, "claimed" if claimed is not None else "busy")
-        if _next_job(session, tenant.id, room) is not None:
+        if _next_job(session, tenant.id, min(room, free), lock=False) is not None:
+            # another transaction holds its row (the API recording the job's publish, a
+            # cancel): it is free again in a moment, and this claim's message names it
+            waiting.add("locked")
+        elif _next_job(session, tenant.id, room, lock=False) is not None:
             waiting.add("busy")  # it fits this node once GPUs free up here
-        elif _next_job(session, tenant.id, capacity) is not None:
+        elif _next_job(session, tenant.id, capacity, lock=False) is not None:
             waiting.add("quota")  # it waits for the tenant's GPUs
     session.rollback()
-    reason = "busy" if "busy" in waiting else "quota" if waiting else "empty"
+    reason = next((r for r in ("locked", "busy", "quota") if r in waiting), "empty")
     return Claim(None, reason)
 
 

@@ -44,7 +44,12 @@ logger = logging.getLogger(__name__)
 
 
 class NodeBusyError(RuntimeError):
-    """Not enough free GPUs on this node right now; the task should retry later."""
+    """The next job cannot start on this node yet (its GPUs are leased, or its row is held
+    for a moment); the task retries after ``retry_s``."""
+
+    def __init__(self, message: str, *, retry_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_s = retry_s
 
 
 @dataclass
@@ -69,6 +74,9 @@ class Runner:
             if claim.job is None:
                 if claim.reason == "busy":
                     raise NodeBusyError(f"the next job's GPUs are not free on {self.node}")
+                if claim.reason == "locked":
+                    held = "the next job's row is held by another transaction"
+                    raise NodeBusyError(held, retry_s=0.5)
                 return "skipped"  # nothing this node can start, or every tenant at its quota
             claimed, gpus = claim.job, list(claim.job.gpu_ids)
             job_id, tenant = claimed.id, claimed.tenant_id

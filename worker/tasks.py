@@ -59,8 +59,8 @@ def run_training_job(self: Any, job_id: str) -> str:
     try:
         return runtime().runner.run(job_id)
     except NodeBusyError as exc:
-        logger.info("job %s: %s; retrying in 5 s", job_id, exc)
-        raise self.retry(exc=exc, countdown=5, max_retries=None) from exc
+        logger.info("job %s: %s; retrying in %g s", job_id, exc, exc.retry_s)
+        raise self.retry(exc=exc, countdown=exc.retry_s, max_retries=None) from exc
 
 
 @app.task(name=REAP_STALE_JOBS)

@@ -1,6 +1,7 @@
 """The fair claim (``core.scheduling``) on SQLite and PostgreSQL: tenants take turns whatever
 their backlog, weights share job starts, priorities order a tenant's own queue, running and
-GPU quotas keep jobs waiting, and concurrent claimers never take one job twice."""
+GPU quotas keep jobs waiting, concurrent claimers never take one job twice, and a job whose row
+another transaction holds is reported as such (its message is retried, not spent)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
+import pytest
+from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from core.jobs import JobState, transition
@@ -179,3 +181,26 @@ def test_concurrent_claims_take_distinct_jobs_in_turns(engine: Engine, tmp_path:
     with Session(engine) as session:
         rows = {t: session.get(Tenant, t) for t in ("a", "b")}
         assert all(r is not None and r.virtual_time == 3.0 for r in rows.values())
+
+
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)  # SQLite has no row locks
+def test_a_job_whose_row_another_transaction_holds_is_claimed_once_it_is_released(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # given a queued job whose row the API holds while it records the job's publish
+    leases = GpuLeases(tmp_path, [])
+    job_id = submit(engine, "t")
+    holder = engine.connect()
+    transaction = holder.begin()
+    holder.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+    try:
+        # then a claim meanwhile says so (to be tried again), rather than finding nothing
+        with Session(engine, expire_on_commit=False) as session:
+            held = claim_next(session, settings(), worker="w", leases=leases)
+        assert held.job is None and held.reason == "locked"
+    finally:
+        transaction.rollback()
+        holder.close()
+    # and once the row is released, the next claim takes the job
+    job = claim(engine, leases)
+    assert job is not None and job.id == job_id
