@@ -10,6 +10,7 @@ later without trusting the machine path baked into ``adapter_config.json``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -78,4 +79,13 @@ def read_metadata(checkpoint: Path) -> dict[str, Any]:
 
 
 def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes of the files under ``path``, while another process may be writing and removing
+    them (the trainer rotating checkpoints): what vanishes during the walk is not counted."""
+    total = 0
+    for root, _dirs, files in os.walk(path):  # a folder removed meanwhile is passed over
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+    return total
