@@ -18,7 +18,7 @@ from serving.requests import Request
 
 
 def check_attention(device: torch.device) -> dict[str, Any]:
-    """The Triton paged decode kernel against the plain torch computation."""
+    """The Triton paged decode kernel, whole and split, against the plain torch computation."""
     from serving import kernels
     from serving.attention import gathered_decode_attention
 
@@ -33,9 +33,13 @@ def check_attention(device: torch.device) -> dict[str, Any]:
     lengths = torch.randint(1, 300, (rows,), device=device, generator=generator).to(torch.int32)
     order = torch.randperm(blocks - 1, device=device, generator=generator) + 1
     tables = order[: rows * 20].view(rows, 20).to(torch.int32)
-    fast = kernels.paged_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
-    slow = gathered_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
-    return {"max_abs_diff": float((fast.float() - slow.float()).abs().max())}
+    slow = gathered_decode_attention(q, keys, values, tables, lengths, dim**-0.5).float()
+    result: dict[str, Any] = {"default_splits": kernels.splits_for(rows, kv_heads, device)}
+    for splits in (1, 2, 8, None):
+        fast = kernels.paged_decode_attention(q, keys, values, tables, lengths, dim**-0.5, splits)
+        name = f"max_abs_diff_splits_{splits or 'default'}"
+        result[name] = float((fast.float() - slow).abs().max())
+    return result
 
 
 def check_fused(device: torch.device) -> dict[str, Any]:

@@ -249,16 +249,19 @@ class LoraPool:
             for cols in (self._columns(m, slot) for m in range(len(members)))
         )
 
-    def row_mask(self, slots: torch.Tensor) -> torch.Tensor:
-        """``(rows, slots * rank)`` ones over each row's slot columns; ``slots`` holds a slot
-        index per row, or -1 for a row without an adapter."""
+    def row_masks(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per group in use, ``(rows, members * slots * rank)`` ones over each row's slot
+        columns of every member; ``slots`` holds a slot index per row, or -1 for a row without
+        an adapter. Built once a forward pass, for all its layers."""
         onehot = slots[:, None] == torch.arange(self.slots, device=slots.device)[None, :]
-        return onehot.to(self.dtype).repeat_interleave(self.rank, dim=1)
+        mask = onehot.to(self.dtype).repeat_interleave(self.rank, dim=1)
+        wide = {members: mask.repeat(1, members) for members in {len(GROUPS[g]) for g in self.a}}
+        return {group: wide[len(GROUPS[group])] for group in self.a}
 
-    def delta(self, group: str, layer: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The LoRA output of projection ``group`` of ``layer`` for rows ``x`` ``(rows, in)``,
-        each through the slot ``mask`` (from :meth:`row_mask`) selects."""
-        members = len(GROUPS[group])
-        if members > 1:
-            mask = mask.repeat(1, members)
-        return ((x @ self.a[group][layer]) * mask) @ self.b[group][layer]
+    def add_delta(
+        self, out: torch.Tensor, group: str, layer: int, x: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``out`` plus the LoRA output of projection ``group`` of ``layer`` for rows ``x``
+        ``(rows, in)``, each through the slot ``mask`` (from :meth:`row_masks`) selects; the
+        sum is taken by the second product itself, in place."""
+        return out.addmm_((x @ self.a[group][layer]) * mask, self.b[group][layer])

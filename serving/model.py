@@ -128,13 +128,13 @@ class Glm:
         slots = tables.gather(1, (positions // block)[:, None]).squeeze(1) * block
         slots = slots + positions % block
         lengths = (positions + 1).to(torch.int32)
-        mask = self.lora.row_mask(lora_slots) if lora_slots is not None else None
+        masks = self.lora.row_masks(lora_slots) if lora_slots is not None else None
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             write_kv(self.cache, layer, slots, k, v)
             return decode_attention(q, self.cache, layer, tables, lengths, self.scale)
 
-        hidden = self._layers(self.embed_tokens(tokens), positions, attend, mask)
+        hidden = self._layers(self.embed_tokens(tokens), positions, attend, masks)
         return F.linear(hidden, self.head)
 
     def prefill(self, rows: list[PrefillRow]) -> torch.Tensor:
@@ -161,7 +161,7 @@ class Glm:
         where = torch.tensor(slots, device=device)
         where_prefix = torch.tensor(prefix_slots, dtype=torch.long, device=device)
         use_lora = bool(self.lora.groups) and any(row.lora_slot >= 0 for row in rows)
-        mask = self.lora.row_mask(torch.tensor(lora_slots, device=device)) if use_lora else None
+        masks = self.lora.row_masks(torch.tensor(lora_slots, device=device)) if use_lora else None
         prefixed = any(row.prefix for row in rows)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ class Glm:
             return prefill_attention(q, keys, values, bounds_q, bounds_k, self.scale)
 
         hidden = self._layers(
-            self.embed_tokens(ids), torch.tensor(positions, device=device), attend, mask
+            self.embed_tokens(ids), torch.tensor(positions, device=device), attend, masks
         )
         last = torch.tensor(bounds_q[1:], device=device) - 1
         return F.linear(hidden[last], self.head)
@@ -185,21 +185,21 @@ class Glm:
         hidden: torch.Tensor,
         positions: torch.Tensor,
         attend: Any,
-        mask: torch.Tensor | None,
+        masks: dict[str, torch.Tensor] | None,
     ) -> torch.Tensor:
         rope = None if self.fused else self._rope_at(positions)
         pending: torch.Tensor | None = None  # the last sub-layer's output, not yet added
         for index, layer in enumerate(self.layers):
             x, hidden = self._add_norm(pending, hidden, layer.norm_in)
-            qkv = self._project("qkv", index, x, layer.qkv, mask, layer.qkv_bias)
+            qkv = self._project("qkv", index, x, layer.qkv, masks, layer.qkv_bias)
             q, k, v = self._rotate(qkv, positions, rope)
             out = attend(index, q, k, v).reshape(hidden.shape[0], -1)
-            attn = self._project("o_proj", index, out, layer.o, mask)
+            attn = self._project("o_proj", index, out, layer.o, masks)
             if layer.norm_after_attn is not None:
                 attn, _ = self._add_norm(None, attn, layer.norm_after_attn)
             x, hidden = self._add_norm(attn, hidden, layer.norm_mid)
-            gate_up = self._project("gate_up_proj", index, x, layer.gate_up, mask)
-            pending = self._project("down_proj", index, self._swiglu(gate_up), layer.down, mask)
+            gate_up = self._project("gate_up_proj", index, x, layer.gate_up, masks)
+            pending = self._project("down_proj", index, self._swiglu(gate_up), layer.down, masks)
             if layer.norm_after_mlp is not None:
                 pending, _ = self._add_norm(None, pending, layer.norm_after_mlp)
         out, _ = self._add_norm(pending, hidden, self.norm)
@@ -251,12 +251,12 @@ class Glm:
         layer: int,
         x: torch.Tensor,
         weight: torch.Tensor,
-        mask: torch.Tensor | None,
+        masks: dict[str, torch.Tensor] | None,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         out = F.linear(x, weight, bias)
-        if mask is not None and group in self.lora.groups:
-            out = out + self.lora.delta(group, layer, x, mask)
+        if masks is not None and group in masks:
+            out = self.lora.add_delta(out, group, layer, x, masks[group])
         return out
 
 

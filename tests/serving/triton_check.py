@@ -1,6 +1,7 @@
-"""Run by ``test_fused.py`` under Triton's interpreter (``TRITON_INTERPRET=1``): compares each
-kernel of :mod:`serving.fused`, and an engine whose layers use them, with the torch operations
-they replace, in float32 on the CPU. Prints one JSON line."""
+"""Run by ``test_triton_kernels.py`` under Triton's interpreter (``TRITON_INTERPRET=1``):
+compares each kernel of :mod:`serving.fused`, an engine whose layers use them, and the paged
+decode attention of :mod:`serving.kernels` (one program per row and head, and split) with the
+torch code they replace, in float32 on the CPU. Prints one JSON line."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from serving import fused
+from serving import fused, kernels
+from serving.attention import gathered_decode_attention
 from serving.engine import Engine
 from serving.events import Event
 from serving.kvcache import KVCache
@@ -27,7 +29,7 @@ def largest(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def kernels() -> dict[str, float | bool]:
+def fused_kernels() -> dict[str, float | bool]:
     generator = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -60,6 +62,27 @@ def kernels() -> dict[str, float | bool]:
             )
         ),
         "silu_mul": largest(fused.silu_mul(gate_up), up * torch.nn.functional.silu(gate)),
+    }
+
+
+def attention() -> dict[str, float]:
+    """The paged decode kernel, whole and split over 2 and 8 programs, against the gathered
+    torch computation; rows of 1 to 300 tokens in blocks of 16 scattered over the cache."""
+    generator = torch.Generator().manual_seed(1)
+    blocks, block_size, kv_heads, dim, rows, heads = 128, 16, 2, 32, 5, 8
+    keys = torch.randn(blocks, block_size, kv_heads, dim, generator=generator)
+    values = torch.randn(blocks, block_size, kv_heads, dim, generator=generator)
+    q = torch.randn(rows, heads, dim, generator=generator)
+    lengths = torch.tensor([1, 17, 64, 129, 300], dtype=torch.int32)
+    order = torch.randperm(blocks - 1, generator=generator) + 1
+    tables = order[: rows * 20].view(rows, 20).to(torch.int32)
+    expected = gathered_decode_attention(q, keys, values, tables, lengths, dim**-0.5)
+    return {
+        f"splits_{n}": largest(
+            kernels.paged_decode_attention(q, keys, values, tables, lengths, dim**-0.5, n),
+            expected,
+        )
+        for n in (1, 2, 8)
     }
 
 
@@ -123,4 +146,9 @@ def step_logits(
 
 
 if __name__ == "__main__":
-    print(json.dumps({"kernels": kernels(), "engine": engines(Path(sys.argv[1]))}))
+    report = {
+        "fused": fused_kernels(),
+        "attention": attention(),
+        "engine": engines(Path(sys.argv[1])),
+    }
+    print(json.dumps(report))
