@@ -11,8 +11,9 @@ tokens) with random weights to local disk, and drives ``serving.engine.Engine``:
 * ``torch-ops``: the same requests through an engine whose layers run their elementwise work
   as torch operations (``fused_ops=False``), the engine before :mod:`serving.fused`;
 * ``base``: the same requests through the engine;
-* ``profile-torch-ops``, ``profile``: 32 new tokens of the same requests under torch's profiler,
-  for each of the two: the GPU's kernel time a step against the step's wall time;
+* ``profile-torch-ops``, ``profile``, ``profile-lora``: 32 new tokens of the same requests
+  under torch's profiler (the last with 32 adapters): the GPU's kernel time a step against the
+  step's wall time;
 * ``lora-32``: the same requests, each with its own adapter (target: >= 90% of ``base``);
 * ``ptuning``: the same requests over 4 prefixes (target: >= 80% of ``base``);
 * ``hot-load``: ``--cycle`` adapters loaded in turn into a pool with fewer slots while 16 other
@@ -221,14 +222,19 @@ def phase_ttft(engine: Engine, vocab: int, probes: int) -> dict[str, Any]:
     return {**percentiles(waits), "decoding_meanwhile": 31}
 
 
-def phase_profile(engine: Engine, batch: list[list[int]], new_tokens: int) -> dict[str, Any]:
-    """The batch through the engine under torch's profiler: the GPU's kernel time a step
-    against the step's wall time, and the kernels that take the most."""
+def phase_profile(
+    engine: Engine,
+    batch: list[list[int]],
+    new_tokens: int,
+    specs: Sequence[AdapterSpec | None] | None = None,
+) -> dict[str, Any]:
+    """The batch (with ``specs``' adapters) through the engine under torch's profiler: the
+    GPU's kernel time a step against the step's wall time, and the kernels that take the most."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        result = run_batch(engine, batch, [None] * len(batch), new_tokens)
+        result = run_batch(engine, batch, specs or [None] * len(batch), new_tokens)
     kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
     steps = max(result["engine_steps"], 1)
     busy_us = sum(e.self_device_time_total for e in kernels)
@@ -273,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix-tokens", type=int, default=512)
     parser.add_argument(
         "--phases",
-        default="checks,generate,torch-ops,profile-torch-ops,base,profile,lora,ptuning,hot-load,"
-        "ttft,eval",
+        default="checks,generate,torch-ops,profile-torch-ops,base,profile,lora,profile-lora,"
+        "ptuning,hot-load,ttft,eval",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -283,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.eval_prompts, args.prefix_tokens, args.max_batch = 16, 16, 32
     phases = set(args.phases.split(","))
     if args.tiny:  # the profiles read the GPU's kernels
-        phases -= {"profile", "profile-torch-ops"}
+        phases -= {"profile", "profile-torch-ops", "profile-lora"}
     device = "cpu" if args.tiny else torch.cuda.get_device_name(0)
     report: dict[str, Any] = {
         "device": device,
@@ -367,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lora = record(
                 "lora", lambda: run_batch(engine, batch, loras[: args.requests], args.new_tokens)
             )
+            record("profile-lora", lambda: phase_profile(engine, batch, 32, loras[: args.requests]))
             specs = [prefixes[i % 4] for i in range(len(batch))]
             prefix = record("ptuning", lambda: run_batch(engine, batch, specs, args.new_tokens))
             for spec in loras[: args.requests]:  # the hot-load phase needs the slots free

@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
     }
     results = report["results"]
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         tokenizer_dir = build_tiny_model(root / "tiny", seed=0)
