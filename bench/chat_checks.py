@@ -46,10 +46,10 @@ def check_fused(device: torch.device) -> dict[str, Any]:
     """Each kernel of :mod:`serving.fused` against the model's torch code, at the bench's shape
     (hidden 4096, 32 heads and 2 KV heads of 128, intermediate 13,696) in bf16: the largest
     difference and the share of values equal to the bit."""
-    from serving import fused
+    from serving import fused, kernels
     from serving.model import _rms, _rotate
 
-    if not fused.available(device):
+    if not kernels.available(device):
         return {"skipped": "no Triton on this device"}
     generator = torch.Generator(device=device).manual_seed(0)
 

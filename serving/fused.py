@@ -14,7 +14,8 @@ together they take as long as the products. Three kernels do that work here, eac
 Each computes what :mod:`serving.model`'s torch code computes, in its steps: float32 inside,
 rounded to the activations' dtype wherever torch rounds (the residual sum, the normalised value
 before the weight, each product of the rotation). The reductions run in another order, so a
-value can differ from torch's in its last bit.
+value can differ from torch's in its last bit. They run where :func:`serving.kernels.available`
+says Triton runs.
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ try:
     import triton.language as tl
 except ImportError:  # CPU builds of torch come without Triton
     triton = None
-
-
-def available(device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda"
 
 
 if triton is not None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from transformers.activations import ACT2FN
 
-from serving import fused
+from serving import fused, kernels
 from serving.attention import decode_attention, prefill_attention, write_kv
 from serving.kvcache import CacheShape, KVCache
 from serving.lora import LoraPool
@@ -100,7 +100,7 @@ class Glm:
         # the Triton kernels of serving.fused for the elementwise work (off: torch operations)
         self.fused = (
             fused_ops
-            and fused.available(self.head.device)
+            and kernels.available(self.head.device)
             and config.hidden_act == "silu"
             and self.head_dim & (self.head_dim - 1) == 0
         )
