@@ -74,9 +74,10 @@ if triton is not None:
         d = tl.arange(0, HEAD_DIM)
         t = tl.arange(0, TILE)  # TILE tokens a step: PAGES blocks of BLOCK, looked up apiece
         heads = kv_head * GROUP + g
+        in_group = g < GROUP  # GROUP_PAD rounds the group up for tl.dot
         q = tl.load(
             q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
-            mask=(g < GROUP)[:, None],
+            mask=in_group[:, None],
             other=0.0,
         )
         best = tl.full((GROUP_PAD,), float("-inf"), tl.float32)
@@ -98,21 +99,20 @@ if triton is not None:
             total = total * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             best = new_best
-        real = (g < GROUP)[:, None]
         if SPLITS == 1:
             out = acc / total[:, None]
             tl.store(
                 out_ptr + row * stride_ob + heads[:, None] * stride_oh + d[None, :],
                 out.to(out_ptr.dtype.element_ty),
-                mask=real,
+                mask=in_group[:, None],
             )
         else:  # this split's share, normalised, and its log-sum-exp; an empty split: -inf
             at = (row * HEADS + heads) * SPLITS + split
             empty = first >= last
             out = tl.where(empty, 0.0, acc / tl.maximum(total, 1e-30)[:, None])
-            tl.store(partial_ptr + at[:, None] * HEAD_DIM + d[None, :], out, mask=real)
+            tl.store(partial_ptr + at[:, None] * HEAD_DIM + d[None, :], out, mask=in_group[:, None])
             lse = tl.where(empty, float("-inf"), best + tl.log(tl.maximum(total, 1e-30)))
-            tl.store(lse_ptr + at, lse, mask=g < GROUP)
+            tl.store(lse_ptr + at, lse, mask=in_group)
 
     @triton.jit  # type: ignore[untyped-decorator]
     def _combine_splits(  # type: ignore[no-untyped-def]

@@ -101,8 +101,9 @@ def answers(engine: Engine, prompts: list[list[int]]) -> list[list[int]]:
         engine.submit(Request(prompt, params, functools.partial(on_event, i)))
     for flag in done:
         assert flag.wait(300), "no answer in time"
-    ids = [results[i].result.token_ids if results[i].result else () for i in range(len(prompts))]
-    return [list(answer) for answer in ids]
+    failed = [e.message for e in results.values() if e.result is None]
+    assert not failed, failed
+    return [list(results[i].result.token_ids) for i in range(len(prompts))]  # type: ignore[union-attr]
 
 
 def engines(root: Path) -> dict[str, object]:
@@ -133,16 +134,22 @@ def step_logits(
     glm: Glm, cache: KVCache, prompts: list[list[int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The prefill's logits of ``prompts``, then those of one decode step after it."""
-    tables = [cache.allocate(len(p) + 2) or [] for p in prompts]
-    with torch.inference_mode():
-        first = glm.prefill([PrefillRow(p, t) for p, t in zip(prompts, tables, strict=True)])
-        width = max(len(t) for t in tables)
-        return first, glm.decode(
-            first.argmax(-1),
-            torch.tensor([len(p) for p in prompts]),
-            torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
-            None,
-        )
+    tables = [cache.allocate(len(p) + 2) for p in prompts]
+    assert all(tables), "the cache has no room for the prompts"
+    blocks = [t for t in tables if t]
+    try:
+        with torch.inference_mode():
+            first = glm.prefill([PrefillRow(p, t) for p, t in zip(prompts, blocks, strict=True)])
+            width = max(len(t) for t in blocks)
+            return first, glm.decode(
+                first.argmax(-1),
+                torch.tensor([len(p) for p in prompts]),
+                torch.tensor([t + [0] * (width - len(t)) for t in blocks], dtype=torch.int32),
+                None,
+            )
+    finally:
+        for table in blocks:
+            cache.release(table)
 
 
 if __name__ == "__main__":
