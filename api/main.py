@@ -29,7 +29,7 @@ from api.dashboard import install_dashboard
 from api.errors import install_error_handlers
 from api.key_cache import KeyCache
 from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
-from api.queue import CeleryEnqueuer, Enqueuer
+from api.queue import Enqueuer, enqueuer_for
 from api.routes import api_router
 from api.services.chat import ChatService
 from api.services.datasets import sweep_orphan_uploads
@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
 
     Args:
         settings: defaults to ``get_settings()`` (the ``GLMFT_`` environment).
-        enqueuer: defaults to a :class:`api.queue.CeleryEnqueuer` on the settings' broker.
+        enqueuer: defaults to ``api.queue.enqueuer_for`` the settings' broker.
 
     Returns:
         The app; its lifespan migrates the store and closes what it opened.
@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         await run_in_threadpool(_start_store, app, settings)
         own = enqueuer is None
-        app.state.enqueuer = CeleryEnqueuer(settings.resolved_broker_url) if own else enqueuer
+        app.state.enqueuer = enqueuer_for(settings.resolved_broker_url) if own else enqueuer
         sweeper = asyncio.create_task(_sweep_uploads(app, settings))
         if not settings.chat.remote_url:  # this process serves chat: it runs evaluations too
             app.state.evaluations = EvaluationRunner(

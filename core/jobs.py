@@ -76,6 +76,7 @@ def state_event(
         kind=target.value,
         message=f"{message}: {reason}" if reason else message,
         data={"state": target.value, "previous": previous, "reason": reason or None, **data},
+        created_at=utcnow(),  # given: the model's default factory costs a signature inspection
     )
 
 

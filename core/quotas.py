@@ -9,6 +9,8 @@ pass the storage quota fails its job (``worker.storage_quota``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlmodel import Session
 
 from core.errors import QuotaExceeded
@@ -36,10 +38,12 @@ def quota_error(
     )
 
 
-def check_job_admission(session: Session, settings: Settings, tenant: str, gpus: int) -> None:
-    """A new queued job: under ``max_queued_jobs``, and ``gpus`` within ``max_gpus``. Usage is
-    counted only for a quota that is set (no limit: nothing to count)."""
-    limits = effective_quotas(session, settings, tenant)
+def check_job_admission(
+    session: Session, tenant: str, gpus: int, limits: Mapping[str, int | None]
+) -> None:
+    """A new queued job: under ``max_queued_jobs``, and ``gpus`` within ``max_gpus``, of the
+    tenant's ``limits`` (``core.tenants.quota_limits``). Usage is counted only for a quota
+    that is set (no limit: nothing to count)."""
     queued = limits["max_queued_jobs"]
     if queued is not None:
         waiting = queued_jobs(session, tenant)

@@ -8,9 +8,10 @@ archive unpacked) and the checkpoints the trainer reported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -73,13 +74,29 @@ def check_quota_overrides(quotas: dict[str, Any]) -> dict[str, int | None]:
     return dict(quotas)
 
 
+def quota_limits(settings: Settings, overrides: Mapping[str, Any]) -> dict[str, int | None]:
+    """``{quota: limit or None}``: a tenant's ``overrides`` over the settings' defaults."""
+    limits: dict[str, int | None] = settings.quotas.model_dump()
+    limits.update({k: v for k, v in overrides.items() if k in limits})
+    return limits
+
+
+_QUOTAS = select(col(Tenant.quotas)).where(col(Tenant.id) == bindparam("tenant_id"))
+
+
+def admission_limits(session: Session, settings: Settings, tenant_id: str) -> dict[str, int | None]:
+    """:func:`effective_quotas` read the way an admission reads them, as one column (no ORM
+    object), the tenant's row created when it has none. Reads what is committed: call it
+    before the session holds changes."""
+    row = session.connection().execute(_QUOTAS, {"tenant_id": tenant_id}).first()
+    overrides = row.quotas if row is not None else ensure_tenant(session, tenant_id).quotas
+    return quota_limits(settings, overrides)
+
+
 def effective_quotas(session: Session, settings: Settings, tenant_id: str) -> dict[str, int | None]:
     """``{quota: limit or None}``: the tenant's overrides over the settings' defaults."""
-    limits: dict[str, int | None] = settings.quotas.model_dump()
     row = session.get(Tenant, tenant_id)
-    if row is not None:
-        limits.update({k: v for k, v in row.quotas.items() if k in limits})
-    return limits
+    return quota_limits(settings, row.quotas if row is not None else {})
 
 
 def storage_bytes(session: Session, tenant_id: str) -> int:

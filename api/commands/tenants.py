@@ -135,10 +135,10 @@ def _set(session: Any, args: argparse.Namespace) -> int:
     session.add(row)
     session.commit()
     if args.quota or args.reset:  # new quotas may let waiting jobs start: wake them
-        from api.queue import CeleryEnqueuer
+        from api.queue import enqueuer_for
         from api.services.jobs import wake_waiting_jobs
 
-        enqueuer = CeleryEnqueuer(args.settings.resolved_broker_url)
+        enqueuer = enqueuer_for(args.settings.resolved_broker_url)
         try:
             wake_waiting_jobs(session, enqueuer, row.id)
         finally:

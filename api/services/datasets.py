@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,14 @@ async def receive_within_quota(
         return await receive_upload(request, directory, left)
     except PayloadTooLarge as exc:
         raise over from exc
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    """A stored dataset as jobs and evaluations use it: its id and data file."""
+
+    id: str
+    path: str
 
 
 def get_dataset(

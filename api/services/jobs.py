@@ -10,35 +10,37 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, update
+from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from api.queue import TRAINING_QUEUE, Enqueuer
 from api.schemas.common import as_utc
 from api.schemas.jobs import JobCheck, JobCreate, JobSpec
-from api.services.datasets import get_dataset, resolve_model
+from api.services.datasets import TOMBSTONE, DatasetFile, resolve_model
 from api.services.job_config import resolve_config
 from api.services.model_checks import fit_config_to_model
 from api.services.vision_jobs import check_base_and_data
 from core import webhooks
 from core.datasets import archive_validation
 from core.errors import (
-    DatasetNotFound,
     IdempotencyKeyReused,
     InsufficientCapacity,
     InvalidDataset,
     Unavailable,
 )
 from core.jobs import JobState, state_event
-from core.models import BaseModelRecord, Dataset, Job, JobEvent, WorkerNode, utcnow
+from core.models import Dataset, Job, JobEvent, WorkerNode, new_id, utcnow
 from core.quotas import check_job_admission
 from core.scheduling import join
-from core.settings import Settings
-from core.tenants import effective_quotas, ensure_tenant, lock_tenant
+from core.settings import Limits, Settings
+from core.tenants import admission_limits, lock_tenant, quota_limits
 
 logger = logging.getLogger(__name__)
 
@@ -53,35 +55,54 @@ def request_hash(job_in: JobCreate) -> str:
 
 
 #: built once (building a statement per request costs more CPU than its round trip)
-_BY_IDEMPOTENCY_KEY = select(Job).where(
-    Job.tenant_id == bindparam("tenant"), Job.idempotency_key == bindparam("key")
+_BY_IDEMPOTENCY_KEY = (
+    select(col(Job.id), col(Job.request_hash))
+    .where(Job.tenant_id == bindparam("tenant"), Job.idempotency_key == bindparam("key"))
+    .limit(1)
+)
+_DATASET = sql_select(
+    col(Dataset.id),
+    col(Dataset.tenant_id),
+    col(Dataset.path),
+    col(Dataset.valid),
+    col(Dataset.error_count),
+).where(col(Dataset.id) == bindparam("id"))
+_INSERT_JOB = insert(Job)
+_INSERT_EVENT = insert(JobEvent)
+_DELETE_EVENTS = delete(JobEvent).where(col(JobEvent.job_id) == bindparam("job_id"))
+_DELETE_JOB = delete(Job).where(col(Job.id) == bindparam("job_id"))
+_RECORD_PUBLISH = (
+    update(Job).where(col(Job.id) == bindparam("job_id")).values(enqueued_at=bindparam("at"))
 )
 
 
 def _replay(session: Session, tenant: str, key: str, digest: str) -> Job | None:
-    job = session.exec(_BY_IDEMPOTENCY_KEY, params={"tenant": tenant, "key": key}).first()
-    if job is not None and job.request_hash != digest:
+    found = (
+        session.connection().execute(_BY_IDEMPOTENCY_KEY, {"tenant": tenant, "key": key}).first()
+    )
+    if found is None:
+        return None
+    if found.request_hash != digest:
         raise IdempotencyKeyReused(
-            f"Idempotency-Key {key!r} was used for another request (job {job.id})",
+            f"Idempotency-Key {key!r} was used for another request (job {found.id})",
             param="Idempotency-Key",
-            details={"job_id": job.id},
+            details={"job_id": found.id},
         )
-    return job
+    return session.get(Job, found.id)
 
 
-def usable_dataset(session: Session, tenant: str, dataset_id: str, param: str) -> Dataset:
+def usable_dataset(session: Session, tenant: str, dataset_id: str, param: str) -> DatasetFile:
     """A dataset a job may use: the caller's, present and valid; raises ``InvalidDataset``."""
-    try:
-        dataset = get_dataset(session, tenant, dataset_id, param)
-    except DatasetNotFound as exc:
-        raise InvalidDataset(f"dataset {dataset_id} not found", param=param) from exc
-    if not dataset.valid:
+    row = session.connection().execute(_DATASET, {"id": dataset_id}).first()
+    if row is None or row.tenant_id != tenant or row.path == TOMBSTONE:
+        raise InvalidDataset(f"dataset {dataset_id} not found", param=param)
+    if not row.valid:
         raise InvalidDataset(
-            f"dataset {dataset_id} is invalid ({dataset.error_count} errors); "
+            f"dataset {dataset_id} is invalid ({row.error_count} errors); "
             f"see GET /datasets/{dataset_id}/report",
             param=param,
         )
-    return dataset
+    return DatasetFile(row.id, row.path)
 
 
 def _worker_pool(session: Session, settings: Settings) -> tuple[Sequence[WorkerNode], str]:
@@ -143,37 +164,74 @@ def admit(
     session: Session,
     settings: Settings,
     spec: JobSpec,
-    model: BaseModelRecord,
+    model_dir: Path,
     has_validation: bool,
 ) -> Admission:
-    """Resolve and check ``spec``'s config against its base model, and its GPUs against the
-    fleet. The config is the run config (``trainer.contract.run_config``): its data files are
-    the job directory's, where the worker copies the datasets, so no server path is stored on
-    the job (or shown to callers)."""
-    gpus = spec.gpus if spec.gpus is not None else default_gpus(session, settings, model.name)
-    resolved = resolve_config(
-        method=spec.method,
-        config=spec.config,
-        overrides=spec.overrides,
-        seed=spec.seed,
-        has_validation=has_validation,
-        limits=settings.limits,
-        gpus=gpus,
+    """Resolve and check ``spec``'s config against its base model in ``model_dir``, and its
+    GPUs against the fleet. The config is the run config (``trainer.contract.run_config``): its
+    data files are the job directory's, where the worker copies the datasets, so no server path
+    is stored on the job (or shown to callers)."""
+    gpus = spec.gpus if spec.gpus is not None else default_gpus(session, settings, spec.model)
+    try:
+        model_version = (model_dir / "config.json").stat().st_mtime_ns
+    except OSError:
+        model_version = None
+    key = json.dumps(
+        {
+            "method": spec.method,
+            "config": spec.config,
+            "overrides": spec.overrides,
+            "seed": spec.seed,
+            "has_validation": has_validation,
+            "limits": settings.limits.model_dump(mode="json"),
+            "gpus": gpus,
+            "model_dir": str(model_dir),
+            "model_version": model_version,
+        },
+        sort_keys=True,
     )
-    fitted = fit_config_to_model(resolved.config, Path(model.path), spec.overrides)
+    config, max_steps, notes = json.loads(_fitted_config(key))
     check_capacity(session, settings, gpus)
-    return Admission(fitted.config, resolved.max_steps, gpus, fitted.notes)
+    return Admission(config, max_steps, gpus, notes)
+
+
+@lru_cache(maxsize=256)
+def _fitted_config(key: str) -> str:
+    """``[config, max_steps, notes]`` (JSON) of the admission inputs in ``key`` (JSON): the
+    config resolved, checked and fitted to the base model. A pure function of its inputs (the
+    base model's ``config.json`` by its modification time), so each process resolves a spec
+    once; a refusal raises and is not kept."""
+    inputs = json.loads(key)
+    resolved = resolve_config(
+        method=inputs["method"],
+        config=inputs["config"],
+        overrides=inputs["overrides"],
+        seed=inputs["seed"],
+        has_validation=inputs["has_validation"],
+        limits=Limits.model_validate(inputs["limits"]),
+        gpus=inputs["gpus"],
+    )
+    fitted = fit_config_to_model(resolved.config, Path(inputs["model_dir"]), inputs["overrides"])
+    return json.dumps([fitted.config, resolved.max_steps, fitted.notes])
+
+
+def base_model_dir(session: Session, settings: Settings, name: str) -> Path:
+    """The directory of base model ``name``: this process's registry entry (``sync_registry``
+    mirrors the entries into ``base_models``), else the stored one; raises ``ModelNotFound``."""
+    entry = settings.models.get(name)
+    if entry is not None:
+        return Path(entry.path)
+    return Path(resolve_model(session, name).path)
 
 
 def check_job(*, session: Session, settings: Settings, spec: JobSpec) -> JobCheck:
     """What ``POST /jobs`` would make of ``spec``, without datasets, storing nothing: lets a
     client check the model, config and capacity before it uploads anything."""
-    model = resolve_model(session, spec.model)
     admission = admit(
         session=session,
         settings=settings,
         spec=spec,
-        model=model,
+        model_dir=base_model_dir(session, settings, spec.model),
         has_validation=False,
     )
     return JobCheck(
@@ -190,7 +248,7 @@ def build_job(
     *, session: Session, settings: Settings, tenant: str, job_in: JobCreate
 ) -> tuple[Job, list[str]]:
     """Validate ``job_in`` fully: the (unsaved) queued job, and the admission's notes."""
-    model = resolve_model(session, job_in.model)
+    base_dir = base_model_dir(session, settings, job_in.model)
     train = usable_dataset(session, tenant, job_in.training_dataset, "training_dataset")
     val = None
     if job_in.validation_dataset is not None:
@@ -199,19 +257,24 @@ def build_job(
         session=session,
         settings=settings,
         spec=job_in,
-        model=model,
+        model_dir=base_dir,
         # an archive carries its own validation split
         has_validation=val is not None or archive_validation(Path(train.path)) is not None,
     )
     check_base_and_data(
         settings=settings,
         model=job_in.model,
-        model_dir=Path(model.path),
+        model_dir=base_dir,
         train=train,
         validation=val,
         config=admission.config,
     )
     job = Job(
+        # every defaulted field given: a default factory left to the model costs a signature
+        # inspection per object
+        id=new_id("job"),
+        created_at=utcnow(),
+        gpu_ids=[],
         tenant_id=tenant,
         state=JobState.QUEUED.value,
         model=job_in.model,
@@ -257,12 +320,15 @@ def create_job(
     job, notes = build_job(session=session, settings=settings, tenant=tenant, job_in=job_in)
     enter_queue(session, settings, tenant, job.gpus)
     job.idempotency_key, job.request_hash = idempotency_key, digest
-    session.add(job)
-    session.flush()  # the job's row first: its event refers to it
-    session.add(
-        state_event(job.id, JobState.QUEUED, None, "created", gpus=job.gpus, notes=notes or None)
+    event = state_event(
+        job.id, JobState.QUEUED, None, "created", gpus=job.gpus, notes=notes or None
     )
     try:
+        # two Core INSERTs: the ORM's unit of work costs more CPU than their round trips, and
+        # the job stays a plain object (its values are all set here)
+        connection = session.connection()
+        connection.execute(_INSERT_JOB, job.model_dump())
+        connection.execute(_INSERT_EVENT, event.model_dump(exclude={"id"}))
         session.commit()
     except IntegrityError:  # a concurrent request with the same key won the insert
         session.rollback()
@@ -272,10 +338,11 @@ def create_job(
         return existing, False
     if settings.pause_after_commit_s:  # fault injection: a crash between commit and publish
         time.sleep(settings.pause_after_commit_s)
-    _enqueue_or_withdraw(session, enqueuer, job)
-    # after the publish: a job withdrawn for a broker failure never announced itself
+    _send_or_withdraw(session, enqueuer, job)
+    # once published (a job withdrawn for a broker failure never announced itself), and in
+    # the commit that records the publish
     webhooks.enqueue(session, tenant, "job.queued", {"job": webhooks.job_view(job)})
-    session.commit()
+    _record_publish(session, job)
     return job, True
 
 
@@ -305,37 +372,44 @@ def enter_queue(session: Session, settings: Settings, tenant: str, gpus: int) ->
     counting its queue take turns; the caller's commit releases the lock. Without one there is
     nothing to count, and admissions of one tenant run side by side.
     """
-    ensure_tenant(session, tenant)
-    if effective_quotas(session, settings, tenant)["max_queued_jobs"] is not None:
-        lock_tenant(session, tenant)
-    check_job_admission(session, settings, tenant, gpus)
+    limits = admission_limits(session, settings, tenant)
+    if limits["max_queued_jobs"] is not None:
+        # read again under the lock: the quotas as they are now
+        limits = quota_limits(settings, lock_tenant(session, tenant).quotas)
+    check_job_admission(session, tenant, gpus, limits)
     join(session, tenant)
 
 
 def publish(session: Session, enqueuer: Enqueuer, job: Job) -> None:
     """Publish ``job`` and record when (``enqueued_at``); raises what the broker raises."""
     enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
-    job.enqueued_at = utcnow()
+    _record_publish(session, job)
+
+
+def _record_publish(session: Session, job: Job) -> None:
+    """Store ``enqueued_at`` (now), committing with it what the session holds. When the store
+    fails the job is published all the same, and the reconciler, which sees no
+    ``enqueued_at``, publishes it again (a claim takes it once)."""
+    now = utcnow()
+    set_committed_value(job, "enqueued_at", now)  # shown on the object, not flushed again
     try:
-        session.execute(  # the object already holds the value: nothing to synchronize
-            update(Job)
-            .where(col(Job.id) == job.id)
-            .values(enqueued_at=job.enqueued_at)
-            .execution_options(synchronize_session=False)
-        )
+        session.connection().execute(_RECORD_PUBLISH, {"job_id": job.id, "at": now})
         session.commit()
-    except SQLAlchemyError:  # published all the same: the reconciler finds the message
+    except SQLAlchemyError:
         session.rollback()
-        logger.warning("job %s: published, but its enqueued_at was not stored", job.id)
+        logger.error("job %s: published, but its enqueued_at was not stored", job.id)
 
 
-def _enqueue_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None:
+def _send_or_withdraw(session: Session, enqueuer: Enqueuer, job: Job) -> None:
+    """Publish ``job``'s message; when the broker refuses it, remove the job (no worker can
+    have seen it) and raise ``Unavailable``."""
     try:
-        publish(session, enqueuer, job)
+        enqueuer.enqueue_job(job.id, TRAINING_QUEUE)
     except Exception as exc:  # any broker failure: kombu raises many unrelated types
         logger.exception("enqueue of job %s failed; withdrawing it", job.id)
-        session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))  # type: ignore[arg-type]
-        session.delete(job)
+        connection = session.connection()
+        connection.execute(_DELETE_EVENTS, {"job_id": job.id})
+        connection.execute(_DELETE_JOB, {"job_id": job.id})
         session.commit()
         raise Unavailable(
             "the job queue is unavailable; retry the request (with the same Idempotency-Key)"

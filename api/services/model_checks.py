@@ -20,6 +20,7 @@ from typing import Any
 
 from core.errors import InvalidConfig
 from trainer.model_fit import ModelShape, fit_peft_config
+from trainer.vision import read_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,21 @@ class FittedConfig:
 @lru_cache(maxsize=64)
 def _shape(config_file: str, _mtime_ns: int) -> ModelShape:
     return ModelShape.read(Path(config_file).parent)
+
+
+@lru_cache(maxsize=64)
+def _config(config_file: str, _mtime_ns: int) -> dict[str, Any]:
+    return read_model_config(Path(config_file).parent)
+
+
+def model_config(model_dir: Path) -> dict[str, Any]:
+    """The base model's ``config.json``, read once per file version (empty when it cannot be
+    read here). Shared between callers: read it, never change it."""
+    config_file = model_dir / "config.json"
+    try:
+        return _config(str(config_file), config_file.stat().st_mtime_ns)
+    except OSError:
+        return {}
 
 
 def model_shape(model_dir: Path) -> ModelShape | None:

@@ -8,17 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from api.services.datasets import DatasetFile
+from api.services.model_checks import model_config
 from core.datasets import is_archive_dataset
 from core.errors import Invalid, InvalidConfig, UnsupportedModel
-from core.models import Dataset
 from core.settings import Settings
 from trainer.config import parse_config
-from trainer.vision import (
-    is_remote_code_vision,
-    is_vision_config,
-    read_model_config,
-    vision_config_issues,
-)
+from trainer.vision import is_remote_code_vision, is_vision_config, vision_config_issues
 
 TRUST_HINT = (
     "only the operator can trust a base's code: GLMFT_MODELS__{name}__TRUST_REMOTE_CODE=true "
@@ -31,21 +27,21 @@ def check_base_and_data(
     settings: Settings,
     model: str,
     model_dir: Path,
-    train: Dataset,
-    validation: Dataset | None,
+    train: DatasetFile,
+    validation: DatasetFile | None,
     config: dict[str, Any],
 ) -> None:
     """Refuse a job whose base, data and config do not fit together (422 with its param)."""
-    model_config = read_model_config(model_dir)
+    base_config = model_config(model_dir)
     entry = settings.models.get(model)
     trusted = bool(entry and entry.trust_remote_code)
-    if (model_config.get("model_type") == "chatglm" or "auto_map" in model_config) and not trusted:
+    if (base_config.get("model_type") == "chatglm" or "auto_map" in base_config) and not trusted:
         raise UnsupportedModel(
             f"base {model!r} is a remote-code checkpoint whose code is not trusted; "
             + TRUST_HINT.format(name=model),
             param="model",
         )
-    if is_remote_code_vision(model_config):
+    if is_remote_code_vision(base_config):
         raise UnsupportedModel(
             f"base {model!r} is GLM-4V-9B's remote-code layout, whose tokenizer builds the "
             "image inputs itself; glmft fine-tunes the native GLM-4.1V-9B "
@@ -59,7 +55,7 @@ def check_base_and_data(
             "validation_dataset beside an archive",
             param="validation_dataset",
         )
-    vision = is_vision_config(model_config)
+    vision = is_vision_config(base_config)
     if archive and not vision:
         raise Invalid(
             f"dataset {train.id} holds images but base {model!r} is not a vision model",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -69,6 +70,45 @@ def test_same_idempotency_key_twice_gives_one_job_one_message(
     error = assert_error(other, 409, "idempotency_key_reused", "Idempotency-Key")
     assert error["details"]["job_id"] == first.json()["id"]
     assert len(client.get("/jobs").json()["data"]) == 1
+
+
+def test_a_request_that_loses_the_insert_to_the_same_key_answers_the_winners_job(
+    client: TestClient, broker: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests with one key pass the replay lookup together; the second to insert hits
+    the key's unique index, and answers with the job the first one made (200)."""
+    from api.schemas.jobs import JobCreate
+    from api.services import jobs as service
+    from tests.api.helpers import job_body
+
+    ds = dataset_id(client)
+    real_enter_queue = service.enter_queue
+    winner: list[str] = []
+    raced: list[bool] = []
+
+    def enter_queue_then_lose_the_race(*args: Any, **kwargs: Any) -> None:
+        real_enter_queue(*args, **kwargs)
+        if raced:  # the other request's own admission
+            return
+        raced.append(True)
+        with Session(client.app.state.engine, expire_on_commit=False) as other:  # type: ignore[attr-defined]
+            job, created = service.create_job(
+                session=other,
+                settings=settings,
+                enqueuer=client.app.state.enqueuer,  # type: ignore[attr-defined]
+                tenant=settings.default_tenant,
+                job_in=JobCreate.model_validate(job_body(ds)),
+                idempotency_key="raced",
+            )
+            assert created
+            winner.append(job.id)
+
+    monkeypatch.setattr(service, "enter_queue", enter_queue_then_lose_the_race)
+    response = create_job(client, ds, key="raced")
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == winner[0]
+    assert queued_job_ids(broker) == winner
+    assert [j["id"] for j in client.get("/jobs").json()["data"]] == winner
 
 
 def test_unknown_model_is_404(client: TestClient, broker: redis.Redis) -> None:

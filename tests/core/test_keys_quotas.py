@@ -107,10 +107,11 @@ def test_quotas_count_usage_and_refuse_with_the_figures(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as session:
         _job(session, "t", "queued")
         _job(session, "t", "running", gpus=2)
-        check_job_admission(session, settings, "t", gpus=0)  # 1 queued of 2: fits
+        # 1 queued of 2: fits
+        check_job_admission(session, "t", 0, effective_quotas(session, settings, "t"))
         _job(session, "t", "queued")
         with pytest.raises(QuotaExceeded) as refused:
-            check_job_admission(session, settings, "t", gpus=0)
+            check_job_admission(session, "t", 0, effective_quotas(session, settings, "t"))
         assert refused.value.http_status == 429
         assert refused.value.details == {
             "quota": "max_queued_jobs",
@@ -139,9 +140,9 @@ def test_quotas_count_usage_and_refuse_with_the_figures(engine: Engine) -> None:
         session.commit()
         limits = effective_quotas(session, settings, "t")
         assert limits["max_queued_jobs"] is None and limits["max_gpus"] == 1
-        check_job_admission(session, settings, "t", gpus=1)
+        check_job_admission(session, "t", 1, limits)
         with pytest.raises(QuotaExceeded, match="GPUs"):
-            check_job_admission(session, settings, "t", gpus=2)
+            check_job_admission(session, "t", 2, limits)
         with pytest.raises(Invalid, match="unknown quota"):
             check_quota_overrides({"max_cats": 3})
         with pytest.raises(Invalid, match=">= 0"):
