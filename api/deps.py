@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.key_cache import KeyCache
 from api.queue import Enqueuer
+from api.queue_positions import QueuePositions
 from core.errors import Forbidden, JobNotFound, Unauthorized
 from core.keys import SCOPES, Principal, authenticate
 from core.models import Job
@@ -133,10 +134,17 @@ async def get_enqueuer(request: Request) -> Enqueuer:
     return enqueuer
 
 
+async def get_queue_positions(request: Request) -> QueuePositions:
+    """The app's :class:`api.queue_positions.QueuePositions`."""
+    positions: QueuePositions = request.app.state.queue_positions
+    return positions
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+QueuePositionsDep = Annotated[QueuePositions, Depends(get_queue_positions)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
 JobIdPath = Annotated[
     str, Path(description="The job id.", examples=["job-3f2a9c0d1e4b5a6f7c8d9e0f"])

@@ -30,6 +30,7 @@ from api.errors import install_error_handlers
 from api.key_cache import KeyCache
 from api.middleware import RequestContextMiddleware, RequestGuardMiddleware
 from api.queue import Enqueuer, enqueuer_for
+from api.queue_positions import QueuePositions
 from api.routes import api_router
 from api.services.chat import ChatService
 from api.services.datasets import sweep_orphan_uploads
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     # no dependency_overrides: with any override set, FastAPI inspects every dependency's
     # signature again on every request; the dependencies read app.state.settings instead
     app.state.key_cache = KeyCache()
+    app.state.queue_positions = QueuePositions(settings.queue_position_max_age_s)
     install_error_handlers(app)
     if settings.chat.remote_url:  # chat runs on a replica: forward it there
         app.add_middleware(ChatProxyMiddleware, remote_url=settings.chat.remote_url)

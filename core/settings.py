@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # threads of each API process that run the blocking parts of requests (SQL, files); its
     # SQL pool holds as many connections, so no thread waits for one
     api_threads: int = Field(default=16, ge=1)
+    # how old the snapshot of a tenant's queue that an API process counts queue positions in
+    # may be (api.queue_positions); 0 counts them in SQL on every request
+    queue_position_max_age_s: float = Field(default=1.0, ge=0)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 

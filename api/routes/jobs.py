@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 
-from api.deps import EnqueuerDep, JobDep, JobIdPath, SessionDep, SettingsDep, TenantDep
+from api.deps import (
+    EnqueuerDep,
+    JobDep,
+    JobIdPath,
+    QueuePositionsDep,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+)
 from api.responses import model_response
 from api.schemas.common import Page, error_responses
 from api.schemas.jobs import JobCheck, JobCheckRequest, JobCreate, JobPublic, ResumeRequest
@@ -48,6 +56,7 @@ def create_job(
     settings: SettingsDep,
     tenant: TenantDep,
     enqueuer: EnqueuerDep,
+    positions: QueuePositionsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Validate a fine-tuning job, store it as queued and hand it to the workers."""
@@ -59,7 +68,7 @@ def create_job(
         job_in=job_in,
         idempotency_key=idempotency_key,
     )
-    view = job_public(job, queue_position=queue_position(session, job))
+    view = job_public(job, queue_position=positions.position(session, job))
     session.close()  # here, in this thread: the connection goes back with its round trip
     return model_response(view, 201 if created else 200)
 
@@ -99,12 +108,14 @@ def get_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404))
-def get_job(job_id: JobIdPath, session: SessionDep, tenant: TenantDep) -> Response:
+def get_job(
+    job_id: JobIdPath, session: SessionDep, tenant: TenantDep, positions: QueuePositionsDep
+) -> Response:
     """A job with its queue position, progress, latest metrics and error."""
     job = read_job(session, job_id, tenant)
     view = job_public(
         job,
-        queue_position=queue_position(session, job),
+        queue_position=positions.position(session, job),
         latest_metrics=latest_metrics(session, job.id),
     )
     session.close()  # here, in this thread: the connection goes back with its round trip

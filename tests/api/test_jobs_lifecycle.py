@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -28,7 +29,7 @@ def _add(engine: Engine, *rows: Any) -> None:
 
 
 def test_get_shows_queue_position_progress_metrics_and_error(
-    client: TestClient, engine: Engine
+    client: TestClient, engine: Engine, settings: Settings
 ) -> None:
     first, second = _job(client), _job(client)
     assert client.get(f"/jobs/{second['id']}").json()["queue_position"] == 1
@@ -43,6 +44,8 @@ def test_get_shows_queue_position_progress_metrics_and_error(
     assert running["queue_position"] is None
     assert running["progress"] == 0.5  # tiny/lora: max_steps 150
     assert running["latest_metrics"] == {"train": {"loss": 1.5}, "validation": {"loss": 1.8}}
+    # positions are counted in a snapshot of the queue at most this old (api.queue_positions)
+    time.sleep(settings.queue_position_max_age_s)
     assert client.get(f"/jobs/{second['id']}").json()["queue_position"] == 0
     set_job(
         engine,
