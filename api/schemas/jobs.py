@@ -192,7 +192,7 @@ class JobPublic(BaseModel):
     queue_position: int | None = Field(
         default=None,
         description="Your tenant's queued jobs that start before this one (GET /jobs/{id}, "
-        "while queued); other tenants' jobs take turns with them.",
+        "while queued), as of about a second ago; other tenants' jobs take turns with them.",
     )
     step: int = 0
     max_steps: int | None = None

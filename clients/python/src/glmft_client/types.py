@@ -164,7 +164,9 @@ class Job(_Response):
     suffix: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     queue_position: int | None = Field(
-        default=None, description="Your tenant's queued jobs that start before this one."
+        default=None,
+        description="Your tenant's queued jobs that start before this one, as of about a second "
+        "ago.",
     )
     step: int = 0
     max_steps: int | None = None
