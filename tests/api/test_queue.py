@@ -19,7 +19,9 @@ from api.queue import (
     RedisEnqueuer,
     enqueuer_for,
 )
+from core.settings import Settings
 from tests.helpers import redis_url
+from worker.celery_app import create_celery
 
 BROKER = redis_url(1)
 #: what differs between two messages of the same call: fresh ids, and who sent it
@@ -49,13 +51,15 @@ def _without_ids(value: Any) -> Any:
 
 
 def test_the_redis_publisher_pushes_the_message_celery_pushes(broker: redis.Redis) -> None:
-    celery_side = CeleryEnqueuer(BROKER)
+    """The reference is the workers' own Celery app (its transport options included): where
+    its ``send_task`` puts the message is where the workers read it."""
+    workers_app = create_celery(Settings(broker_url=BROKER))
     ours = RedisEnqueuer(BROKER)
     try:
-        celery_side.enqueue_job("job-0123", TRAINING_QUEUE)
+        workers_app.send_task(RUN_TRAINING_JOB, args=["job-0123"], queue=TRAINING_QUEUE)
         ours.enqueue_job("job-0123", TRAINING_QUEUE)
     finally:
-        celery_side.close()
+        workers_app.close()
         ours.close()
     from_celery, from_ours = _pop(broker), _pop(broker)
     assert broker.llen(TRAINING_QUEUE) == 0
