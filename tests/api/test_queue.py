@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,21 +19,11 @@ from api.queue import (
     enqueuer_for,
 )
 from core.settings import Settings
-from tests.helpers import redis_url
+from tests.api.conftest import REDIS_URL
 from worker.celery_app import create_celery
 
-BROKER = redis_url(1)
 #: what differs between two messages of the same call: fresh ids, and who sent it
 PER_MESSAGE = {"id", "root_id", "correlation_id", "delivery_tag", "origin", "reply_to"}
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(BROKER)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def _pop(client: redis.Redis) -> dict[str, Any]:
@@ -53,8 +42,8 @@ def _without_ids(value: Any) -> Any:
 def test_the_redis_publisher_pushes_the_message_celery_pushes(broker: redis.Redis) -> None:
     """The reference is the workers' own Celery app (its transport options included): where
     its ``send_task`` puts the message is where the workers read it."""
-    workers_app = create_celery(Settings(broker_url=BROKER))
-    ours = RedisEnqueuer(BROKER)
+    workers_app = create_celery(Settings(broker_url=REDIS_URL))
+    ours = RedisEnqueuer(REDIS_URL)
     try:
         workers_app.send_task(RUN_TRAINING_JOB, args=["job-0123"], queue=TRAINING_QUEUE)
         ours.enqueue_job("job-0123", TRAINING_QUEUE)
@@ -74,7 +63,7 @@ def test_the_redis_publisher_pushes_the_message_celery_pushes(broker: redis.Redi
 
 
 def test_each_message_has_its_own_task_id_and_delivery_tag(broker: redis.Redis) -> None:
-    ours = RedisEnqueuer(BROKER)
+    ours = RedisEnqueuer(REDIS_URL)
     try:
         ours.enqueue_job("job-a", TRAINING_QUEUE)
         ours.enqueue_job("job-b", TRAINING_QUEUE)
@@ -89,12 +78,12 @@ def test_each_message_has_its_own_task_id_and_delivery_tag(broker: redis.Redis) 
 def test_kombu_reads_the_message_back_as_the_task_call(broker: redis.Redis) -> None:
     """The consumer side a Celery worker runs on: kombu's Redis transport takes the message off
     the queue and decodes its body and headers."""
-    ours = RedisEnqueuer(BROKER)
+    ours = RedisEnqueuer(REDIS_URL)
     try:
         ours.enqueue_job("job-xyz", TRAINING_QUEUE)
     finally:
         ours.close()
-    with Connection(BROKER) as connection:
+    with Connection(REDIS_URL) as connection:
         queue = connection.SimpleQueue(TRAINING_QUEUE)
         try:
             message = queue.get(timeout=5)
@@ -108,7 +97,7 @@ def test_kombu_reads_the_message_back_as_the_task_call(broker: redis.Redis) -> N
 
 
 def test_the_publisher_follows_the_broker() -> None:
-    redis_side = enqueuer_for(BROKER)
+    redis_side = enqueuer_for(REDIS_URL)
     other = enqueuer_for("sqla+sqlite:///:memory:")
     try:
         assert isinstance(redis_side, RedisEnqueuer)
