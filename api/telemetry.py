@@ -2,16 +2,21 @@
 the chat engines' cache and rows.
 
 Each app owns its registry (tests build many apps in one process); ``GET /metrics`` renders it.
+Under several uvicorn worker processes, ``PROMETHEUS_MULTIPROC_DIR`` (set before the workers
+start: ``glmft up`` and the deploy files do) makes every worker write its request counts there,
+and a scrape answered by any worker sums them all.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +26,9 @@ from core.jobs import JobState
 from core.models import Job
 
 logger = logging.getLogger(__name__)
+
+#: prometheus_client's switch to its multi-process mode (read when it is imported)
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class JobStateCollector(Collector):
@@ -93,8 +101,12 @@ class Telemetry:
         engine: Callable[[], Engine | None],
         chat_capacity: Callable[[], dict[str, dict[str, int]]] = dict,
     ) -> None:
+        shared = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if shared:  # each worker may be first: creating it twice is no error
+            os.makedirs(shared, exist_ok=True)
         self.registry = CollectorRegistry()
         self._engine = engine
+        self._chat_capacity = chat_capacity
         self.requests = Counter(
             "glmft_http_requests",
             "HTTP requests by method, route template and status",
@@ -116,8 +128,16 @@ class Telemetry:
         self.latency.labels(method, route).observe(seconds)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of everything in the registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of everything in the registry; in the multi-process
+        mode, the request metrics of every worker process."""
+        shared = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=shared)
+        registry.register(JobStateCollector(self._engine))
+        registry.register(ChatEngineCollector(self._chat_capacity))
+        return generate_latest(registry)
 
     def render_tenant(self, tenant: str) -> bytes:
         """What one tenant may see: its own jobs by state."""

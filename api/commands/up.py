@@ -21,6 +21,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,20 @@ def api_command(host: str, port: int, *, workers: int = 1) -> list[str]:
         "--http",
         "httptools",
     ]
+
+
+def api_env(env: dict[str, str], home: Path, workers: int) -> dict[str, str]:
+    """The API's environment: with several worker processes, a fresh directory where each
+    writes its request metrics, so that ``/metrics`` on any of them sums them all
+    (``api.telemetry``)."""
+    from api.telemetry import MULTIPROCESS_DIR_ENV
+
+    if workers < 2:
+        return env
+    shared = home / "metrics"
+    shutil.rmtree(shared, ignore_errors=True)  # the counts of an earlier run
+    shared.mkdir(parents=True)
+    return {**env, MULTIPROCESS_DIR_ENV: str(shared)}
 
 
 def dashboard_url(host: str, port: int) -> str:
@@ -284,9 +299,10 @@ def run(args: argparse.Namespace) -> int:
             stdout=outputs["worker"],
             stderr=subprocess.STDOUT if outputs["worker"] else None,
         )
+        workers = api_workers(database_url)
         api = subprocess.Popen(  # noqa: S603 - our own command
-            api_command(args.host, args.port, workers=api_workers(database_url)),
-            env=env,
+            api_command(args.host, args.port, workers=workers),
+            env=api_env(env, settings.home, workers),
             stdout=outputs["api"],
             stderr=subprocess.STDOUT if outputs["api"] else None,
         )
