@@ -9,12 +9,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import Row, bindparam, delete, insert, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -67,6 +67,7 @@ _DATASET = sql_select(
     col(Dataset.valid),
     col(Dataset.error_count),
 ).where(col(Dataset.id) == bindparam("id"))
+_FLEET = sql_select(col(WorkerNode.name), col(WorkerNode.gpus), col(WorkerNode.last_seen))
 _INSERT_JOB = insert(Job)
 _INSERT_EVENT = insert(JobEvent)
 _DELETE_EVENTS = delete(JobEvent).where(col(JobEvent.job_id) == bindparam("job_id"))
@@ -105,10 +106,13 @@ def usable_dataset(session: Session, tenant: str, dataset_id: str, param: str) -
     return DatasetFile(row.id, row.path)
 
 
-def _worker_pool(session: Session, settings: Settings) -> tuple[Sequence[WorkerNode], str]:
+def _worker_pool(
+    session: Session, settings: Settings
+) -> tuple[Sequence[Row[str, list[int], datetime]], str]:
     """Online workers (heartbeat within ``heartbeat_timeout_s``) when there are any, else the
-    known-but-offline ones; with the word for which."""
-    nodes = session.exec(select(WorkerNode)).all()
+    known-but-offline ones; with the word for which. Plain rows (name, GPUs, last seen): a job
+    asking for GPUs reads the whole fleet, so no ORM object is built per worker."""
+    nodes = session.connection().execute(_FLEET).all()
     since = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
     online = [n for n in nodes if as_utc(n.last_seen) >= since]
     return (online, "online") if online else (nodes, "known")
