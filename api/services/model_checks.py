@@ -34,11 +34,6 @@ class FittedConfig:
 
 
 @lru_cache(maxsize=64)
-def _shape(config_file: str, _mtime_ns: int) -> ModelShape:
-    return ModelShape.read(Path(config_file).parent)
-
-
-@lru_cache(maxsize=64)
 def _config(config_file: str, _mtime_ns: int) -> dict[str, Any]:
     return read_model_config(Path(config_file).parent)
 
@@ -55,12 +50,13 @@ def model_config(model_dir: Path) -> dict[str, Any]:
 
 def model_shape(model_dir: Path) -> ModelShape | None:
     """The base model's shape from its ``config.json``; None when it cannot be read here."""
-    config_file = model_dir / "config.json"
     try:
-        return _shape(str(config_file), config_file.stat().st_mtime_ns)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return ModelShape.from_config(model_config(model_dir))
+    except (ValueError, KeyError, TypeError) as exc:
         logger.warning(
-            "cannot read %s (%s): model checks are left to the trainer", config_file, exc
+            "cannot read %s (%s): model checks are left to the trainer",
+            model_dir / "config.json",
+            repr(exc),
         )
         return None
 
